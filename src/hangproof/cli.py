@@ -1,0 +1,59 @@
+"""The one ``hangproof`` command. Each part registers its own sub-commands.
+
+Contract (ARCHITECTURE.md): every report takes ``--json`` (JSON on stdout,
+progress on stderr); exit 0 healthy, 1 fault/finding, 2 usage or environment.
+"""
+
+from __future__ import annotations
+
+import importlib
+import sys
+
+import typer
+
+from hangproof.errors import EXIT_USAGE, HangproofError
+
+app = typer.Typer(
+    name="hangproof",
+    help="Find, explain and prevent silent hangs of AMQP (Celery) consumers.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+#: Modules that define ``register(app)``. Each part owns its module.
+COMMAND_MODULES = (
+    "hangproof.lab.commands",
+    "hangproof.probe_cli",
+    "hangproof.doctor.commands",
+    "hangproof.guard.commands",
+)
+
+for _name in COMMAND_MODULES:
+    importlib.import_module(_name).register(app)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the console script. User errors never show a traceback."""
+    try:
+        result = app(args=argv, standalone_mode=False)
+    except HangproofError as exc:
+        print(f"hangproof: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except typer.Exit as exc:
+        return exc.exit_code
+    except (typer.Abort, KeyboardInterrupt):
+        print("hangproof: interrupted", file=sys.stderr)
+        return 130
+    except Exception as exc:  # click usage errors arrive here in non-standalone mode
+        import click
+
+        if isinstance(exc, click.exceptions.ClickException):
+            exc.show()
+            return EXIT_USAGE
+        raise
+    return result if isinstance(result, int) else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

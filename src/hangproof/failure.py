@@ -1,0 +1,158 @@
+"""The shared vocabulary: how a broker connection fails, and the one Policy.
+
+Every part of hangproof (lab, probe, doctor, guard) imports verdicts, outcomes,
+fault classes and the deadline policy from here, and only from here.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+from enum import StrEnum
+
+
+class Verdict(StrEnum):
+    """What ``hangproof probe`` concludes about a broker address (ARCHITECTURE.md)."""
+
+    OK = "ok"
+    REFUSED = "refused"
+    UNREACHABLE = "unreachable"
+    SILENT = "silent"
+    NOT_AMQP = "not-amqp"
+    PROTOCOL_MISMATCH = "protocol-mismatch"
+    STALLED = "stalled"
+    CLOSED = "closed"
+    AUTH_FAILED = "auth-failed"
+    VHOST_DENIED = "vhost-denied"
+    TLS_REQUIRED = "tls-required"
+
+
+#: One line per verdict, in the incident's terms.
+VERDICT_HINTS: dict[Verdict, str] = {
+    Verdict.OK: "the broker completed the AMQP handshake",
+    Verdict.REFUSED: "nothing listens on that port (TCP RST): wrong port, or the broker is down",
+    Verdict.UNREACHABLE: (
+        "no route, or the TCP connect got no answer: the address is not held by any "
+        "node (a VIP in flight?) or a firewall drops the SYN"
+    ),
+    Verdict.SILENT: (
+        "TCP was accepted but nothing answered the AMQP header: a listener that is not "
+        "the broker, such as a NodePort port-holder reached without DNAT, or a proxy "
+        "with no upstream"
+    ),
+    Verdict.NOT_AMQP: "the peer answered with bytes that are not AMQP: wrong port or protocol",
+    Verdict.PROTOCOL_MISMATCH: (
+        "the server sent back its own protocol header: it does not speak AMQP 0-9-1 "
+        "(AMQP 1.0 broker, or a very old one)"
+    ),
+    Verdict.STALLED: (
+        "the handshake started, then stopped (perhaps only heartbeats): an overloaded or "
+        "frozen broker, or a proxy that lost its upstream"
+    ),
+    Verdict.CLOSED: "the peer closed the connection: a proxy with no backend, or a broker refusing clients",
+    Verdict.AUTH_FAILED: "the broker refused the credentials (ACCESS_REFUSED)",
+    Verdict.VHOST_DENIED: "the user may not open that virtual host (NOT_ALLOWED / ACCESS_REFUSED on Open)",
+    Verdict.TLS_REQUIRED: "the port expects TLS: use amqps://, or the plain-text port",
+}
+
+
+class RaceOutcome(StrEnum):
+    """What a client did in ``hangproof lab race``."""
+
+    HANG = "hang"  # still waiting for Connection.Start when the observation window closed
+    CONNECTED = "connected"  # reached the real broker
+    RESET = "reset"  # failed fast (RST / refused), free to retry
+    ERROR = "error"  # failed in some other way (timeout raised, exception)
+
+
+class FaultClass(StrEnum):
+    """The fault classes the guard promises to detect, each a lab fault module."""
+
+    VIP_RACE = "vip-race"
+    HEARTBEAT_ONLY_HANDSHAKE = "heartbeat-only-handshake"
+    BLACKHOLE = "blackhole"
+    BROKER_FREEZE = "broker-freeze"
+    BROKER_KILL = "broker-kill"
+    VIP_FAILOVER = "vip-failover"
+    HEAL_AFTER_HALF_OPEN = "heal-after-half-open"
+    MEMORY_ALARM = "memory-alarm"
+
+
+class Severity(StrEnum):
+    """Severity of a doctor finding. ``warning`` or worse makes doctor exit 1."""
+
+    INFO = "info"
+    WARNING = "warning"
+    CRITICAL = "critical"
+
+
+@dataclass(frozen=True)
+class Backoff:
+    """Reconnect backoff: ``initial * factor**n``, capped at ``maximum``."""
+
+    initial: float = 0.5
+    factor: float = 2.0
+    maximum: float = 5.0
+    max_retries: int | None = None  # None: retry forever (a worker must come back)
+
+    def delay(self, attempt: int) -> float:
+        """Seconds to wait before attempt ``attempt`` (0-based).
+
+        >>> Backoff().delay(0), Backoff().delay(10)
+        (0.5, 5.0)
+        """
+        return min(self.maximum, self.initial * self.factor ** max(0, attempt))
+
+
+@dataclass(frozen=True)
+class Policy:
+    """Every deadline derives from one number, ``stall_timeout``.
+
+    The promise: any fault class is noticed within ``stall_timeout``.
+
+    >>> p = Policy(stall_timeout=15)
+    >>> p.handshake_deadline, p.heartbeat, p.tcp_user_timeout_ms
+    (7.5, 5, 15000)
+    >>> Policy(stall_timeout=15, heartbeat=10).heartbeat
+    10
+
+    Derivation (each can be overridden by passing it explicitly):
+    - ``handshake_deadline = stall_timeout / 2``: one total deadline over
+      TCP connect + protocol header + Start..Open-Ok, leaving half the budget
+      for a retry against another cluster member.
+    - ``heartbeat = stall_timeout / 3`` (rounded down, at least 1 s): AMQP
+      declares a peer dead after two missed heartbeats (AMQP 0-9-1 §4.2.7), so
+      silence is noticed within ~2/3 of the budget.
+    - ``tcp_user_timeout_ms = stall_timeout``: unacknowledged data for longer
+      than that closes the socket (RFC 5482).
+    - keepalive idle/interval/count so that an idle dead peer is found within
+      ``stall_timeout``.
+    """
+
+    stall_timeout: float = 15.0
+    handshake_deadline: float | None = None
+    heartbeat: int | None = None
+    tcp_user_timeout_ms: int | None = None
+    keepalive_idle: int | None = None
+    keepalive_interval: int | None = None
+    keepalive_count: int | None = None
+    backoff: Backoff = field(default_factory=Backoff)
+
+    def __post_init__(self) -> None:
+        if self.stall_timeout <= 0:
+            raise ValueError(f"stall_timeout must be > 0, got {self.stall_timeout!r}")
+        third = max(1, int(self.stall_timeout // 3))
+        defaults = {
+            "handshake_deadline": self.stall_timeout / 2,
+            "heartbeat": third,
+            "tcp_user_timeout_ms": int(self.stall_timeout * 1000),
+            "keepalive_idle": third,
+            "keepalive_interval": max(1, third // 3),
+            "keepalive_count": 3,
+        }
+        for name, value in defaults.items():
+            if getattr(self, name) is None:
+                object.__setattr__(self, name, value)
+
+    def with_(self, **changes: object) -> Policy:
+        """A copy with some settings changed."""
+        return replace(self, **changes)  # type: ignore[arg-type]
