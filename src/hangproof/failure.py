@@ -87,7 +87,11 @@ class Severity(StrEnum):
 
 @dataclass(frozen=True)
 class Backoff:
-    """Reconnect backoff: ``initial * factor**n``, capped at ``maximum``."""
+    """Reconnect backoff: ``initial * factor**n``, capped at ``maximum``.
+
+    >>> Backoff().delay(0), Backoff().delay(10)
+    (0.5, 5.0)
+    """
 
     initial: float = 0.5
     factor: float = 2.0
@@ -97,8 +101,8 @@ class Backoff:
     def delay(self, attempt: int) -> float:
         """Seconds to wait before attempt ``attempt`` (0-based).
 
-        >>> Backoff().delay(0), Backoff().delay(10)
-        (0.5, 5.0)
+        >>> Backoff().delay(0), Backoff().delay(1), Backoff().delay(10)
+        (0.5, 1.0, 5.0)
         """
         return min(self.maximum, self.initial * self.factor ** max(0, attempt))
 
@@ -112,8 +116,12 @@ class Policy:
     >>> p = Policy(stall_timeout=15)
     >>> p.handshake_deadline, p.heartbeat, p.tcp_user_timeout_ms
     (7.5, 5, 15000)
+    >>> p.read_timeout, p.write_timeout, p.recover_timeout, p.watchdog_interval
+    (15.0, 15.0, 60.0, 1.0)
     >>> Policy(stall_timeout=15, heartbeat=10).heartbeat
     10
+    >>> Policy(stall_timeout=3).heartbeat, Policy(stall_timeout=3).watchdog_interval
+    (1, 0.3)
 
     Derivation (each can be overridden by passing it explicitly):
     - ``handshake_deadline = stall_timeout / 2``: one total deadline over
@@ -125,7 +133,19 @@ class Policy:
     - ``tcp_user_timeout_ms = stall_timeout``: unacknowledged data for longer
       than that closes the socket (RFC 5482).
     - keepalive idle/interval/count so that an idle dead peer is found within
-      ``stall_timeout``.
+      ``stall_timeout`` (idle + interval * count <= stall_timeout).
+    - ``read_timeout = write_timeout = stall_timeout``: the kernel-level
+      SO_RCVTIMEO/SO_SNDTIMEO bound every *blocking* socket call, such as a
+      synchronous ``queue_declare`` right after a reconnect; the event loop's
+      own reads are non-blocking and do not see them.
+    - ``watchdog_interval = stall_timeout / 10`` (at most 1 s): how often the
+      guard's watchdog looks at the clocks; it adds at most this much to the
+      detection time.
+    - ``recover_timeout = 4 * stall_timeout``: how long a worker may stay
+      without a working broker connection (reconnecting, or wedged after a
+      forced reconnect) before its liveness turns unhealthy, so that
+      Kubernetes restarts it. Long enough for a few backoff rounds against a
+      cluster whose members are all restarting.
     """
 
     stall_timeout: float = 15.0
@@ -135,6 +155,10 @@ class Policy:
     keepalive_idle: int | None = None
     keepalive_interval: int | None = None
     keepalive_count: int | None = None
+    read_timeout: float | None = None
+    write_timeout: float | None = None
+    watchdog_interval: float | None = None
+    recover_timeout: float | None = None
     backoff: Backoff = field(default_factory=Backoff)
 
     def __post_init__(self) -> None:
@@ -148,11 +172,22 @@ class Policy:
             "keepalive_idle": third,
             "keepalive_interval": max(1, third // 3),
             "keepalive_count": 3,
+            "read_timeout": float(self.stall_timeout),
+            "write_timeout": float(self.stall_timeout),
+            "watchdog_interval": round(min(1.0, self.stall_timeout / 10), 3),
+            "recover_timeout": 4.0 * self.stall_timeout,
         }
         for name, value in defaults.items():
             if getattr(self, name) is None:
                 object.__setattr__(self, name, value)
+        assert self.handshake_deadline is not None
+        if self.handshake_deadline <= 0:
+            raise ValueError(f"handshake_deadline must be > 0, got {self.handshake_deadline!r}")
 
     def with_(self, **changes: object) -> Policy:
-        """A copy with some settings changed."""
+        """A copy with some settings changed (derived ones are kept unless given).
+
+        >>> Policy(stall_timeout=15).with_(heartbeat=3).heartbeat
+        3
+        """
         return replace(self, **changes)  # type: ignore[arg-type]

@@ -1,0 +1,20 @@
+"""``hangproof.kombu:Transport``: kombu's py-amqp transport that cannot hang in the handshake.
+
+    >>> from kombu import Connection
+    >>> Connection("amqp://guest:guest@127.0.0.1:5672//",
+    ...            transport="hangproof.kombu:Transport").transport_cls
+    'hangproof.kombu:Transport'
+
+See :mod:`hangproof.guard.transport` for what it changes and why.
+"""
+
+from __future__ import annotations
+
+from hangproof.guard.transport import (
+    GuardConnection,
+    HandshakeDeadlineExceeded,
+    Transport,
+    last_inbound_frame_at,
+)
+
+__all__ = ["GuardConnection", "HandshakeDeadlineExceeded", "Transport", "last_inbound_frame_at"]

@@ -1,0 +1,144 @@
+"""The guard transport's total handshake deadline, against a local fake peer.
+
+The fake peer accepts, reads the protocol header, sends Connection.Start, and
+then only drips heartbeat frames: the handshake never completes. Stock py-amqp
+with the same per-read timeout keeps waiting; the guard gives up on time.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import socket
+import threading
+import time
+from collections.abc import Iterator
+
+import amqp
+import pytest
+from pamqp import commands, frame, heartbeat
+
+from hangproof.guard.transport import GuardConnection, HandshakeDeadlineExceeded
+
+SLACK = 1.0  # scheduling slack on a loaded 2-core box
+
+
+@contextlib.contextmanager
+def dripping_peer(*, send_start: bool = True, interval: float = 0.2) -> Iterator[str]:
+    """A listener that starts the AMQP handshake then only sends heartbeats.
+
+    Stops (and closes every socket) when the context exits; bounded by a
+    60 s lifetime in case a test forgets it.
+    """
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(8)
+    listener.settimeout(0.2)
+    stop = threading.Event()
+    conns: list[socket.socket] = []
+
+    def serve() -> None:
+        born = time.monotonic()
+        while not stop.is_set() and time.monotonic() - born < 60:
+            try:
+                conn, _ = listener.accept()
+            except OSError:
+                continue
+            conns.append(conn)
+            threading.Thread(target=drip, args=(conn, born), daemon=True).start()
+
+    def drip(conn: socket.socket, born: float) -> None:
+        try:
+            conn.settimeout(5)
+            conn.recv(8)  # the client's protocol header
+            if send_start:
+                start = commands.Connection.Start(
+                    server_properties={"product": "fake"},
+                    mechanisms="PLAIN",
+                    locales="en_US",
+                )
+                conn.sendall(frame.marshal(start, 0))
+            while not stop.is_set() and time.monotonic() - born < 60:
+                if send_start:
+                    conn.sendall(frame.marshal(heartbeat.Heartbeat(), 0))
+                time.sleep(interval)
+        except OSError:
+            pass
+
+    server = threading.Thread(target=serve, daemon=True)
+    server.start()
+    try:
+        yield f"127.0.0.1:{listener.getsockname()[1]}"
+    finally:
+        stop.set()
+        server.join(5)
+        for conn in conns:
+            conn.close()
+        listener.close()
+
+
+def _time_connect(conn: amqp.Connection, limit: float) -> tuple[float, BaseException | None]:
+    """Connect in a thread; return (seconds, error). seconds > limit means still hung."""
+    result: list[BaseException | None] = []
+
+    def run() -> None:
+        try:
+            conn.connect()
+            result.append(None)
+        except BaseException as exc:
+            result.append(exc)
+
+    started = time.monotonic()
+    worker = threading.Thread(target=run, daemon=True)
+    worker.start()
+    worker.join(limit)
+    elapsed = time.monotonic() - started
+    if worker.is_alive():
+        # Unblock the stuck reader so the thread ends with the test.
+        with contextlib.suppress(OSError, AttributeError):
+            conn._transport.sock.shutdown(socket.SHUT_RDWR)
+        worker.join(5)
+        return elapsed, None
+    return elapsed, result[0]
+
+
+@pytest.mark.timeout(30)
+def test_guard_deadline_stops_heartbeat_drip() -> None:
+    deadline = 1.5
+    with dripping_peer() as host:
+        conn = GuardConnection(host=host, connect_timeout=1.0, handshake_deadline=deadline)
+        elapsed, error = _time_connect(conn, limit=deadline + 5)
+    assert isinstance(error, HandshakeDeadlineExceeded), error
+    assert deadline - 0.1 <= elapsed <= deadline + SLACK
+
+
+@pytest.mark.timeout(30)
+def test_stock_pyamqp_keeps_waiting_on_heartbeat_drip() -> None:
+    """The control: the same per-read timeout does not stop stock py-amqp."""
+    with dripping_peer() as host:
+        conn = amqp.Connection(host=host, connect_timeout=1.0)
+        elapsed, error = _time_connect(conn, limit=4.0)
+    assert error is None and elapsed >= 4.0, (elapsed, error)
+
+
+@pytest.mark.timeout(30)
+def test_guard_deadline_holds_with_no_connect_timeout() -> None:
+    """Celery sets connect_timeout=None under gevent; the deadline still holds."""
+    with dripping_peer(send_start=False) as host:
+        conn = GuardConnection(host=host, connect_timeout=None, handshake_deadline=1.0)
+        elapsed, error = _time_connect(conn, limit=6)
+    assert isinstance(error, HandshakeDeadlineExceeded), error
+    assert elapsed <= 1.0 + SLACK
+
+
+def test_guard_connection_is_a_kombu_transport() -> None:
+    from kombu import Connection
+
+    conn = Connection(
+        "amqp://guest:guest@127.0.0.1:1//",
+        transport="hangproof.kombu:Transport",
+        transport_options={"handshake_deadline": 0.5},
+        connect_timeout=0.5,
+    )
+    with pytest.raises(OSError):
+        conn.connect()
+    assert conn.transport.Connection is GuardConnection
