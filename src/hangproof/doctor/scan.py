@@ -1,0 +1,278 @@
+"""Adapter: gather one :class:`HostView` from the live host, then diagnose it.
+
+Read-only: netlink dumps, /proc, ``conntrack -L``, ``iptables-save``,
+``ip -j addr``, keepalived's files and ``py-spy dump``. Every external command
+has a hard timeout; anything we cannot read becomes a ``could_not_see`` line.
+
+>>> report = run_scan(ScanRequest(netns="hpdoc-x", min_silence=1))  # doctest: +SKIP
+>>> [f.kind for f in report.findings]  # doctest: +SKIP
+['handshake-unanswered', 'nodeport-vip-race-hazard']
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from hangproof.doctor import sockets as live
+from hangproof.doctor.conntrack import parse_conntrack
+from hangproof.doctor.model import Finding, FloatingAddress, HostView
+from hangproof.doctor.netfilter import (
+    floating_from_ip_addr,
+    flushes_conntrack,
+    parse_iptables_save,
+    parse_keepalived,
+)
+from hangproof.doctor.rules import HANDSHAKE_UNANSWERED, RuleSettings, diagnose
+from hangproof.errors import HangproofError, MissingToolError
+
+#: py-spy attaches with ptrace and walks the stack; a wedged target can make it
+#: slow, never make the doctor hang.
+PY_SPY_TIMEOUT = 8.0
+KEEPALIVED_DEFAULT_CONF = "/etc/keepalived/keepalived.conf"
+_CREDENTIALS = re.compile(r"(://[^:/@\s]*:)[^@\s]*@")
+
+
+@dataclass(frozen=True)
+class ScanRequest:
+    """What to scan: a named namespace, a process, or this host's namespace."""
+
+    netns: str | None = None
+    pid: int | None = None
+    min_silence: float = 5.0
+    heartbeat: float = 60.0
+    stacks: bool = True
+    use_ss: bool = False
+
+
+@dataclass
+class ScanReport:
+    """Findings plus what the scan covered, for ``--json`` and the human text."""
+
+    findings: list[Finding]
+    view: HostView
+    seconds: float
+    timings: dict[str, float] = field(default_factory=dict)
+
+    def as_dict(self) -> dict[str, Any]:
+        """The ``--json`` document (ARCHITECTURE.md: ``findings`` is a list)."""
+        return {
+            "findings": [f.as_dict() for f in self.findings],
+            "netns": self.view.netns,
+            "scanned_sockets": len(self.view.sockets),
+            "seconds": round(self.seconds, 4),
+            "timings": {k: round(v, 4) for k, v in self.timings.items()},
+            "could_not_see": list(self.view.could_not_see),
+        }
+
+    @property
+    def has_problem(self) -> bool:
+        """A warning or worse was found: exit 1."""
+        return any(f.is_problem for f in self.findings)
+
+
+def _netns_for(request: ScanRequest) -> str | None:
+    if request.netns:
+        return live.netns_path(request.netns)
+    if request.pid is not None:
+        path = f"/proc/{request.pid}/ns/net"
+        if not os.path.exists(path):
+            raise HangproofError(f"no process {request.pid}")
+        # Only switch when the process lives elsewhere; same namespace needs no setns.
+        return None if live.same_netns(request.pid, None) else path
+    return None
+
+
+def collect(request: ScanRequest, timings: dict[str, float] | None = None) -> HostView:
+    """Read sockets, owners, conntrack, iptables and floating addresses."""
+    timings = timings if timings is not None else {}
+    netns = _netns_for(request)
+    if netns is not None and os.geteuid() != 0:
+        raise HangproofError(
+            "entering another network namespace needs root: run `sudo hangproof doctor ...`"
+        )
+    view = HostView(sockets=[], netns=request.netns or netns)
+    t = time.perf_counter()
+    if request.use_ss:
+        view.sockets = live.read_ss_sockets(netns)
+    else:
+        try:
+            view.sockets = live.read_tcp_sockets(netns)
+        except (OSError, live.NetlinkDumpError) as exc:
+            # Some sandboxes forbid NETLINK_SOCK_DIAG; ss may still work there.
+            view.could_not_see.append(f"netlink inet_diag ({exc}); fell back to `ss`")
+            view.sockets = live.read_ss_sockets(netns)
+    timings["sockets"] = time.perf_counter() - t
+
+    t = time.perf_counter()
+    owner_scan = live.map_owners(s.inode for s in view.sockets if s.inode)
+    view.owners = owner_scan.owners
+    timings["owners"] = time.perf_counter() - t
+    if owner_scan.unreadable_pids:
+        view.could_not_see.append(
+            f"socket owners of {owner_scan.unreadable_pids} processes of other users "
+            "(/proc/PID/fd is private): run as root to name them"
+        )
+    t = time.perf_counter()
+    view.conntrack = _read_conntrack(netns, view)
+    view.node_port_gate = _read_iptables(netns, view)
+    view.floating = _read_floating(netns, view, request.netns is not None)
+    timings["netfilter"] = time.perf_counter() - t
+    return view
+
+
+def _tool_output(argv: list[str], netns: str | None, view: HostView, what: str) -> str | None:
+    try:
+        result = live.run_tool(argv, netns=netns, timeout=15)
+    except MissingToolError as exc:
+        view.could_not_see.append(f"{what}: {exc}")
+        return None
+    except subprocess.TimeoutExpired:
+        view.could_not_see.append(f"{what}: `{argv[0]}` did not answer within 15 s")
+        return None
+    if result.returncode != 0:
+        reason = (result.stderr.strip().splitlines() or ["failed"])[-1]
+        hint = " (needs root / CAP_NET_ADMIN)" if os.geteuid() != 0 else ""
+        view.could_not_see.append(f"{what}: `{' '.join(argv)}` {reason}{hint}")
+        return None
+    return result.stdout
+
+
+def _read_conntrack(netns: str | None, view: HostView) -> list | None:
+    text = _tool_output(
+        ["conntrack", "-L", "-p", "tcp", "-o", "extended"], netns, view, "conntrack entries (dnat)"
+    )
+    return None if text is None else parse_conntrack(text)
+
+
+def _read_iptables(netns: str | None, view: HostView):  # -> NodePortGate | None
+    text = _tool_output(["iptables-save"], netns, view, "iptables rules (kube-proxy NodePorts)")
+    return None if text is None else parse_iptables_save(text)
+
+
+def _read_floating(netns: str | None, view: HostView, named_netns: bool) -> list[FloatingAddress]:
+    out: list[FloatingAddress] = []
+    text = _tool_output(["ip", "-j", "addr", "show"], netns, view, "interface addresses")
+    held: set[str] = set()
+    if text:
+        try:
+            out = floating_from_ip_addr(text)
+        except ValueError:
+            view.could_not_see.append("interface addresses: `ip -j addr` printed no JSON")
+        held = {f.address for f in out}
+    for path, conf_text in _keepalived_configs(netns, named_netns):
+        conf = parse_keepalived(conf_text)
+        flush = any(flushes_conntrack(_command_text(cmd)) for cmd in conf.notify_master)
+        for vip in conf.vips:
+            existing = next((f for f in out if f.address == vip), None)
+            if existing is not None:
+                out[out.index(existing)] = FloatingAddress(
+                    vip, f"{existing.source}; keepalived {path}", True, flush
+                )
+            else:
+                out.append(FloatingAddress(vip, f"keepalived {path}", vip in held, flush))
+    return out
+
+
+def _keepalived_configs(netns: str | None, named_netns: bool) -> list[tuple[str, str]]:
+    """keepalived configs in force here: running keepalived's ``-f`` files, and the default."""
+    paths: list[str] = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        pid = int(entry)
+        if live.process_name(pid) != "keepalived" or not live.same_netns(pid, netns):
+            continue
+        argv = live.process_cmdline(pid) or []
+        conf = KEEPALIVED_DEFAULT_CONF
+        for i, arg in enumerate(argv):
+            if arg in ("-f", "--use-file") and i + 1 < len(argv):
+                conf = argv[i + 1]
+            elif arg.startswith("--use-file="):
+                conf = arg.split("=", 1)[1]
+        # A relative path is relative to keepalived's cwd, readable via /proc.
+        paths.append(conf if conf.startswith("/") else f"/proc/{pid}/cwd/{conf}")
+    if not named_netns and KEEPALIVED_DEFAULT_CONF not in paths:
+        paths.append(KEEPALIVED_DEFAULT_CONF)
+    out = []
+    for path in dict.fromkeys(paths):
+        try:
+            with open(path, encoding="utf-8", errors="replace") as f:
+                out.append((path, f.read(1 << 20)))
+        except OSError:
+            continue
+    return out
+
+
+def _command_text(command: str) -> str:
+    # notify_master is usually a script path; mitigation 1 lives inside it.
+    script = command.split()[0] if command.split() else ""
+    if script.startswith("/") and os.path.isfile(script):
+        try:
+            with open(script, encoding="utf-8", errors="replace") as f:
+                return command + "\n" + f.read(1 << 16)
+        except OSError:
+            pass
+    return command
+
+
+def python_stack(pid: int) -> str | None:
+    """The thread stacks of a Python process via ``py-spy dump`` (native frames if possible).
+
+    Returns None when py-spy is missing, the process is not Python, or ptrace
+    is not allowed. The header line with the command line is dropped: argv can
+    carry broker credentials.
+    """
+    py_spy = shutil.which("py-spy") or shutil.which("py-spy", path=os.path.dirname(sys.executable))
+    if py_spy is None:
+        return None
+    for extra in (["--native"], []):
+        try:
+            result = subprocess.run(
+                [py_spy, "dump", "--pid", str(pid), *extra],
+                capture_output=True,
+                text=True,
+                timeout=PY_SPY_TIMEOUT,
+                check=False,
+            )
+        except (subprocess.TimeoutExpired, OSError):
+            continue
+        if result.returncode == 0 and "Thread" in result.stdout:
+            lines = result.stdout.splitlines()
+            start = next((i for i, line in enumerate(lines) if line.startswith("Thread")), 0)
+            return _CREDENTIALS.sub(r"\1****@", "\n".join(lines[start:]).strip())
+    return None
+
+
+def run_scan(request: ScanRequest) -> ScanReport:
+    """Collect, diagnose, and add Python stacks to wedged clients."""
+    start = time.perf_counter()
+    timings: dict[str, float] = {}
+    view = collect(request, timings)
+    t = time.perf_counter()
+    settings = RuleSettings(
+        min_silence=request.min_silence, pid=request.pid, heartbeat=request.heartbeat
+    )
+    findings = diagnose(view, settings)
+    timings["rules"] = time.perf_counter() - t
+    if request.stacks:
+        t = time.perf_counter()
+        stacks: dict[int, str | None] = {}
+        for finding in findings:
+            if finding.kind == HANDSHAKE_UNANSWERED and finding.pid is not None:
+                if finding.pid not in stacks:
+                    stacks[finding.pid] = python_stack(finding.pid)
+                finding.evidence["python_stack"] = stacks[finding.pid]
+        if stacks and not any(stacks.values()):
+            view.could_not_see.append(
+                "Python stacks: py-spy could not read the client (not Python, py-spy "
+                "missing, or ptrace not allowed: needs root or CAP_SYS_PTRACE)"
+            )
+        timings["stacks"] = time.perf_counter() - t
+    return ScanReport(findings, view, time.perf_counter() - start, timings)
