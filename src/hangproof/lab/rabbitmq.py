@@ -241,4 +241,3 @@ class RabbitNode:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
-

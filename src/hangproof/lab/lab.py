@@ -1,0 +1,276 @@
+"""The lab engine: bring a topology up, tear it down, report its status.
+
+>>> lab = Lab(Topology.seed())           # doctest: +SKIP
+>>> lab.up(); lab.status(); lab.down()   # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import contextlib
+import sys
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+from hangproof.errors import HangproofError, require_root, require_tools
+from hangproof.lab import hooks, kube_proxy, network, processes
+from hangproof.lab.rabbitmq import RabbitNode
+from hangproof.lab.state import LabState, known_labs
+from hangproof.lab.topology import Topology
+
+LAB_TOOLS = ("ip", "iptables-restore", "iptables-save", "conntrack", "ss", "epmd", "sysctl")
+
+Progress = Callable[[str], None]
+
+
+def stderr_progress(prefix: str = "lab") -> Progress:
+    """Progress lines on stderr with elapsed seconds (stdout stays for --json)."""
+    start = time.monotonic()
+
+    def say(message: str) -> None:
+        print(f"[{prefix} {time.monotonic() - start:5.1f}s] {message}", file=sys.stderr, flush=True)
+
+    return say
+
+
+def quiet(_: str) -> None:
+    """A progress callback that says nothing."""
+
+
+class Lab:
+    """One lab instance, named by its topology."""
+
+    def __init__(self, topology: Topology, progress: Progress = quiet) -> None:
+        self.topo = topology
+        self.progress = progress
+
+    # -- lookup ----------------------------------------------------------
+    @classmethod
+    def existing(cls, name: str = "hplab", progress: Progress = quiet) -> Lab:
+        """The lab that ``lab up`` made, from its state file; clear error if none."""
+        state = LabState.load(name)
+        if state is None or not state.topology:
+            raise HangproofError(f"lab {name!r} is not up: run `hangproof lab up` first")
+        return cls(Topology.from_dict(state.topology, source=f"state of lab {name}"), progress)
+
+    @property
+    def state(self) -> LabState:
+        return LabState.load(self.topo.name) or LabState(self.topo.name, self.topo.to_dict())
+
+    # -- up ---------------------------------------------------------------
+    def up(self, *, brokers: bool = True) -> LabState:
+        """Build namespaces, kube-proxy rules, port holders and brokers. Idempotent."""
+        require_root("hangproof lab up")
+        require_tools(*LAB_TOOLS)
+        existing = LabState.load(self.topo.name)
+        if existing and existing.topology and self.is_up(existing):
+            self.progress(f"lab {self.topo.name} is already up")
+            return existing
+        if existing:  # half-made by a crash: clear it first
+            self.down()
+        state = LabState(self.topo.name, self.topo.to_dict())
+        state.save()
+        try:
+            network.build(self.topo, state, self.progress)
+            for node in self.topo.nodes:
+                self.install_kube_proxy(node.name, state)
+            if brokers:
+                self.start_brokers(state)
+        except BaseException:
+            self.progress("lab up failed; removing what was made")
+            self.down()
+            raise
+        self.progress(f"lab {self.topo.name} is up")
+        return state
+
+    def install_kube_proxy(self, node: str, state: LabState) -> None:
+        """nat rules as kube-proxy 1.9 writes them, SYN trace counters, port holder."""
+        ns = self.topo.ns(node)
+        rules = kube_proxy.nat_rules(
+            self.topo.service, self.topo.node_port, self.topo.broker_endpoints()
+        )
+        processes.run(["iptables-restore"], netns=ns, input=rules)
+        processes.run(
+            ["iptables-restore", "--noflush"],
+            netns=ns,
+            input=hooks.trace_rules(self.topo.vip, self.topo.node_port, [network.UPLINK]),
+        )
+        if self.topo.kube_proxy == "legacy":
+            self.start_port_holder(node, state)
+
+    def start_port_holder(self, node: str, state: LabState) -> int:
+        ns = self.topo.ns(node)
+        proc = processes.spawn(
+            kube_proxy.port_holder_argv(self.topo.node_port),
+            netns=ns,
+            log=state.directory / f"port-holder-{node}.log",
+        )
+        state.track("port-holder", node, proc.pid, ns)
+        # Bounded wait until it listens, so a race never starts before the holder.
+        for _ in range(100):
+            if self.listener_owner(node) is not None:
+                break
+            time.sleep(0.05)
+        self.progress(
+            f"node {node}: kube-proxy port holder on *:{self.topo.node_port} (pid {proc.pid})"
+        )
+        return proc.pid
+
+    def stop_port_holder(self, node: str) -> None:
+        state = self.state
+        for p in state.find("port-holder", node):
+            processes.stop_pid(p.pid)
+            state.untrack(p.pid)
+
+    def broker(self, node: str) -> RabbitNode:
+        pod = self.topo.node(node)
+        return RabbitNode(
+            name=f"{self.topo.name}-{node}",
+            state_dir=self.state.directory / f"rabbitmq-{node}",
+            host=pod.pod_address,
+            amqp_port=self.topo.target_port,
+            netns=self.topo.pod_ns(node),
+        )
+
+    def start_brokers(self, state: LabState) -> None:
+        nodes = [self.broker(b) for b in self.topo.brokers]
+        for b, rn in zip(self.topo.brokers, nodes, strict=True):
+            rn.start(wait=False)
+            assert rn.pid is not None and rn.epmd_pid is not None
+            state.track("epmd", b, rn.epmd_pid, rn.netns)
+            state.track("rabbitmq", b, rn.pid, rn.netns)
+            self.progress(
+                f"pod {b}: rabbitmq-server starting (pid {rn.pid}) at {rn.host}:{rn.amqp_port}"
+            )
+        with ThreadPoolExecutor(max_workers=len(nodes)) as pool:
+            list(pool.map(lambda rn: rn.wait_ready(), nodes))
+        self.progress(f"rabbitmq ready on {', '.join(self.topo.brokers)}")
+
+    # -- down -------------------------------------------------------------
+    def down(self) -> list[str]:
+        """Stop tracked processes by pid, delete the lab's namespaces. Idempotent."""
+        require_root("hangproof lab down")
+        state = LabState.load(self.topo.name)
+        removed: list[str] = []
+        if state is not None:
+            for p in reversed(state.processes):
+                processes.stop_pid(p.pid, grace=5.0)
+            removed += network.destroy_namespaces(state.namespaces, self.progress)
+        # Anything with our prefix that the state file missed (crash mid-write).
+        removed += network.destroy_namespaces(network.leftovers(self.topo.name), self.progress)
+        if state is not None:
+            with contextlib.suppress(FileNotFoundError):
+                state.path.unlink()
+        return removed
+
+    @staticmethod
+    def down_all(progress: Progress = quiet) -> list[str]:
+        """``lab down --all``: every lab with a state file, plus the default prefix."""
+        removed: list[str] = []
+        for name in sorted({*known_labs(), "hplab"}):
+            state = LabState.load(name)
+            topo = (
+                Topology.from_dict(state.topology)
+                if state and state.topology
+                else Topology.seed(name)
+            )
+            removed += Lab(topo, progress).down()
+        return removed
+
+    # -- status -----------------------------------------------------------
+    def is_up(self, state: LabState | None = None) -> bool:
+        state = state or LabState.load(self.topo.name)
+        if state is None:
+            return False
+        present = set(network.existing_namespaces())
+        return all(ns in present for ns in state.namespaces) and all(
+            processes.pid_alive(p.pid) for p in state.processes
+        )
+
+    def status(self) -> dict[str, Any]:
+        """What exists and runs: namespaces, processes, brokers, the VIP holder."""
+        state = LabState.load(self.topo.name)
+        present = set(network.existing_namespaces())
+        if state is None:
+            return {
+                "lab": self.topo.name,
+                "up": False,
+                "leftovers": network.leftovers(self.topo.name),
+            }
+        brokers = []
+        for b in self.topo.brokers:
+            rn = self.broker(b)
+            brokers.append(
+                {
+                    "node": b,
+                    "address": f"{rn.host}:{rn.amqp_port}",
+                    "answers_amqp": rn.answers_amqp(timeout=1.0),
+                }
+            )
+        return {
+            "lab": self.topo.name,
+            "up": self.is_up(state),
+            "topology": self.topo.to_dict(),
+            "namespaces": {ns: ns in present for ns in state.namespaces},
+            "processes": [
+                {"role": p.role, "node": p.node, "pid": p.pid, "alive": processes.pid_alive(p.pid)}
+                for p in state.processes
+            ],
+            "brokers": brokers,
+            "vip_holders": self.vip_holders()
+            if all(ns in present for ns in state.namespaces)
+            else [],
+        }
+
+    # -- node-level operations used by races and faults --------------------
+    def vip_holders(self) -> list[str]:
+        holders = []
+        for node in self.topo.nodes:
+            out = processes.run(
+                ["ip", "-o", "-4", "addr", "show", "dev", network.UPLINK],
+                netns=self.topo.ns(node.name),
+                check=False,
+            ).stdout
+            if f" {self.topo.vip}/" in out:
+                holders.append(node.name)
+        return holders
+
+    def add_vip(self, node: str) -> None:
+        processes.run(
+            ["ip", "addr", "replace", f"{self.topo.vip}/32", "dev", network.UPLINK],
+            netns=self.topo.ns(node),
+        )
+
+    def del_vip(self, node: str) -> None:
+        processes.run(
+            ["ip", "addr", "del", f"{self.topo.vip}/32", "dev", network.UPLINK],
+            netns=self.topo.ns(node),
+            check=False,
+        )
+
+    def mac(self, node: str) -> str:
+        out = processes.run(
+            ["cat", f"/sys/class/net/{network.UPLINK}/address"], netns=self.topo.ns(node)
+        ).stdout
+        return out.strip()
+
+    def listener_owner(self, node: str) -> str | None:
+        """Process name owning the LISTEN socket on the NodePort, if any."""
+        out = processes.run(
+            ["ss", "-Htlnp", f"sport = :{self.topo.node_port}"],
+            netns=self.topo.ns(node),
+            check=False,
+        ).stdout
+        from hangproof.lab.evidence import parse_ss_users
+
+        for line in out.splitlines():
+            users = parse_ss_users(line)
+            if users:
+                return users[0][0]
+        return None
+
+    def conntrack_flush_vip(self, node: str) -> None:
+        processes.run(
+            ["conntrack", "-D", "-d", self.topo.vip], netns=self.topo.ns(node), check=False
+        )

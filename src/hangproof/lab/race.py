@@ -1,0 +1,330 @@
+"""The seed's race, on demand: a SYN in flight when the VIP lands on the client's node.
+
+Steps (INCIDENT.md, "Reproduced deterministically"):
+
+1. The VIP is held by another node (``n2``); the client node (``n1``) keeps a
+   neighbour entry pointing at it.
+2. The VIP leaves ``n2``. A client on ``n1`` connects to VIP:NodePort; its SYN
+   goes to ``n2``, which no longer owns the address, and gets no answer.
+3. As soon as the client's socket is observed in SYN-SENT *and* its conntrack
+   entry exists un-NATed, the VIP is added on ``n1`` (trigger on state, not on
+   sleeps).
+4. The SYN retransmitted ~1 s later is routed to ``lo``; it belongs to the
+   same conntrack entry so nat is not consulted again; it reaches INPUT with
+   destination VIP:NodePort, where kube-proxy's port holder completes the
+   handshake in the kernel and never reads. The client waits forever.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from hangproof.errors import HangproofError
+from hangproof.failure import RaceOutcome
+from hangproof.lab import network, processes
+from hangproof.lab.evidence import join_ss_records, parse_conntrack, parse_ss_record
+from hangproof.lab.hooks import TRACE_IN, TRACE_OUT, parse_trace_counters, seen
+from hangproof.lab.lab import Lab
+from hangproof.lab.mitigations import MITIGATIONS, conntrack_flush_command, reject_undnat_rule
+from hangproof.lab.race_client import CLIENTS
+
+#: The raw client waits this long for Connection.Start before we call it a hang.
+DEFAULT_WINDOW = 10.0
+#: Library clients have their own timeouts (pika: 15 s stack timeout), so they
+#: get a longer window, or a client that gives up late would be called a hang.
+DEFAULT_LIBRARY_WINDOW = 30.0
+#: The first SYN leaves at once; the retransmission comes ~1 s later (RFC 6298
+#: initial RTO). The trigger must fire in between; we wait at most this long
+#: for the SYN-SENT state (client start-up, e.g. importing kombu, included).
+TRIGGER_TIMEOUT = 15.0
+POLL_INTERVAL = 0.01
+
+
+def default_window(client: str) -> float:
+    return DEFAULT_WINDOW if client == "raw" else DEFAULT_LIBRARY_WINDOW
+
+
+def run_race(
+    lab: Lab,
+    *,
+    client: str = "raw",
+    mitigation: str = "none",
+    window: float | None = None,
+    keep: bool = False,
+    client_node: str | None = None,
+    old_holder: str | None = None,
+) -> dict[str, Any]:
+    """Run one race and return the JSON-able result (ARCHITECTURE.md contract)."""
+    if client not in CLIENTS:
+        raise HangproofError(f"unknown client {client!r}; choose one of: {', '.join(CLIENTS)}")
+    if mitigation not in MITIGATIONS:
+        raise HangproofError(
+            f"unknown mitigation {mitigation!r}; choose one of: {', '.join(MITIGATIONS)}"
+        )
+    topo = lab.topo
+    if len(topo.nodes) < 2:
+        raise HangproofError(
+            "the race needs at least two nodes (an old VIP holder and the client's)"
+        )
+    window = default_window(client) if window is None else window
+    cn = client_node or topo.nodes[0].name
+    oh = old_holder or next(n.name for n in topo.nodes if n.name != cn)
+    ns = topo.ns(cn)
+    vip, port = topo.vip, topo.node_port
+    say = lab.progress
+    state = lab.state
+
+    _reset(lab, cn)
+    # 1. the VIP is on the old holder, and the client node learns its MAC
+    lab.add_vip(oh)
+    processes.run(
+        [
+            "ip",
+            "neigh",
+            "replace",
+            vip,
+            "lladdr",
+            lab.mac(oh),
+            "dev",
+            network.UPLINK,
+            "nud",
+            "permanent",
+        ],
+        netns=ns,
+    )
+    # 2. the VIP leaves the old holder (keepalived's check failed there)
+    lab.del_vip(oh)
+    say(f"VIP {vip} left {oh}; {cn} still sends it to {oh}'s MAC")
+    undo = _apply_mitigation(lab, mitigation, cn)
+    result_file = state.directory / f"race-{cn}-result.json"
+    with contextlib.suppress(FileNotFoundError):
+        result_file.unlink()
+
+    url = f"amqp://guest:guest@{vip}:{port}/"
+    started = time.monotonic()
+    proc = processes.spawn(
+        [sys.executable, "-m", "hangproof.lab.race_client", client, url, str(result_file)],
+        netns=ns,
+        log=state.directory / f"race-{cn}-client.log",
+    )
+    state.track("race-client", cn, proc.pid, ns)
+    say(f"client {client} on {cn} (pid {proc.pid}) connects to {vip}:{port}")
+    evidence: dict[str, Any] = {}
+    outcome: RaceOutcome
+    client_result: dict[str, Any] | None = None
+    connect_seconds: float | None = None
+    trigger_seconds: float | None = None
+    try:
+        # 3. trigger on observed state: SYN-SENT socket + un-NATed conntrack entry
+        sport = _wait_syn_sent(lab, cn, proc.pid)
+        if sport is None:
+            client_result = _read_result(result_file)
+            raise HangproofError(
+                f"the {client} client never reached SYN-SENT within {TRIGGER_TIMEOUT:.0f} s"
+                + (f": {client_result['detail']}" if client_result else "")
+                + f"; see {state.directory / f'race-{cn}-client.log'}"
+            )
+        lab.add_vip(cn)
+        if mitigation == "conntrack-flush":
+            processes.run(conntrack_flush_command(vip), netns=ns, check=False)
+        trigger_seconds = time.monotonic() - started
+        say(
+            f"SYN-SENT from port {sport}, conntrack un-NATed: VIP added on {cn} "
+            f"at {trigger_seconds:.2f} s"
+            + (" and conntrack flushed" if mitigation == "conntrack-flush" else "")
+        )
+
+        # 4. watch: connected? answered? until the observation window closes
+        deadline = started + window
+        while time.monotonic() < deadline:
+            if connect_seconds is None and _client_established(lab, cn, sport):
+                connect_seconds = time.monotonic() - started
+                say(f"TCP connected after {connect_seconds:.2f} s")
+            client_result = _read_result(result_file)
+            if client_result is not None or not processes.pid_alive(proc.pid):
+                break
+            time.sleep(0.05)
+        client_result = client_result or _read_result(result_file)
+        evidence = collect_evidence(lab, cn, sport)
+        if connect_seconds is None and client_result and client_result["result"] == "connected":
+            # The client finished between two polls; its own clock includes start-up,
+            # so this is an upper bound.
+            connect_seconds = float(client_result["seconds"])
+        if client_result is None:
+            outcome = RaceOutcome.HANG if processes.pid_alive(proc.pid) else RaceOutcome.ERROR
+        else:
+            outcome = RaceOutcome(client_result["result"])
+        say(f"outcome: {outcome.value}")
+    finally:
+        if not keep:
+            processes.stop_pid(proc.pid, grace=2.0)
+            state.untrack(proc.pid)
+            undo()
+            _reset(lab, cn)
+    return {
+        "outcome": outcome.value,
+        "client": client,
+        "mitigation": mitigation,
+        "client_node": cn,
+        "old_holder": oh,
+        "connect_seconds": round(connect_seconds, 3) if connect_seconds is not None else None,
+        "trigger_seconds": round(trigger_seconds, 3) if trigger_seconds is not None else None,
+        "window_seconds": window,
+        "race_seconds": round(time.monotonic() - started, 3),
+        "client_result": client_result,
+        "client_pid": proc.pid if keep else None,
+        "kept": keep,
+        "evidence": evidence,
+    }
+
+
+def _reset(lab: Lab, client_node: str) -> None:
+    """The VIP nowhere, no stale neighbour, no conntrack entries, counters zeroed."""
+    topo = lab.topo
+    for node in topo.nodes:
+        lab.del_vip(node.name)
+    ns = topo.ns(client_node)
+    processes.run(["ip", "neigh", "del", topo.vip, "dev", network.UPLINK], netns=ns, check=False)
+    for node in topo.nodes:
+        lab.conntrack_flush_vip(node.name)
+        for chain in (TRACE_OUT, TRACE_IN):
+            processes.run(
+                ["iptables", "-t", "mangle", "-Z", chain], netns=topo.ns(node.name), check=False
+            )
+
+
+def _apply_mitigation(lab: Lab, mitigation: str, node: str) -> Any:
+    """Deploy a mitigation on the client node; return a function that removes it."""
+    ns = lab.topo.ns(node)
+    if mitigation == "reject-undnat":
+        rule = reject_undnat_rule(lab.topo.node_port)
+        processes.run(["iptables", "-I", "INPUT", "1", *rule], netns=ns)
+        return lambda: processes.run(["iptables", "-D", "INPUT", *rule], netns=ns, check=False)
+    if mitigation == "no-port-holder":
+        had_holder = bool(lab.state.find("port-holder", node))
+        lab.stop_port_holder(node)
+        if had_holder:
+            return lambda: lab.start_port_holder(node, lab.state)
+    return lambda: None
+
+
+def _ss(lab: Lab, node: str, *filter_args: str) -> list[dict[str, Any]]:
+    out = processes.run(
+        ["ss", "-Htanpie", *filter_args], netns=lab.topo.ns(node), check=False
+    ).stdout
+    return [parse_ss_record(r) for r in join_ss_records(out)]
+
+
+def _wait_syn_sent(lab: Lab, node: str, client_pid: int) -> int | None:
+    """Poll until a SYN-SENT socket to the VIP has an un-NATed conntrack entry."""
+    topo = lab.topo
+    script = (
+        f"ss -Htn state syn-sent dst {topo.vip} and dport = :{topo.node_port}; echo ---; "
+        f"conntrack -L -p tcp -d {topo.vip} 2>/dev/null"
+    )
+    deadline = time.monotonic() + TRIGGER_TIMEOUT
+    for _ in range(int(TRIGGER_TIMEOUT / POLL_INTERVAL)):
+        if time.monotonic() > deadline or not processes.pid_alive(client_pid):
+            return None
+        out = processes.run(["sh", "-c", script], netns=topo.ns(node), check=False).stdout
+        sockets, _, ct = out.partition("---")
+        # With a state filter ss omits the State column: Recv-Q Send-Q Local Peer.
+        ports = {r.split()[2].rpartition(":")[2] for r in sockets.splitlines() if r.strip()}
+        for entry in parse_conntrack(ct):
+            sport = entry["original"].get("sport")
+            if sport in ports and entry["state"] == "SYN_SENT" and not entry["dnat"]:
+                return int(sport)
+        time.sleep(POLL_INTERVAL)
+    return None
+
+
+def _client_established(lab: Lab, node: str, sport: int) -> bool:
+    out = processes.run(
+        ["ss", "-Htn", "state", "established", f"sport = :{sport}"],
+        netns=lab.topo.ns(node),
+        check=False,
+    ).stdout
+    return bool(out.strip())
+
+
+def _read_result(path: Path) -> dict[str, Any] | None:
+    try:
+        return json.loads(path.read_text())
+    except (FileNotFoundError, json.JSONDecodeError):
+        return None
+
+
+def collect_evidence(lab: Lab, node: str, sport: int) -> dict[str, Any]:
+    """The report's evidence, read live from the client node."""
+    topo = lab.topo
+    ns = topo.ns(node)
+    client = next(
+        (
+            s
+            for s in _ss(lab, node, f"sport = :{sport}")
+            if s["remote"].endswith(f":{topo.node_port}")
+        ),
+        None,
+    )
+    peer = next(
+        (
+            s
+            for s in _ss(lab, node, f"dport = :{sport}")
+            if s["local"].endswith(f":{topo.node_port}")
+        ),
+        None,
+    )
+    ct_text = processes.run(
+        ["conntrack", "-L", "-p", "tcp", "--orig-port-src", str(sport)], netns=ns, check=False
+    ).stdout
+    entries = [e for e in parse_conntrack(ct_text) if e["original"].get("dst") == topo.vip]
+    entry = entries[0] if entries else None
+    counters = parse_trace_counters(
+        processes.run(["iptables-save", "-c", "-t", "mangle"], netns=ns, check=False).stdout
+    )
+    return {
+        "client_socket": _socket_summary(client) if client else None,
+        "peer_socket": (
+            {**_socket_summary(peer), "unread_bytes": peer["recv_q"], "owner": peer["owner"]}
+            if peer
+            else None
+        ),
+        "listener_owner": lab.listener_owner(node),
+        "conntrack": (
+            {
+                "dnat": entry["dnat"],
+                "state": entry["state"],
+                "reply_src": entry["reply"].get("src"),
+                "entry": entry["raw"],
+            }
+            if entry
+            else None
+        ),
+        "hooks": seen(counters),
+    }
+
+
+def _socket_summary(s: dict[str, Any]) -> dict[str, Any]:
+    keys = (
+        "state",
+        "local",
+        "remote",
+        "recv_q",
+        "send_q",
+        "owner",
+        "pid",
+        "bytes_sent",
+        "bytes_acked",
+        "bytes_received",
+        "lastrcv",
+        "lastsnd",
+    )
+    summary = {k: s.get(k) for k in keys}
+    # bytes_received is absent from tcp_info output when nothing was received.
+    summary["bytes_received"] = s.get("bytes_received", 0)
+    return summary

@@ -1,0 +1,125 @@
+"""The clients ``lab race`` measures, each run inside the client node's namespace.
+
+``python -m hangproof.lab.race_client CLIENT URL RESULT_FILE`` connects with
+that client's defaults and writes one JSON object to RESULT_FILE when it gets
+an answer or an error. If it hangs, it writes nothing: the race controller
+decides ``hang`` when its observation window closes, and stops us by pid.
+"""
+
+from __future__ import annotations
+
+import errno
+import json
+import socket
+import sys
+import time
+from collections.abc import Callable
+from urllib.parse import urlsplit
+
+AMQP_HEADER = b"AMQP\x00\x00\x09\x01"
+
+
+def raw(url: str) -> str:
+    """The report's client, reduced: header, then wait for Connection.Start, no deadline."""
+    u = urlsplit(url)
+    sock = socket.create_connection((u.hostname, u.port or 5672))  # no timeout, as py-amqp 1.x
+    sock.sendall(AMQP_HEADER)
+    data = sock.recv(7)  # the frame header of Connection.Start
+    if not data:
+        raise ConnectionResetError(errno.ECONNRESET, "peer closed before Connection.Start")
+    if data[:1] != b"\x01":
+        raise RuntimeError(f"not an AMQP method frame: {data!r}")
+    return "Connection.Start received"
+
+
+def py_amqp(url: str) -> str:
+    import amqp
+
+    u = urlsplit(url)
+    conn = amqp.Connection(f"{u.hostname}:{u.port}", userid=u.username, password=u.password)
+    conn.connect()
+    return f"py-amqp {amqp.__version__} connected"
+
+
+def kombu_default(url: str) -> str:
+    import kombu
+
+    with kombu.Connection(url) as conn:
+        conn.ensure_connection()
+    return f"kombu {kombu.__version__} connected (connect_timeout default)"
+
+
+def kombu_no_timeout(url: str) -> str:
+    import kombu
+
+    with kombu.Connection(url, connect_timeout=None) as conn:
+        conn.ensure_connection()
+    return f"kombu {kombu.__version__} connected (connect_timeout=None)"
+
+
+def pika_default(url: str) -> str:
+    import pika
+
+    conn = pika.BlockingConnection(pika.URLParameters(url))
+    conn.close()
+    return f"pika {pika.__version__} connected"
+
+
+def aio_pika_robust(url: str) -> str:
+    import asyncio
+
+    import aio_pika
+
+    async def go() -> None:
+        conn = await aio_pika.connect_robust(url)
+        await conn.close()
+
+    asyncio.run(go())
+    return f"aio-pika {aio_pika.__version__} connect_robust connected"
+
+
+CLIENTS: dict[str, Callable[[str], str]] = {
+    "raw": raw,
+    "py-amqp": py_amqp,
+    "kombu": kombu_default,
+    "kombu-no-timeout": kombu_no_timeout,
+    "pika": pika_default,
+    "aio-pika": aio_pika_robust,
+}
+
+_RESET_ERRNOS = {errno.ECONNREFUSED, errno.ECONNRESET, errno.EPIPE}
+
+
+def classify(exc: BaseException) -> str:
+    """``reset`` for a fast, retryable refusal; ``error`` for anything else."""
+    seen: set[int] = set()
+    e: BaseException | None = exc
+    while e is not None and id(e) not in seen:
+        seen.add(id(e))
+        if isinstance(e, OSError) and e.errno in _RESET_ERRNOS:
+            return "reset"
+        if isinstance(e, ConnectionRefusedError | ConnectionResetError):
+            return "reset"
+        text = str(e).lower()
+        if "refused" in text or "reset by peer" in text:
+            return "reset"
+        e = e.__cause__ or e.__context__
+    return "error"
+
+
+def main(argv: list[str]) -> int:
+    name, url, result_file = argv
+    start = time.monotonic()
+    try:
+        detail = CLIENTS[name](url)
+        result = {"result": "connected", "detail": detail}
+    except Exception as exc:
+        result = {"result": classify(exc), "detail": f"{type(exc).__name__}: {exc}"}
+    result["seconds"] = round(time.monotonic() - start, 3)
+    with open(result_file, "w") as f:
+        json.dump(result, f)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
