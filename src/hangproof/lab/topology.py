@@ -69,8 +69,7 @@ class Topology:
     @classmethod
     def seed(cls, name: str = "hplab") -> Topology:
         """The report's system: 3 nodes, VIP .100, NodePort 32672 -> 5672."""
-        nodes = tuple(Node(f"n{i}", f"198.18.0.{i}", f"198.19.{i}.0/24") for i in (1, 2, 3))
-        return cls(name=name, nodes=nodes).validated()
+        return cls(name=name, nodes=_seed_nodes()).validated()
 
     # -- naming: everything carries the lab's name as a prefix -----------
     def ns(self, node: str) -> str:
@@ -177,7 +176,6 @@ class Topology:
             raise TopologyError(
                 f"{source}: unknown field {unknown[0]!r} (known: {', '.join(sorted(known))})"
             )
-        base = cls.seed(str(data.get("name", "hplab")))
         kwargs: dict[str, Any] = {}
         for key in known - {"nodes", "brokers"}:
             if key in data:
@@ -199,7 +197,7 @@ class Topology:
                 nodes.append(Node(str(rn["name"]), str(rn["address"]), str(rn["pod_cidr"])))
             kwargs["nodes"] = tuple(nodes)
         else:
-            kwargs["nodes"] = base.nodes
+            kwargs["nodes"] = _seed_nodes()
         if "brokers" in data:
             if not isinstance(data["brokers"], list):
                 raise TopologyError(f"{source}: brokers must be a list of node names")
@@ -227,6 +225,10 @@ class Topology:
             where = f" line {mark.line + 1}" if mark else ""
             raise TopologyError(f"{path}:{where} is not valid YAML") from None
         return cls.from_dict(data, source=str(path))
+
+
+def _seed_nodes() -> tuple[Node, ...]:
+    return tuple(Node(f"n{i}", f"198.18.0.{i}", f"198.19.{i}.0/24") for i in (1, 2, 3))
 
 
 def _in_range(field_name: str, value: str, network: ipaddress.IPv4Network) -> None:

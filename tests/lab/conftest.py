@@ -1,0 +1,39 @@
+"""Lab fixtures: one lab per test module, torn down even when a test fails."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from hangproof.lab.lab import Lab
+from hangproof.lab.topology import Topology
+
+#: Tests use their own lab name, so a developer's `hplab` is never touched.
+TEST_LAB = "hpt"
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _state_dir(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """Lab state in a temporary directory, not the system's /var/lib/hangproof."""
+    path = tmp_path_factory.mktemp("hangproof-state")
+    old = os.environ.get("HANGPROOF_STATE_DIR")
+    os.environ["HANGPROOF_STATE_DIR"] = str(path)
+    yield path
+    if old is None:
+        os.environ.pop("HANGPROOF_STATE_DIR", None)
+    else:
+        os.environ["HANGPROOF_STATE_DIR"] = old
+
+
+@pytest.fixture(scope="module")
+def seed_lab() -> Iterator[Lab]:
+    """The seed's 3-node lab with one broker (pod on n1), up for the module."""
+    lab = Lab(Topology.seed(TEST_LAB))
+    try:
+        lab.up()
+        yield lab
+    finally:
+        lab.down()
