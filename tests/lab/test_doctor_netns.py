@@ -71,7 +71,13 @@ recv_connection_start(sock)
 recv_connection_start(sock)  # a healthy client keeps reading frames
 """
 
-KUBE_PROXY_NAT = f"""*nat
+KUBE_PROXY_NAT = f"""*filter
+:INPUT ACCEPT [0:0]
+:OUTPUT ACCEPT [0:0]
+:KUBE-SERVICES - [0:0]
+-A OUTPUT -m conntrack --ctstate NEW -m comment --comment "kubernetes service portals" -j KUBE-SERVICES
+COMMIT
+*nat
 :PREROUTING ACCEPT [0:0]
 :INPUT ACCEPT [0:0]
 :OUTPUT ACCEPT [0:0]
@@ -89,7 +95,15 @@ COMMIT
 
 #: A nat table without NodePort rules: conntrack tracks every connection with a
 #: null NAT binding, which is what the wedged connection had in the incident.
-NAT_WITHOUT_NODEPORTS = """*nat
+#: kube-proxy 1.9's filter OUTPUT rule (a conntrack match) is what makes this
+#: kernel track connections in the namespace; a nat chain alone did not.
+NAT_WITHOUT_NODEPORTS = """*filter
+:INPUT ACCEPT [0:0]
+:OUTPUT ACCEPT [0:0]
+:KUBE-SERVICES - [0:0]
+-A OUTPUT -m conntrack --ctstate NEW -m comment --comment "kubernetes service portals" -j KUBE-SERVICES
+COMMIT
+*nat
 :OUTPUT ACCEPT [0:0]
 :KUBE-SERVICES - [0:0]
 -A OUTPUT -j KUBE-SERVICES
@@ -110,7 +124,11 @@ class Netns:
     def run(self, *argv: str, stdin: str | None = None) -> str:
         done = subprocess.run(
             ["nsenter", f"--net={self.path}", "--", *argv],
-            input=stdin, capture_output=True, text=True, timeout=30, check=True,
+            input=stdin,
+            capture_output=True,
+            text=True,
+            timeout=30,
+            check=True,
         )
         return done.stdout
 
@@ -121,7 +139,8 @@ class Netns:
         # nsenter execs the program, so the pid we hold is Python's own.
         proc = subprocess.Popen(
             ["nsenter", f"--net={self.path}", "--", sys.executable, str(path), *args],
-            stdout=subprocess.PIPE, text=True,
+            stdout=subprocess.PIPE,
+            text=True,
         )
         self.processes.append(proc)
         assert proc.stdout is not None
@@ -132,7 +151,10 @@ class Netns:
     def doctor(self, *extra: str) -> tuple[int, dict[str, Any]]:
         done = subprocess.run(
             [sys.executable, "-m", "hangproof.doctor", "--netns", self.name, "--json", *extra],
-            capture_output=True, text=True, timeout=60, check=False,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
         )
         assert done.returncode in (0, 1), done.stderr
         return done.returncode, json.loads(done.stdout)
