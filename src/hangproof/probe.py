@@ -75,6 +75,7 @@ STAGES = (
     "open",
     "open-ok",
     "close",
+    "tls-check",  # only after a plain-text probe was closed without a byte
 )
 
 _PASSWORD_IN_URL = re.compile(r"(?P<head>[a-zA-Z][a-zA-Z0-9+.-]*://[^:@/\s]*:)[^@/\s]*(?=@)")
@@ -329,6 +330,13 @@ def probe(
         if target.tls:
             sock = _start_tls(run, sock, target.host, tls_verify)
         verdict, detail = _handshake(run, sock, handshake, result)
+        if verdict is Verdict.CLOSED and not target.tls and handshake.bytes_received == 0:
+            sock.close()
+            sock = None
+            run.end(ok=False)
+            if _speaks_tls(run, target, result.address):
+                verdict = Verdict.TLS_REQUIRED
+                detail += "; a TLS handshake on the same port succeeded: use amqps://"
     except _Verdict as stop:
         verdict, detail = stop.verdict, stop.detail
     finally:
@@ -460,6 +468,52 @@ def _start_tls(run: _Run, sock: socket.socket, host: str, verify: bool) -> ssl.S
         ) from None
     except (ConnectionError, OSError) as exc:
         raise _Verdict(Verdict.CLOSED, f"the peer closed during the TLS handshake: {exc}") from None
+
+
+#: The most the tls-check stage may take: it is a second opinion, not the probe.
+TLS_CHECK_SECONDS = 2.0
+
+
+def _speaks_tls(run: _Run, target: AmqpUrl, address: str | None) -> bool:
+    """Does the port complete a TLS handshake? Asked only after a silent close.
+
+    An OpenSSL-based TLS listener (stunnel, haproxy, nginx) answers our plain
+    header with no alert at all: it just closes. Erlang's does send an alert,
+    which the state machine recognises by its first byte.
+    """
+    run.begin("tls-check")
+    deadline = min(run.deadline, time.monotonic() + TLS_CHECK_SECONDS)
+    check = _Run(deadline, None)
+    context = ssl.create_default_context()
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE  # only "does it speak TLS?", not "whom"
+    sock: socket.socket | None = None
+    try:
+        infos = socket.getaddrinfo(
+            address.rsplit(":", 1)[0].strip("[]") if address else target.host,
+            target.port,
+            type=socket.SOCK_STREAM,
+        )
+        sock, _ = _connect(check, infos[:1])
+        check.end()
+        tls = context.wrap_socket(sock, server_hostname=target.host, do_handshake_on_connect=False)
+        sock = tls
+        for _ in range(100):
+            try:
+                tls.do_handshake()
+                run.end(ok=True)
+                return True
+            except ssl.SSLWantReadError:
+                check.wait(tls, write=False)
+            except ssl.SSLWantWriteError:
+                check.wait(tls, write=True)
+    except (_Timeout, _Verdict, OSError):
+        pass
+    finally:
+        if sock is not None:
+            sock.close()
+    run.end(ok=False)
+    return False
 
 
 # The stage that waits for each state's answer.
