@@ -107,6 +107,10 @@ class Backoff:
         return min(self.maximum, self.initial * self.factor ** max(0, attempt))
 
 
+#: The smallest heartbeat the Policy derives (seconds); see Policy's docstring.
+MIN_HEARTBEAT = 3
+
+
 @dataclass(frozen=True)
 class Policy:
     """Every deadline derives from one number, ``stall_timeout``.
@@ -121,15 +125,22 @@ class Policy:
     >>> Policy(stall_timeout=15, heartbeat=10).heartbeat
     10
     >>> Policy(stall_timeout=3).heartbeat, Policy(stall_timeout=3).watchdog_interval
-    (1, 0.3)
+    (3, 0.3)
 
     Derivation (each can be overridden by passing it explicitly):
     - ``handshake_deadline = stall_timeout / 2``: one total deadline over
       TCP connect + protocol header + Start..Open-Ok, leaving half the budget
       for a retry against another cluster member.
-    - ``heartbeat = stall_timeout / 3`` (rounded down, at least 1 s): AMQP
-      declares a peer dead after two missed heartbeats (AMQP 0-9-1 §4.2.7), so
-      silence is noticed within ~2/3 of the budget.
+    - ``heartbeat = stall_timeout / 3`` (rounded down, at least
+      ``MIN_HEARTBEAT`` = 3 s): AMQP declares a peer dead after two missed
+      heartbeats (AMQP 0-9-1 §4.2.7), so silence is noticed within ~2/3 of the
+      budget. The floor is measured, not taste: RabbitMQ sends a heartbeat
+      every heartbeat/2 s, and Celery's mingle/inspect collect loop waits with
+      a 1 s *per-read* timeout that every heartbeat frame resets; at
+      heartbeat 1 s it never ends and the broker drops the worker for missed
+      client heartbeats at every (re)connect. With a small ``stall_timeout``
+      the guard's watchdog (frame age > stall_timeout) still detects within
+      the budget, since frames arrive every heartbeat/2 s.
     - ``tcp_user_timeout_ms = stall_timeout``: unacknowledged data for longer
       than that closes the socket (RFC 5482).
     - keepalive idle/interval/count so that an idle dead peer is found within
@@ -167,7 +178,7 @@ class Policy:
         third = max(1, int(self.stall_timeout // 3))
         defaults = {
             "handshake_deadline": self.stall_timeout / 2,
-            "heartbeat": third,
+            "heartbeat": max(MIN_HEARTBEAT, third),
             "tcp_user_timeout_ms": int(self.stall_timeout * 1000),
             "keepalive_idle": third,
             "keepalive_interval": max(1, third // 3),

@@ -138,8 +138,8 @@ def _guard_transport_factory(
     return cls(host, connect_timeout, *args, **kwargs)
 
 
-class GuardConnection(amqp.Connection):
-    """py-amqp connection with a total handshake deadline and a frame clock.
+class GuardConnection(pyamqp.Connection):
+    """kombu's py-amqp connection with a total handshake deadline and a frame clock.
 
     ``handshake_deadline`` (seconds) bounds TCP connect + header + the whole
     Start..Open-Ok exchange, whatever ``connect_timeout`` says (None included).

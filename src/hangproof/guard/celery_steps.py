@@ -1,0 +1,168 @@
+"""Celery's front doors for the guard: a consumer bootstep and a consumer subclass.
+
+- :class:`WatchdogStep` (consumer bootstep, after ``Tasks``): owns the
+  :class:`~hangproof.guard.runtime.GuardState`, the watchdog thread and the
+  liveness server; marks connected/disconnected; ticks the loop clock from
+  the worker's own timer, so a tick proves the loop runs.
+- :func:`guard_consumer_class` builds a subclass of the configured
+  ``worker_consumer`` class (Celery's documented setting) that
+  - counts every connection error by how it was detected;
+  - backs off before retrying after ``ResourceLocked`` (405 on the exclusive
+    pidbox queue the broker still holds for the dead connection), instead of
+    reconnecting in a tight loop (``broker_channel_error_retry=True``, set by
+    harden(), is what makes the error recoverable at all);
+  - reconnects with the policy's backoff instead of kombu's 2 s..30 s.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import time
+from typing import Any
+
+from celery import bootsteps
+from celery.concurrency.solo import TaskPool as SoloPool
+from celery.worker.consumer.consumer import Consumer
+from celery.worker.state import active_requests
+
+from hangproof.failure import Policy
+from hangproof.guard.runtime import GuardState, LivenessConfig, LivenessServer, Watchdog
+from hangproof.guard.watchdog import Detection, classify_error
+
+logger = logging.getLogger("hangproof.guard")
+
+#: The attribute harden() sets on the Celery app: (Policy, LivenessConfig).
+APP_ATTRIBUTE = "hangproof_guard"
+
+
+def guard_config(app: Any) -> tuple[Policy, LivenessConfig]:
+    """The policy and liveness settings harden() stored on ``app``."""
+    return getattr(app, APP_ATTRIBUTE, None) or (Policy(), LivenessConfig())
+
+
+class WatchdogStep(bootsteps.StartStopStep):
+    """Consumer bootstep: watchdog, loop clock and liveness for one worker."""
+
+    label = "hangproof watchdog"
+    # Start after the task consumer: "connected" means frames flow and tasks
+    # can arrive. Connection errors before that are "reconnecting".
+    requires = ("celery.worker.consumer.tasks:Tasks",)
+
+    def __init__(self, c: Any, **kwargs: Any) -> None:
+        policy, liveness = guard_config(c.app)
+        is_solo = isinstance(c.pool, SoloPool)
+        # With the solo pool the task runs on the loop's own thread: the loop
+        # cannot read frames until it returns. That is not a link stall.
+        self.state = GuardState(
+            policy, busy_in_loop=(lambda: bool(active_requests)) if is_solo else (lambda: False)
+        )
+        c.hangproof_guard = self.state
+        self.liveness = liveness
+        self.watchdog: Watchdog | None = None
+        self.server: LivenessServer | None = None
+        self._tick: Any = None
+        super().__init__(c, **kwargs)
+
+    def _start_services(self) -> None:
+        if self.watchdog is None:
+            self.watchdog = Watchdog(self.state, self.liveness.heartbeat_file)
+            self.watchdog.start()
+        if self.server is None and self.liveness.port is not None:
+            self.server = LivenessServer(self.state, self.liveness.host, self.liveness.port)
+            logger.info(
+                "hangproof.guard: liveness on http://%s:%d/healthz",
+                self.liveness.host,
+                self.server.port,
+            )
+
+    def start(self, c: Any) -> None:
+        self._start_services()
+        interval = float(self.state.policy.watchdog_interval or 1.0)
+        self.state.tick_loop()
+        # The worker's own timer: under prefork it runs inside the event loop
+        # (hub), so a tick proves that the loop turns.
+        self._tick = c.timer.call_repeatedly(interval, self.state.tick_loop)
+        self.state.on_connected(c.connection)
+
+    def stop(self, c: Any) -> None:
+        if self._tick is not None:
+            try:
+                c.timer.cancel(self._tick)
+            except Exception:  # already cancelled with the connection's entries
+                pass
+            self._tick = None
+        self.state.on_disconnected("consumer stopped")
+
+    def shutdown(self, c: Any) -> None:
+        self.stop(c)
+        if self.watchdog is not None:
+            self.watchdog.stop()
+            self.watchdog = None
+        if self.server is not None:
+            self.server.close()
+            self.server = None
+
+
+class GuardConsumerMixin:
+    """Mixed into the configured consumer class by :func:`guard_consumer_class`."""
+
+    app: Any
+    hangproof_guard: GuardState
+
+    def connection_for_read(self, heartbeat: Any = None) -> Any:
+        policy, _ = guard_config(self.app)
+        conn = self.app.connection_for_read(heartbeat=heartbeat)
+        backoff = policy.backoff
+        # Celery's ensure_connected() calls conn.ensure_connection(errback,
+        # max_retries, callback=...) without intervals, so kombu's defaults
+        # (2 s, +2 s, max 30 s) apply. This instance-level partial (not a
+        # patch of kombu) gives the policy's backoff instead.
+        conn.ensure_connection = functools.partial(
+            conn.ensure_connection,
+            interval_start=backoff.initial,
+            interval_step=backoff.initial * max(0.0, backoff.factor - 1.0),
+            interval_max=backoff.maximum,
+        )
+        return self.ensure_connected(conn)  # type: ignore[attr-defined]
+
+    def _guard_error(self, exc: BaseException) -> Detection:
+        detection = classify_error(exc)
+        state = getattr(self, "hangproof_guard", None)
+        if state is not None:
+            state.on_connection_error(exc, detection)
+        return detection
+
+    def _resource_locked_backoff(self) -> None:
+        state = getattr(self, "hangproof_guard", None)
+        if state is None:
+            return
+        policy, _ = guard_config(self.app)
+        delay = policy.backoff.delay(max(0, state.resource_locked_streak - 1))
+        state.event("resource-locked-backoff", seconds=delay, streak=state.resource_locked_streak)
+        # The broker frees the exclusive queue when it notices the old
+        # connection is dead (two missed heartbeats); retrying at once only
+        # hammers it. Bounded by backoff.maximum.
+        time.sleep(delay)
+
+    def on_connection_error_after_connected(self, exc: BaseException) -> None:
+        detection = self._guard_error(exc)
+        super().on_connection_error_after_connected(exc)  # type: ignore[misc]
+        if detection is Detection.RESOURCE_LOCKED:
+            self._resource_locked_backoff()
+
+    def on_connection_error_before_connected(self, exc: BaseException) -> None:
+        detection = self._guard_error(exc)
+        super().on_connection_error_before_connected(exc)  # type: ignore[misc]
+        if detection is Detection.RESOURCE_LOCKED:
+            self._resource_locked_backoff()
+
+
+@functools.cache
+def guard_consumer_class(base: type = Consumer) -> type:
+    """A subclass of ``base`` (the app's ``worker_consumer``) with the guard mixed in.
+
+    >>> guard_consumer_class().__name__
+    'GuardedConsumer'
+    """
+    return type("GuardedConsumer", (GuardConsumerMixin, base), {"__module__": __name__})

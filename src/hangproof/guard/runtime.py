@@ -1,0 +1,352 @@
+"""The guard at run time: clocks, the watchdog thread, metrics and the liveness server.
+
+One :class:`GuardState` per Celery consumer. The Celery bootstep tells it when
+the consumer connects and disconnects and ticks its loop clock; a watchdog
+thread applies :func:`hangproof.guard.watchdog.decide` every
+``policy.watchdog_interval`` seconds and shuts the consumer's socket down when
+the link is silent, which makes Celery's own recovery path reconnect. The
+opt-in HTTP server answers ``/healthz``, ``/readyz`` and ``/metrics``.
+
+Every detection and reconnect is logged on the ``hangproof.guard`` logger and
+kept (with wall-clock timestamps) in ``/healthz``'s ``events``, so the lab can
+measure time-to-detect and time-to-resume from the outside.
+
+    >>> from hangproof.failure import Policy
+    >>> state = GuardState(Policy(stall_timeout=3))
+    >>> state.health()["state"]
+    'reconnecting'
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import socket
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from time import monotonic
+from typing import Any
+
+from prometheus_client import CollectorRegistry, Counter, Enum, Gauge, generate_latest
+from prometheus_client.exposition import CONTENT_TYPE_LATEST
+
+from hangproof.failure import Policy
+from hangproof.guard.transport import last_inbound_frame_at
+from hangproof.guard.watchdog import Action, Decision, Detection, Observation, decide
+
+logger = logging.getLogger("hangproof.guard")
+
+#: Events kept for /healthz; enough for a fault-matrix cell, bounded in memory.
+MAX_EVENTS = 200
+
+
+@dataclass(frozen=True)
+class LivenessConfig:
+    """Where the worker serves its health (both opt-in).
+
+    >>> LivenessConfig(port=9808).host
+    '127.0.0.1'
+    """
+
+    port: int | None = None
+    host: str = "127.0.0.1"
+    heartbeat_file: Path | None = None
+
+
+class GuardState:
+    """Clocks, counters and the latest decision of one guarded consumer."""
+
+    def __init__(
+        self,
+        policy: Policy,
+        *,
+        busy_in_loop: Callable[[], bool] = lambda: False,
+        clock: Callable[[], float] = monotonic,
+    ) -> None:
+        self.policy = policy
+        self._busy_in_loop = busy_in_loop
+        self._clock = clock
+        self._lock = threading.Lock()
+        self.connection: Any = None
+        self.connected = False
+        self.ever_connected = False
+        self.state_since = clock()
+        self.last_loop_tick_at: float | None = None
+        self.forced_reconnect_at: float | None = None
+        self.resource_locked_streak = 0
+        self.last_decision: Decision | None = None
+        self.events: deque[dict[str, Any]] = deque(maxlen=MAX_EVENTS)
+        self.started_at = time.time()
+        self.pid = os.getpid()
+
+        self.registry = CollectorRegistry(auto_describe=True)
+        self.m_state = Enum(
+            "hangproof_connection_state",
+            "Broker connection state of the consumer",
+            states=["connected", "reconnecting"],
+            registry=self.registry,
+        )
+        self.m_state.state("reconnecting")
+        self.m_stalls = Counter(
+            "hangproof_stalls_detected",
+            "Stalls and connection losses detected, by how they were detected",
+            ["detection"],
+            registry=self.registry,
+        )
+        for detection in Detection:
+            self.m_stalls.labels(detection=detection.value)
+        self.m_reconnects = Counter(
+            "hangproof_reconnects", "Broker connections re-established", registry=self.registry
+        )
+        self.m_forced = Counter(
+            "hangproof_forced_reconnects",
+            "Reconnects forced by the watchdog (socket shut down)",
+            registry=self.registry,
+        )
+        self.m_frame_age = Gauge(
+            "hangproof_last_inbound_frame_age_seconds",
+            "Seconds since the last frame from the broker on the consumer connection",
+            registry=self.registry,
+        )
+        self.m_frame_age.set_function(lambda: self._age(self._frame_clock()))
+        self.m_loop_age = Gauge(
+            "hangproof_event_loop_tick_age_seconds",
+            "Seconds since the worker's event loop last ran the guard's tick",
+            registry=self.registry,
+        )
+        self.m_loop_age.set_function(lambda: self._age(self.last_loop_tick_at))
+        self.m_healthy = Gauge("hangproof_healthy", "1 if live", registry=self.registry)
+        self.m_ready = Gauge("hangproof_ready", "1 if ready", registry=self.registry)
+
+    # -- inputs from the bootstep ------------------------------------------
+    def _age(self, at: float | None) -> float:
+        return -1.0 if at is None else max(0.0, self._clock() - at)
+
+    def _frame_clock(self) -> float | None:
+        return last_inbound_frame_at(self.connection) if self.connection is not None else None
+
+    def event(self, kind: str, **detail: Any) -> None:
+        """Record an event with wall and monotonic time, and log it."""
+        record = {"at": time.time(), "monotonic": self._clock(), "kind": kind, **detail}
+        self.events.append(record)
+        logger.warning("hangproof.guard: %s %s", kind, json.dumps(detail, default=str))
+
+    def tick_loop(self) -> None:
+        """Called from the worker's event loop (timer): the loop makes progress."""
+        self.last_loop_tick_at = self._clock()
+
+    def on_connected(self, connection: Any) -> None:
+        """The consumer is connected and consuming again."""
+        now = self._clock()
+        with self._lock:
+            down_for = now - self.state_since
+            self.connection = connection
+            self.connected = True
+            self.state_since = now
+            self.last_loop_tick_at = now
+            self.forced_reconnect_at = None
+            self.resource_locked_streak = 0
+            reconnect = self.ever_connected
+            self.ever_connected = True
+        self.m_state.state("connected")
+        if reconnect:
+            self.m_reconnects.inc()
+            self.event("reconnected", down_seconds=round(down_for, 3))
+        else:
+            self.event("connected", startup_seconds=round(down_for, 3))
+
+    def on_disconnected(self, reason: str) -> None:
+        """The consumer lost (or gave up) its connection."""
+        with self._lock:
+            if not self.connected:
+                return
+            self.connected = False
+            self.connection = None
+            self.state_since = self._clock()
+        self.m_state.state("reconnecting")
+        self.event("disconnected", reason=reason)
+
+    def on_connection_error(self, exc: BaseException, detection: Detection) -> None:
+        """Celery is about to recover from ``exc``; count how it was detected."""
+        forced = self.forced_reconnect_at is not None
+        if not forced:  # the watchdog already counted the stall it forced
+            self.m_stalls.labels(detection=detection.value).inc()
+        if detection is Detection.RESOURCE_LOCKED:
+            self.resource_locked_streak += 1
+        self.event("connection-error", detection=detection.value, error=repr(exc), forced=forced)
+        self.on_disconnected(f"{detection.value}: {exc!r}")
+
+    # -- the watchdog ------------------------------------------------------
+    def observe(self) -> Observation:
+        return Observation(
+            now=self._clock(),
+            connected=self.connected,
+            state_since=self.state_since,
+            last_inbound_frame_at=self._frame_clock(),
+            last_loop_tick_at=self.last_loop_tick_at,
+            busy_in_loop=self.connected and self._busy_in_loop(),
+            forced_reconnect_at=self.forced_reconnect_at,
+        )
+
+    def check(self) -> Decision:
+        """One watchdog round: decide, act, publish."""
+        decision = decide(self.observe(), self.policy)
+        if decision.action is Action.FORCE_RECONNECT and decision.detection is not None:
+            self.forced_reconnect_at = self._clock()
+            self.m_stalls.labels(detection=decision.detection.value).inc()
+            self.m_forced.inc()
+            self.event(
+                "stall-detected",
+                detection=decision.detection.value,
+                reason=decision.reason,
+                action="force-reconnect",
+            )
+            force_reconnect(self.connection)
+        if self.last_decision is None or self.last_decision.healthy != decision.healthy:
+            if not decision.healthy:
+                self.event("unhealthy", reason=decision.reason)
+            elif self.last_decision is not None:
+                self.event("healthy-again", reason=decision.reason)
+        self.last_decision = decision
+        self.m_healthy.set(1 if decision.healthy else 0)
+        self.m_ready.set(1 if decision.ready else 0)
+        return decision
+
+    def health(self) -> dict[str, Any]:
+        """The JSON body of /healthz and /readyz."""
+        decision = self.last_decision or decide(self.observe(), self.policy)
+        return {
+            "healthy": decision.healthy,
+            "ready": decision.ready,
+            "state": "connected" if self.connected else "reconnecting",
+            "reason": decision.reason,
+            "last_inbound_frame_age": round(self._age(self._frame_clock()), 3),
+            "event_loop_tick_age": round(self._age(self.last_loop_tick_at), 3),
+            "stall_timeout": self.policy.stall_timeout,
+            "pid": self.pid,
+            "checked_at": time.time(),
+            "events": list(self.events)[-20:],
+        }
+
+
+def force_reconnect(connection: Any) -> bool:
+    """Shut the consumer's socket down so every reader sees EOF and Celery reconnects.
+
+    ``shutdown()`` (not ``close()``) is safe from another thread: the fd stays
+    valid, a read blocked in the kernel returns at once, and the loop takes
+    Celery's normal connection-error path.
+
+    >>> force_reconnect(None)
+    False
+    """
+    amqp_connection = getattr(connection, "_connection", None)
+    transport = getattr(amqp_connection, "_transport", None)
+    sock = getattr(transport, "sock", None)
+    if sock is None:
+        return False
+    try:
+        sock.shutdown(socket.SHUT_RDWR)
+    except OSError:
+        return False
+    return True
+
+
+class Watchdog:
+    """The thread that runs :meth:`GuardState.check` (bounded by ``stop()``)."""
+
+    def __init__(self, state: GuardState, heartbeat_file: Path | None = None) -> None:
+        self.state = state
+        self.heartbeat_file = heartbeat_file
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="hangproof-watchdog", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self, timeout: float = 5.0) -> None:
+        self._stop.set()
+        self._thread.join(timeout)
+
+    def _run(self) -> None:
+        interval = float(self.state.policy.watchdog_interval or 1.0)
+        while not self._stop.wait(interval):
+            try:
+                decision = self.state.check()
+                if self.heartbeat_file is not None and decision.healthy:
+                    write_heartbeat_file(self.heartbeat_file, self.state.health())
+            except Exception:  # the watchdog must outlive any one bad round
+                logger.exception("hangproof.guard: watchdog round failed")
+
+
+def write_heartbeat_file(path: Path, health: dict[str, Any]) -> None:
+    """Atomically replace ``path``; its mtime is what check-worker reads."""
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(health, default=str))
+    os.replace(tmp, path)
+
+
+class LivenessServer:
+    """``/healthz`` (liveness), ``/readyz`` (readiness), ``/metrics`` (Prometheus).
+
+    >>> from hangproof.failure import Policy
+    >>> server = LivenessServer(GuardState(Policy()), "127.0.0.1", 0)
+    >>> server.port > 0
+    True
+    >>> server.close()
+    """
+
+    def __init__(self, state: GuardState, host: str, port: int) -> None:
+        guard_state = state
+
+        class Handler(BaseHTTPRequestHandler):
+            # A probe that connects and never sends must not pin a thread.
+            timeout = 5
+
+            def do_GET(self) -> None:
+                path = self.path.split("?", 1)[0]
+                if path == "/metrics":
+                    body = generate_latest(guard_state.registry)
+                    self._send(200, body, CONTENT_TYPE_LATEST)
+                    return
+                if path in ("/healthz", "/readyz"):
+                    health = guard_state.health()
+                    ok = health["healthy"] if path == "/healthz" else health["ready"]
+                    body = json.dumps(health, default=str).encode()
+                    self._send(200 if ok else 503, body, "application/json")
+                    return
+                self._send(404, b'{"error": "not found"}', "application/json")
+
+            def _send(self, code: int, body: bytes, content_type: str) -> None:
+                self.send_response(code)
+                self.send_header("Content-Type", content_type)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, format: str, *args: Any) -> None:
+                pass  # probes every few seconds would flood the worker log
+
+        ThreadingHTTPServer.allow_reuse_address = True
+        self.httpd = ThreadingHTTPServer((host, port), Handler)
+        self.httpd.daemon_threads = True
+        self.port = int(self.httpd.server_address[1])
+        self._thread = threading.Thread(
+            target=self.httpd.serve_forever,
+            kwargs={"poll_interval": 0.5},
+            name="hangproof-liveness",
+            daemon=True,
+        )
+        self._thread.start()
+
+    def close(self) -> None:
+        with contextlib.suppress(Exception):
+            self.httpd.shutdown()
+        self.httpd.server_close()
+        self._thread.join(5)

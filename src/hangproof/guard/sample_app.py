@@ -1,0 +1,77 @@
+"""A small Celery app for measuring the guard: lab tests, the benchmark, the fault matrix.
+
+Configured by environment, so the same module runs stock or guarded:
+
+- ``HANGPROOF_BROKER_URL`` (required);
+- ``HANGPROOF_GUARD=1`` to call :func:`hangproof.celery.harden`;
+- ``HANGPROOF_STALL_TIMEOUT`` (seconds, default 15);
+- ``HANGPROOF_LIVENESS_PORT`` and ``HANGPROOF_HEARTBEAT_FILE`` (opt-in);
+- ``HANGPROOF_LATE_ACKS=1`` for at-least-once delivery;
+- ``HANGPROOF_LEDGER`` (a file): every executed task appends ``<id> <pid>``,
+  so a test counts executed, lost and duplicated tasks without a result backend.
+
+Run a worker::
+
+    HANGPROOF_BROKER_URL=amqp://guest:guest@127.0.0.1:5672// HANGPROOF_GUARD=1 \\
+        celery -A hangproof.guard.sample_app worker -P prefork -c 2
+"""
+
+from __future__ import annotations
+
+import os
+import time
+
+from celery import Celery
+
+app = Celery("hangproof_sample", broker=os.environ.get("HANGPROOF_BROKER_URL", "amqp://"))
+app.conf.update(
+    task_ignore_result=True,
+    worker_hijack_root_logger=False,
+    broker_connection_retry_on_startup=True,
+    worker_prefetch_multiplier=int(os.environ.get("HANGPROOF_PREFETCH", "4")),
+)
+
+if os.environ.get("HANGPROOF_GUARD") == "1":
+    from hangproof.celery import harden
+    from hangproof.failure import Policy
+
+    port = os.environ.get("HANGPROOF_LIVENESS_PORT")
+    harden(
+        app,
+        Policy(stall_timeout=float(os.environ.get("HANGPROOF_STALL_TIMEOUT", "15"))),
+        late_acks=os.environ.get("HANGPROOF_LATE_ACKS") == "1",
+        liveness_port=int(port) if port else None,
+        heartbeat_file=os.environ.get("HANGPROOF_HEARTBEAT_FILE") or None,
+    )
+elif os.environ.get("HANGPROOF_LATE_ACKS") == "1":
+    app.conf.task_acks_late = True
+    app.conf.task_reject_on_worker_lost = True
+
+
+def _ledger(task_id: str) -> None:
+    ledger = os.environ.get("HANGPROOF_LEDGER")
+    if ledger:
+        # O_APPEND writes of one short line are atomic across processes.
+        fd = os.open(ledger, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        try:
+            os.write(fd, f"{task_id} {os.getpid()}\n".encode())
+        finally:
+            os.close(fd)
+
+
+@app.task(name="hangproof.noop")
+def noop() -> None:
+    """Does nothing: the throughput benchmark's task."""
+
+
+@app.task(name="hangproof.record", bind=True)
+def record(self: object, key: str) -> None:
+    """Append ``key`` to the ledger (counts executed/lost/duplicated)."""
+    _ledger(key)
+
+
+@app.task(name="hangproof.sleep_then_record", bind=True)
+def sleep_then_record(self: object, key: str, seconds: float) -> None:
+    """A long task: sleeps ``seconds`` (cooperatively under gevent), then records."""
+    time.sleep(seconds)
+    _ledger(key)
