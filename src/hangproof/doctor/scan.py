@@ -196,8 +196,11 @@ def _keepalived_configs(netns: str | None, named_netns: bool) -> list[tuple[str,
                 conf = argv[i + 1]
             elif arg.startswith("--use-file="):
                 conf = arg.split("=", 1)[1]
-        # A relative path is relative to keepalived's cwd, readable via /proc.
-        paths.append(conf if conf.startswith("/") else f"/proc/{pid}/cwd/{conf}")
+        # Read through keepalived's own root and cwd: in a DaemonSet (hostPID) the
+        # host's files are not in our mount namespace, but /proc/PID/root reaches them.
+        paths.append(
+            f"/proc/{pid}/root{conf}" if conf.startswith("/") else f"/proc/{pid}/cwd/{conf}"
+        )
     if not named_netns and KEEPALIVED_DEFAULT_CONF not in paths:
         paths.append(KEEPALIVED_DEFAULT_CONF)
     out = []
