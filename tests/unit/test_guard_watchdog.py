@@ -1,0 +1,133 @@
+"""The watchdog's decisions, from clocks alone."""
+
+from __future__ import annotations
+
+import socket
+
+from amqp.exceptions import ConnectionForced, ResourceLocked
+
+from hangproof.failure import Policy
+from hangproof.guard.runtime import GuardState, force_reconnect
+from hangproof.guard.transport import HandshakeDeadlineExceeded
+from hangproof.guard.watchdog import Action, Detection, Observation, classify_error, decide
+
+P = Policy(stall_timeout=3)  # recover_timeout 12
+
+
+def obs(**kw: object) -> Observation:
+    base: dict[str, object] = dict(
+        now=100.0,
+        connected=True,
+        state_since=50.0,
+        last_inbound_frame_at=99.0,
+        last_loop_tick_at=99.8,
+    )
+    base.update(kw)
+    return Observation(**base)  # type: ignore[arg-type]
+
+
+def test_healthy_link_is_ready() -> None:
+    d = decide(obs(), P)
+    assert (d.action, d.healthy, d.ready) == (Action.NONE, True, True)
+
+
+def test_silent_link_forces_reconnect() -> None:
+    d = decide(obs(last_inbound_frame_at=96.9), P)
+    assert d.action is Action.FORCE_RECONNECT and d.detection is Detection.LINK_SILENT
+    assert d.healthy  # recovering is not dead
+
+
+def test_exactly_at_bound_is_not_a_stall() -> None:
+    assert decide(obs(last_inbound_frame_at=97.0), P).action is Action.NONE
+
+
+def test_frozen_loop_forces_reconnect() -> None:
+    d = decide(obs(last_loop_tick_at=96.0), P)
+    assert d.detection is Detection.LOOP_STALLED
+
+
+def test_fresh_connection_uses_connect_time_not_old_frames() -> None:
+    # The frame clock of the previous connection must not count against a new one.
+    d = decide(obs(state_since=99.5, last_inbound_frame_at=10.0, last_loop_tick_at=None), P)
+    assert d.action is Action.NONE
+
+
+def test_solo_pool_task_is_not_a_stall() -> None:
+    d = decide(obs(last_inbound_frame_at=60.0, last_loop_tick_at=60.0, busy_in_loop=True), P)
+    assert d.action is Action.NONE and d.healthy and not d.ready
+
+
+def test_forced_reconnect_that_never_completes_turns_unhealthy() -> None:
+    assert decide(obs(forced_reconnect_at=95.0), P).healthy
+    d = decide(obs(forced_reconnect_at=87.9), P)
+    assert not d.healthy and d.action is Action.NONE
+
+
+def test_reconnecting_is_healthy_until_recover_timeout() -> None:
+    assert decide(obs(connected=False, state_since=90.0), P).healthy
+    d = decide(obs(connected=False, state_since=87.0), P)
+    assert not d.healthy and not d.ready
+
+
+def test_classify_errors() -> None:
+    assert (
+        classify_error(ConnectionForced("Too many heartbeats missed")) is Detection.HEARTBEAT_MISSED
+    )
+    assert classify_error(ResourceLocked(reply_text="x")) is Detection.RESOURCE_LOCKED
+    assert classify_error(HandshakeDeadlineExceeded()) is Detection.HANDSHAKE_DEADLINE
+    assert classify_error(TimeoutError()) is Detection.SOCKET_TIMEOUT
+    assert classify_error(ConnectionResetError()) is Detection.CONNECTION_ERROR
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_state_forces_one_reconnect_and_counts_it() -> None:
+    clock = FakeClock()
+    state = GuardState(P, clock=clock)
+    a, b = socket.socketpair()
+
+    class AmqpConn:
+        last_inbound_frame_at = clock.now
+
+        class _transport:
+            sock = a
+
+    class KombuConn:
+        _connection = AmqpConn()
+
+    state.on_connected(KombuConn())
+    clock.now += 1
+    state.tick_loop()
+    assert state.check().ready
+    clock.now += 2.5  # frames 3.5 s old
+    state.tick_loop()
+    d = state.check()
+    assert d.detection is Detection.LINK_SILENT
+    assert b.recv(1) == b""  # the socket was shut down: readers see EOF
+    clock.now += 1
+    assert state.check().action is Action.NONE  # only once per connection
+    state.on_connection_error(ConnectionResetError(), Detection.CONNECTION_ERROR)
+    state.on_connected(KombuConn())
+    assert state.m_reconnects._value.get() == 1
+    assert state.m_stalls.labels(detection="link-silent")._value.get() == 1
+    assert state.m_stalls.labels(detection="connection-error")._value.get() == 0  # forced
+    kinds = [e["kind"] for e in state.events]
+    assert kinds == [
+        "connected",
+        "stall-detected",
+        "connection-error",
+        "disconnected",
+        "reconnected",
+    ]
+    a.close()
+    b.close()
+
+
+def test_force_reconnect_without_socket() -> None:
+    assert force_reconnect(None) is False
