@@ -23,7 +23,7 @@ import sys
 import threading
 import time
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 import typer
 
@@ -118,15 +118,21 @@ def register(app: typer.Typer) -> None:
 
     @app.command("check-worker")
     def check_worker(
-        port: int = typer.Option(None, help="the worker's liveness port (harden(liveness_port=))"),
-        host: str = typer.Option("127.0.0.1", help="liveness host"),
-        path: str = typer.Option("/healthz", help="/healthz (liveness) or /readyz (readiness)"),
-        heartbeat_file: Path = typer.Option(
-            None, help="the worker's heartbeat file (harden(heartbeat_file=))"
-        ),
-        max_age: float = typer.Option(30.0, help="heartbeat file older than this is unhealthy (s)"),
-        timeout: float = typer.Option(3.0, help="hard deadline for the whole probe (s)"),
-        as_json: bool = typer.Option(False, "--json", help="JSON on stdout"),
+        port: Annotated[
+            int | None, typer.Option(help="the worker's liveness port (harden(liveness_port=))")
+        ] = None,
+        host: Annotated[str, typer.Option(help="liveness host")] = "127.0.0.1",
+        path: Annotated[
+            str, typer.Option(help="/healthz (liveness) or /readyz (readiness)")
+        ] = "/healthz",
+        heartbeat_file: Annotated[
+            Path | None, typer.Option(help="the worker's heartbeat file (harden(heartbeat_file=))")
+        ] = None,
+        max_age: Annotated[
+            float, typer.Option(help="heartbeat file older than this is unhealthy (s)")
+        ] = 30.0,
+        timeout: Annotated[float, typer.Option(help="hard deadline for the whole probe (s)")] = 3.0,
+        as_json: Annotated[bool, typer.Option("--json", help="JSON on stdout")] = False,
     ) -> int:
         """Exec probe for a guarded worker: exit 0 healthy, 1 unhealthy, 2 usage."""
         if timeout <= 0:
