@@ -215,8 +215,10 @@ def _handshake_finding(view: HostView, index: _SocketIndex, s: TcpSocket) -> Fin
     remedy = "Reconnect or restart this client: no answer will come. "
     remedy += REMEDY_RACE + " " if holder_is_port_holder or evidence["dnat"] is False else ""
     remedy += REMEDY_CLIENT
-    if holder_is_port_holder:
+    if holder_is_port_holder or evidence["dnat"] is False:
+        # Without DNAT the client dialled the VIP:NodePort itself.
         remedy = remedy.replace("<NODEPORT>", str(s.remote_port))
+        remedy = remedy.replace("<VIP>", s.remote_addr)
     return Finding(
         kind=HANDSHAKE_UNANSWERED,
         severity=Severity.CRITICAL if holder_is_port_holder else Severity.WARNING,
@@ -280,7 +282,9 @@ def nodeport_vip_race_hazard(view: HostView, index: _SocketIndex) -> list[Findin
             kind=NODEPORT_VIP_RACE_HAZARD,
             severity=Severity.INFO if mitigated else Severity.WARNING,
             summary=summary,
-            remedy=REMEDY_RACE + " " + REMEDY_CLIENT,
+            remedy=(REMEDY_RACE + " " + REMEDY_CLIENT)
+            .replace("<VIP>", view.floating[0].address)
+            .replace("<NODEPORT>", str((unprotected or ports or ["<NODEPORT>"])[0])),
             evidence={
                 "local_gate": gate.local_gate,
                 "reached_from_output": gate.reached_from_output,
