@@ -82,8 +82,15 @@ def _netns_for(request: ScanRequest) -> str | None:
         return live.netns_path(request.netns)
     if request.pid is not None:
         path = f"/proc/{request.pid}/ns/net"
-        if not os.path.exists(path):
+        if not os.path.isdir(f"/proc/{request.pid}"):
             raise HangproofError(f"no process {request.pid}")
+        try:
+            os.stat(path)
+        except OSError as exc:
+            raise HangproofError(
+                f"cannot read the network namespace of process {request.pid} ({exc.strerror}): "
+                "run as root, or pass --netns"
+            ) from exc
         # Only switch when the process lives elsewhere; same namespace needs no setns.
         return None if live.same_netns(request.pid, None) else path
     return None
