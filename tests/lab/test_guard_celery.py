@@ -1,0 +1,161 @@
+"""Guarded Celery workers against a real RabbitMQ on loopback (RabbitNode).
+
+- No false stall: tasks lasting 3 x stall_timeout cause no forced reconnect
+  and no failed liveness (prefork and gevent).
+- Survives its own recovery: the broker still holds the exclusive pidbox
+  queue (ResourceLocked 405) -> the guarded worker backs off and retries, and
+  works once the queue is released; it does not exit.
+
+Workers are started by pid and stopped by pid in finalizers.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from hangproof.lab import processes
+from hangproof.lab.rabbitmq import RabbitNode, free_port
+
+pytestmark = [pytest.mark.lab, pytest.mark.timeout(300)]
+
+STALL = 3.0
+
+
+@pytest.fixture(scope="module")
+def rabbit(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RabbitNode]:
+    node = RabbitNode("guardtest", tmp_path_factory.mktemp("rabbit"))
+    try:
+        node.start(timeout=90)
+        yield node
+    finally:
+        node.stop()
+
+
+def start_worker(
+    rabbit: RabbitNode, tmp: Path, pool: str, name: str, *, guard: bool = True
+) -> tuple[int, int, Path, Path]:
+    port = free_port()
+    ledger = tmp / f"{name}.ledger"
+    log = tmp / f"{name}.log"
+    env = {
+        "HANGPROOF_BROKER_URL": rabbit.url,
+        "HANGPROOF_GUARD": "1" if guard else "0",
+        "HANGPROOF_STALL_TIMEOUT": str(STALL),
+        "HANGPROOF_LIVENESS_PORT": str(port),
+        "HANGPROOF_LEDGER": str(ledger),
+        "HANGPROOF_PREFETCH": "1",
+    }
+    argv = [sys.executable, "-m", "celery", "-A", "hangproof.guard.sample_app", "worker"]
+    argv += ["-P", pool, "-c", "4", "-n", f"{name}@%h", "-Q", name, "--loglevel=INFO"]
+    proc = processes.spawn(argv, env=env, log=log)
+    return proc.pid, port, ledger, log
+
+
+def health(port: int, path: str = "/healthz") -> tuple[int, dict]:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=2) as r:
+            return r.status, json.loads(r.read())
+    except urllib.error.HTTPError as e:
+        return e.code, json.loads(e.read() or b"{}")
+    except OSError:
+        return 0, {}
+
+
+def wait_ready(port: int, pid: int, limit: float = 60) -> float:
+    started = time.monotonic()
+    while time.monotonic() - started < limit:
+        assert processes.pid_alive(pid), "worker exited"
+        if health(port, "/readyz")[0] == 200:
+            return time.monotonic() - started
+        time.sleep(0.25)
+    raise AssertionError(f"worker not ready within {limit} s")
+
+
+def producer(rabbit: RabbitNode):  # type: ignore[no-untyped-def]
+    os.environ["HANGPROOF_BROKER_URL"] = rabbit.url
+    from hangproof.guard.sample_app import app
+
+    app.conf.broker_url = rabbit.url
+    return app
+
+
+def metric(port: int, name: str) -> float:
+    body = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2).read().decode()
+    return sum(
+        float(line.rsplit(" ", 1)[1])
+        for line in body.splitlines()
+        if line.startswith(name) and not line.startswith("#")
+    )
+
+
+@pytest.mark.parametrize("pool", ["prefork", "gevent"])
+def test_long_tasks_are_not_a_stall(rabbit: RabbitNode, tmp_path: Path, pool: str) -> None:
+    name = f"long-{pool}"
+    pid, port, ledger, log = start_worker(rabbit, tmp_path, pool, name)
+    try:
+        wait_ready(port, pid)
+        app = producer(rabbit)
+        n = 4
+        for i in range(n):
+            app.send_task("hangproof.sleep_then_record", args=(f"t{i}", 3 * STALL), queue=name)
+        failed_probes = 0
+        started = time.monotonic()
+        while time.monotonic() - started < 3 * STALL + 15:
+            code, _ = health(port)
+            failed_probes += code != 200
+            done = ledger.read_text().split() if ledger.exists() else []
+            if len(done) >= 2 * n:
+                break
+            time.sleep(0.5)
+        keys = ledger.read_text().split()[::2]
+        assert sorted(keys) == [f"t{i}" for i in range(n)], keys  # executed once each
+        assert failed_probes == 0
+        assert metric(port, "hangproof_forced_reconnects_total") == 0
+        assert metric(port, "hangproof_reconnects_total") == 0
+        assert processes.pid_alive(pid)
+    finally:
+        processes.stop_pid(pid)
+        print(log.read_text()[-3000:])
+
+
+def test_resource_locked_pidbox_is_survived(rabbit: RabbitNode, tmp_path: Path) -> None:
+    """The broker still holds the worker's exclusive pidbox queue (INCIDENT.md, last table)."""
+    from kombu import Connection, Queue
+
+    hostname = f"locked@{os.uname().nodename}"
+    holder = Connection(rabbit.url)
+    holder.connect()
+    channel = holder.channel()
+    # What the dead connection of the worker's previous life still holds.
+    Queue(f"{hostname}.celery.pidbox", exclusive=True, channel=channel).declare()
+    pid, port, ledger, log = start_worker(rabbit, tmp_path, "prefork", "locked")
+    try:
+        time.sleep(8)  # several ResourceLocked rounds
+        assert processes.pid_alive(pid), "the worker exited on ResourceLocked"
+        assert "resource-locked" in log.read_text()
+        released = time.monotonic()
+        holder.release()  # the broker finally drops the old connection
+        resumed = wait_ready(port, pid, limit=30)
+        producer(rabbit).send_task("hangproof.record", args=("after",), queue="locked")
+        for _ in range(40):
+            if ledger.exists() and "after" in ledger.read_text():
+                break
+            time.sleep(0.25)
+        assert "after" in ledger.read_text()
+        assert metric(port, 'hangproof_stalls_detected_total{detection="resource-locked"') >= 1
+        print(
+            f"resumed {resumed:.1f} s after the lock was released ({time.monotonic() - released:.1f})"
+        )
+    finally:
+        processes.stop_pid(pid)
+        holder.release()
+        print(log.read_text()[-3000:])
