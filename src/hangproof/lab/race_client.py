@@ -16,20 +16,32 @@ import time
 from collections.abc import Callable
 from urllib.parse import urlsplit
 
-AMQP_HEADER = b"AMQP\x00\x00\x09\x01"
+#: A Connection.Start fits in a few reads; a peer dripping bytes gets this many.
+MAX_READS = 10_000
 
 
 def raw(url: str) -> str:
-    """The report's client, reduced: header, then wait for Connection.Start, no deadline."""
+    """The report's client, reduced: header, then wait for Connection.Start, no deadline.
+
+    It drives the same sans-IO handshake machine as ``hangproof probe`` and the
+    guard, over a blocking socket without a timeout, as py-amqp 1.x did.
+    """
+    from hangproof.amqp import ClientHandshake, StartReceived
+
     u = urlsplit(url)
-    sock = socket.create_connection((u.hostname, u.port or 5672))  # no timeout, as py-amqp 1.x
-    sock.sendall(AMQP_HEADER)
-    data = sock.recv(7)  # the frame header of Connection.Start
-    if not data:
-        raise ConnectionResetError(errno.ECONNRESET, "peer closed before Connection.Start")
-    if data[:1] != b"\x01":
-        raise RuntimeError(f"not an AMQP method frame: {data!r}")
-    return "Connection.Start received"
+    handshake = ClientHandshake(u.username or "guest", u.password or "guest", "/")
+    sock = socket.create_connection((u.hostname, u.port or 5672))  # no timeout
+    sock.sendall(handshake.initiate())
+    # Bounded in count; in time it is bounded by the race's observation window,
+    # after which the controller stops this process by pid.
+    for _ in range(MAX_READS):
+        data = sock.recv(65536)
+        events = handshake.receive_data(data)
+        if any(isinstance(e, StartReceived) for e in events):
+            return "Connection.Start received"
+        if not data:
+            raise ConnectionResetError(errno.ECONNRESET, "peer closed before Connection.Start")
+    raise RuntimeError(f"no Connection.Start after {MAX_READS} reads")
 
 
 def py_amqp(url: str) -> str:
