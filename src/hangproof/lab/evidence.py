@@ -1,11 +1,8 @@
-"""Evidence the way the report gathered it: ss, conntrack, iptables counters.
+"""Evidence the way the report gathered it: ss text as the lab reads it live.
 
 Parsers here are pure (text in, dicts out) and tested on recorded output.
-
-    >>> parse_conntrack_line(
-    ...     "tcp      6 119 ESTABLISHED src=198.18.0.1 dst=198.18.0.100 sport=40000 dport=32672 "
-    ...     "src=198.18.0.100 dst=198.18.0.1 sport=32672 dport=40000 [ASSURED] mark=0 use=1")["dnat"]
-    False
+conntrack text is parsed by :mod:`hangproof.doctor.conntrack`, the one place
+for it.
 """
 
 from __future__ import annotations
@@ -80,33 +77,3 @@ def _number(value: str) -> Any:
             return float(value)
         except ValueError:
             return value
-
-
-_CT_FIELD = re.compile(r"(src|dst|sport|dport)=(\S+)")
-
-
-def parse_conntrack_line(line: str) -> dict[str, Any]:
-    """A ``conntrack -L`` line -> original/reply tuples, state, and ``dnat``.
-
-    ``dnat`` is true when the reply comes from somewhere other than the
-    original destination: the connection was NATed to a pod.
-    """
-    fields = _CT_FIELD.findall(line)
-    orig = dict(fields[:4])
-    reply = dict(fields[4:8])
-    tokens = line.split()
-    state = next((t for t in tokens[3:5] if t.isupper() and "=" not in t), None)
-    return {
-        "state": state,
-        "original": orig,
-        "reply": reply,
-        "dnat": bool(reply)
-        and (reply.get("src"), reply.get("sport")) != (orig.get("dst"), orig.get("dport")),
-        "snat": bool(reply)
-        and (reply.get("dst"), reply.get("dport")) != (orig.get("src"), orig.get("sport")),
-        "raw": line.strip(),
-    }
-
-
-def parse_conntrack(text: str) -> list[dict[str, Any]]:
-    return [parse_conntrack_line(line) for line in text.splitlines() if "src=" in line]

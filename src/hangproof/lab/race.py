@@ -24,10 +24,11 @@ import time
 from pathlib import Path
 from typing import Any
 
+from hangproof.doctor.conntrack import parse_conntrack
 from hangproof.errors import HangproofError
 from hangproof.failure import RaceOutcome
 from hangproof.lab import network, processes
-from hangproof.lab.evidence import join_ss_records, parse_conntrack, parse_ss_record
+from hangproof.lab.evidence import join_ss_records, parse_ss_record
 from hangproof.lab.hooks import TRACE_IN, TRACE_OUT, parse_trace_counters, seen
 from hangproof.lab.lab import Lab
 from hangproof.lab.mitigations import MITIGATIONS, conntrack_flush_command, reject_undnat_rule
@@ -236,8 +237,8 @@ def _wait_syn_sent(lab: Lab, node: str, client_pid: int) -> int | None:
         # With a state filter ss omits the State column: Recv-Q Send-Q Local Peer.
         ports = {r.split()[2].rpartition(":")[2] for r in sockets.splitlines() if r.strip()}
         for entry in parse_conntrack(ct):
-            sport = entry["original"].get("sport")
-            if sport in ports and entry["state"] == "SYN_SENT" and not entry["dnat"]:
+            sport = str(entry.original.sport)
+            if sport in ports and entry.state == "SYN_SENT" and not entry.dnat:
                 return int(sport)
         time.sleep(POLL_INTERVAL)
     return None
@@ -282,7 +283,7 @@ def collect_evidence(lab: Lab, node: str, sport: int) -> dict[str, Any]:
     ct_text = processes.run(
         ["conntrack", "-L", "-p", "tcp", "--orig-port-src", str(sport)], netns=ns, check=False
     ).stdout
-    entries = [e for e in parse_conntrack(ct_text) if e["original"].get("dst") == topo.vip]
+    entries = [e for e in parse_conntrack(ct_text) if e.original.dst == topo.vip]
     entry = entries[0] if entries else None
     counters = parse_trace_counters(
         processes.run(["iptables-save", "-c", "-t", "mangle"], netns=ns, check=False).stdout
@@ -297,10 +298,10 @@ def collect_evidence(lab: Lab, node: str, sport: int) -> dict[str, Any]:
         "listener_owner": lab.listener_owner(node),
         "conntrack": (
             {
-                "dnat": entry["dnat"],
-                "state": entry["state"],
-                "reply_src": entry["reply"].get("src"),
-                "entry": entry["raw"],
+                "dnat": entry.dnat,
+                "state": entry.state,
+                "reply_src": entry.reply.src,
+                "entry": entry.raw,
             }
             if entry
             else None
