@@ -21,6 +21,14 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 
+
+
+@app.callback()
+def _root() -> None:
+    """Find, explain and prevent silent hangs of AMQP (Celery) consumers."""
+    # A callback keeps `hangproof` a group even if only one part registers.
+
+
 #: Modules that define ``register(app)``. Each part owns its module.
 COMMAND_MODULES = (
     "hangproof.lab.commands",
