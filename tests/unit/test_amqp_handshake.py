@@ -286,7 +286,7 @@ def test_a_huge_chunk_of_heartbeats_never_grows_the_buffer() -> None:
 @pytest.mark.parametrize(
     ("data", "verdict", "words"),
     [
-        (b"HTTP/1.1 400 Bad Request\r\n\r\n", Verdict.NOT_AMQP, "HTTP?"),
+        (b"HTTP/1.1 400 Bad Request\r\n\r\n", Verdict.NOT_AMQP, "looks like HTTP"),
         (b"\x15\x03\x03\x00\x02\x02\x46", Verdict.TLS_REQUIRED, "TLS alert"),
         (b"\x16\x03\x01\x00\x5c\x02\x00", Verdict.TLS_REQUIRED, "TLS handshake"),
         (b"SSH-2.0-OpenSSH_9.2\r\n", Verdict.NOT_AMQP, "0x53"),

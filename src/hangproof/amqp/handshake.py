@@ -527,11 +527,10 @@ class ClientHandshake:
         if first in _TLS_RECORD_TYPES:
             return f"unexpected byte 0x{first:02x} where a frame type was expected"
         shown = sample if sample is not None else bytes(self._buffer[:16])
-        guess = " (HTTP?)" if first == ord("H") else ""
-        char = chr(first) if 32 <= first < 127 else "?"
+        guess = " (looks like HTTP)" if bytes(shown[:5]) == b"HTTP/"[: len(shown[:5])] else ""
         return (
-            f"the peer's first byte is 0x{first:02x} ({char!r}{guess}), not an AMQP "
-            f"frame type: {shown[:16]!r}"
+            f"the peer's first byte is 0x{first:02x}, not an AMQP frame type: "
+            f"{bytes(shown[:16])!r}{guess}"
         )
 
 
