@@ -378,3 +378,39 @@ def test_password_never_in_result(peers: Callable[..., Peer]) -> None:
     text = repr(result) + str(result.to_dict())
     assert "hunter2" not in text
     assert result.url == f"amqp://bob:***@127.0.0.1:{peer.port}/"
+
+
+def tls_replay(certificate: tuple[Path, Path], name: str) -> Handler:
+    """A fake broker behind TLS (amqps://), replaying recorded frames."""
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(*certificate)
+    inner = replay(name)
+
+    def handler(conn: socket.socket, stop: threading.Event) -> None:
+        conn.settimeout(3)
+        with context.wrap_socket(conn, server_side=True) as tls:
+            tls.settimeout(0.05)
+            inner(tls, stop)
+
+    return handler
+
+
+def test_amqps_ok_through_tls(peers: Callable[..., Peer], certificate: tuple[Path, Path]) -> None:
+    peer = peers(tls_replay(certificate, "ok"))
+    url = f"amqps://guest:guest@127.0.0.1:{peer.port}/"
+    t0 = time.monotonic()
+    result = probe(url, timeout=5, tls_verify=False)
+    assert time.monotonic() - t0 <= 5 + SLACK
+    assert result.verdict is Verdict.OK, result.detail
+    assert stage_names(result)[:4] == ["dns", "tcp-connect", "tls", "protocol-header"]
+
+
+def test_amqps_untrusted_certificate(
+    peers: Callable[..., Peer], certificate: tuple[Path, Path]
+) -> None:
+    peer = peers(tls_replay(certificate, "ok"))
+    result, _ = run_probe(f"amqps://guest:guest@127.0.0.1:{peer.port}/", timeout=5)
+    # The server failed to authenticate itself; the detail says how to skip the check.
+    assert result.verdict is Verdict.AUTH_FAILED
+    assert "certificate" in result.detail and "--insecure" in result.detail
+    assert stage_names(result)[-1] == "tls" and not result.stages[-1].ok
