@@ -109,7 +109,7 @@ def harden(
 
     >>> from celery import Celery
     >>> harden(Celery("p", broker="amqp://localhost//"), Policy(stall_timeout=3)).heartbeat
-    1
+    3
     """
     policy = policy or Policy()
     conf = app.conf
