@@ -80,7 +80,7 @@ def run_race(
     say = lab.progress
     state = lab.state
 
-    _reset(lab, cn)
+    reset_after_race(lab, cn)
     # 1. the VIP is on the old holder, and the client node learns its MAC
     lab.add_vip(oh)
     processes.run(
@@ -166,7 +166,7 @@ def run_race(
             processes.stop_pid(proc.pid, grace=2.0)
             state.untrack(proc.pid)
             undo()
-            _reset(lab, cn)
+            reset_after_race(lab, cn)
     return {
         "outcome": outcome.value,
         "client": client,
@@ -184,7 +184,7 @@ def run_race(
     }
 
 
-def _reset(lab: Lab, client_node: str) -> None:
+def reset_after_race(lab: Lab, client_node: str) -> None:
     """The VIP nowhere, no stale neighbour, no conntrack entries, counters zeroed."""
     topo = lab.topo
     for node in topo.nodes:
