@@ -1,0 +1,69 @@
+"""Lab faults: one module per fault class, each with ``inject()`` and ``heal()``.
+
+Every fault acts on real kernel or process state of a lab we built (iptables in
+the broker's own namespace, SIGSTOP by pid, killing the broker by pid,
+rabbitmqctl alarms), never on the root namespace. Each module's docstring names
+the real-world event it stands for. Adding a fault touches one new module and
+one line in :data:`FAULTS`.
+
+    >>> sorted(FAULTS)[:3]
+    ['blackhole', 'broker-freeze', 'broker-kill']
+    >>> fault = make_fault("blackhole", bed.target)  # doctest: +SKIP
+    >>> fault.inject(); fault.heal()  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass
+from typing import Protocol
+
+from hangproof.errors import HangproofError
+from hangproof.failure import FaultClass
+from hangproof.lab.rabbitmq import RabbitNode
+
+#: Fault name (the FaultClass value) -> module under hangproof.lab.faults.
+FAULTS: dict[str, str] = {
+    FaultClass.BLACKHOLE.value: "blackhole",
+    FaultClass.BROKER_FREEZE.value: "broker_freeze",
+    FaultClass.BROKER_KILL.value: "broker_kill",
+    FaultClass.HEAL_AFTER_HALF_OPEN.value: "heal_after_half_open",
+    FaultClass.MEMORY_ALARM.value: "memory_alarm",
+}
+
+
+@dataclass
+class FaultTarget:
+    """What a fault acts on: the broker node and the interface clients reach it by.
+
+    ``broker_netns`` is a namespace the lab created; ``broker_iface`` is the
+    broker's side of the link to the clients (faults on it leave the broker's
+    own loopback traffic, e.g. rabbitmqctl, untouched).
+    """
+
+    node: RabbitNode
+    broker_netns: str
+    broker_iface: str
+
+
+class Fault(Protocol):
+    """One fault: ``inject()`` starts the real-world event, ``heal()`` ends it.
+
+    ``heal()`` is idempotent and safe after a failed ``inject()``, so callers
+    put it in a ``finally``.
+    """
+
+    name: str
+
+    def inject(self) -> None: ...
+
+    def heal(self) -> None: ...
+
+
+def make_fault(name: str, target: FaultTarget) -> Fault:
+    """The fault called ``name`` (a :class:`FaultClass` value) aimed at ``target``."""
+    if name not in FAULTS:
+        raise HangproofError(f"unknown fault {name!r}; choose one of: {', '.join(sorted(FAULTS))}")
+    module = importlib.import_module(f"hangproof.lab.faults.{FAULTS[name]}")
+    fault: Fault = module.make(target)
+    return fault

@@ -1,0 +1,98 @@
+"""The faults' small topology: one broker namespace, one client namespace, one veth.
+
+::
+
+    hpfault-c (clients: workers)           hpfault-b (broker: rabbitmq, producer)
+    hpf-c0 198.18.200.2/30  <--- veth --->  hpf-b0 198.18.200.1/30
+
+Addresses are in 198.18.0.0/15 (RFC 2544 benchmarking) only; nothing in the
+root namespace changes. Deleting the namespaces removes the veth and both
+namespaces' conntrack tables. The broker runs in its namespace, so iptables
+faults act on real kernel state.
+
+    >>> with FaultBed(Path("/tmp/hpfault")) as bed:  # doctest: +SKIP
+    ...     bed.node.url
+    'amqp://guest:guest@198.18.200.1:5672/'
+"""
+
+from __future__ import annotations
+
+import contextlib
+import subprocess
+from pathlib import Path
+
+from hangproof.errors import HangproofError
+from hangproof.lab import processes
+from hangproof.lab.faults import FaultTarget
+from hangproof.lab.rabbitmq import RabbitNode
+
+PREFIX = "hpfault-"
+BROKER_NETNS = "hpfault-b"
+CLIENT_NETNS = "hpfault-c"
+BROKER_IFACE = "hpf-b0"
+CLIENT_IFACE = "hpf-c0"
+BROKER_IP = "198.18.200.1"
+CLIENT_IP = "198.18.200.2"
+
+
+def _ip(*args: str, netns: str | None = None) -> None:
+    processes.run(["ip", *args], netns=netns, timeout=15)
+
+
+class FaultBed:
+    """Build the two namespaces and start the broker; ``close()`` removes all of it."""
+
+    def __init__(self, state_dir: Path, prefix: str = PREFIX) -> None:
+        self.state_dir = Path(state_dir)
+        self.broker_netns = f"{prefix}b"
+        self.client_netns = f"{prefix}c"
+        self.node = RabbitNode(
+            "fault", self.state_dir / "rabbit", host=BROKER_IP, netns=self.broker_netns
+        )
+
+    @property
+    def target(self) -> FaultTarget:
+        """What faults act on."""
+        return FaultTarget(self.node, self.broker_netns, BROKER_IFACE)
+
+    def up(self) -> None:
+        """Create namespaces and link, then start the broker (bounded by its timeout)."""
+        existing = subprocess.run(
+            ["ip", "netns", "list"], capture_output=True, text=True, check=True
+        ).stdout.split()
+        if self.broker_netns in existing or self.client_netns in existing:
+            raise HangproofError(
+                f"{self.broker_netns}/{self.client_netns} already exist (another fault run?)"
+            )
+        try:
+            for ns in (self.broker_netns, self.client_netns):
+                _ip("netns", "add", ns)
+                _ip("link", "set", "lo", "up", netns=ns)
+            _ip(
+                "link", "add", BROKER_IFACE, "netns", self.broker_netns,
+                "type", "veth", "peer", "name", CLIENT_IFACE, "netns", self.client_netns,
+            )  # fmt: skip
+            for ns, iface, addr in (
+                (self.broker_netns, BROKER_IFACE, BROKER_IP),
+                (self.client_netns, CLIENT_IFACE, CLIENT_IP),
+            ):
+                _ip("addr", "add", f"{addr}/30", "dev", iface, netns=ns)
+                _ip("link", "set", iface, "up", netns=ns)
+            self.node.start(timeout=120)
+        except BaseException:
+            self.close()
+            raise
+
+    def close(self) -> None:
+        """Stop the broker by pid, then delete our namespaces (idempotent)."""
+        with contextlib.suppress(Exception):
+            self.node.stop()
+        for ns in (self.client_netns, self.broker_netns):
+            subprocess.run(["ip", "netns", "del", ns], capture_output=True, check=False)
+
+    def __enter__(self) -> FaultBed:
+        self.up()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
