@@ -8,7 +8,8 @@ This wrapper:
   every *reconnect* too (RobustConnection stores the connect timeout and
   aio-pika wraps aiormq's whole connect in ``asyncio.wait_for``);
 - also bounds the first connect with ``asyncio.timeout`` over everything,
-  retrying with the policy's backoff;
+  retrying with the policy's backoff; a failed attempt's connection is
+  closed, so its background reconnect task cannot outlive the call;
 - runs a heartbeat-silence watchdog: if no frame arrives from the broker for
   ``stall_timeout``, the transport is closed so the robust reconnect begins.
 
@@ -28,7 +29,7 @@ import contextlib
 import logging
 from typing import Any
 
-import aio_pika
+from aio_pika.connection import make_url
 from aio_pika.robust_connection import RobustConnection
 
 from hangproof.failure import Policy
@@ -74,6 +75,47 @@ async def _silence_watchdog(connection: GuardedRobustConnection, policy: Policy)
                 await amqp.close(ConnectionError(f"no frame from the broker for {age:.1f} s"))
 
 
+#: make_url()'s keywords; aio_pika.connect_robust passes the rest to both.
+_URL_KEYS = ("host", "port", "login", "password", "virtualhost", "ssl", "ssl_options")
+#: Keywords only the connection class takes.
+_CLASS_KEYS = ("loop", "ssl_context", "client_properties")
+
+
+async def _connect_once(
+    url: str, connection_class: type[GuardedRobustConnection], deadline: float, kwargs: dict
+) -> GuardedRobustConnection:
+    """One first-connect attempt that cannot outlive ``deadline``.
+
+    ``aio_pika.connect_robust`` hides the connection it builds, so a timeout
+    around it leaks the connection's reconnect task: that task keeps dialling
+    every ``reconnect_interval`` and swallows the CancelledError of
+    ``asyncio.run``'s shutdown (aio-pika 10.2.1 ``__connection_factory``),
+    which then never returns. Built here as aio-pika builds it, the
+    connection is closed (reconnect task cancelled and awaited) whenever the
+    attempt fails, times out or is cancelled.
+    """
+    url_kwargs = {k: kwargs[k] for k in _URL_KEYS if k in kwargs}
+    class_kwargs = {k: kwargs[k] for k in _CLASS_KEYS if k in kwargs}
+    rest = {k: v for k, v in kwargs.items() if k not in _URL_KEYS and k not in _CLASS_KEYS}
+    connection = connection_class(make_url(url, **url_kwargs, **rest), **class_kwargs, **rest)
+    try:
+        async with asyncio.timeout(deadline):
+            # aio-pika also bounds aiormq's connect by ``timeout`` and keeps
+            # it for every later reconnect.
+            await connection.connect(timeout=deadline)
+    except BaseException:
+        await _close_quietly(connection, deadline)
+        raise
+    return connection
+
+
+async def _close_quietly(connection: RobustConnection, deadline: float) -> None:
+    """Close a connection whose first connect failed; bounded, never raises."""
+    with contextlib.suppress(Exception):
+        async with asyncio.timeout(deadline):
+            await connection.close()
+
+
 async def connect_robust(
     url: str, policy: Policy | None = None, **kwargs: Any
 ) -> GuardedRobustConnection:
@@ -87,16 +129,11 @@ async def connect_robust(
         "GuardedRobustConnection", (GuardedRobustConnection,), {"hangproof_policy": policy}
     )
     kwargs.setdefault("heartbeat", policy.heartbeat)
+    deadline = float(policy.handshake_deadline or 7.5)
     attempt = 0
     while True:
         try:
-            async with asyncio.timeout(float(policy.handshake_deadline or 7.5)):
-                connection = await aio_pika.connect_robust(
-                    url,
-                    connection_class=connection_class,
-                    timeout=float(policy.handshake_deadline or 7.5),
-                    **kwargs,
-                )
+            connection = await _connect_once(url, connection_class, deadline, kwargs)
             break
         except (TimeoutError, OSError, ConnectionError) as exc:
             retries = policy.backoff.max_retries
