@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import subprocess
+import sys
+import time
+from pathlib import Path
 
 import pytest
 
@@ -82,3 +85,31 @@ def test_down_removes_everything_and_is_idempotent() -> None:
     assert not any(processes.pid_alive(p) for p in pids)
     assert LabState.load("hpt2") is None
     assert lab.down() == []  # idempotent
+
+
+def test_doctor_finds_nothing_wedged_on_a_healthy_lab(seed_lab: Lab, tmp_path: Path) -> None:
+    """A real client connected through the NodePort (DNAT to the pod) is healthy."""
+    from hangproof.doctor.scan import ScanRequest, run_scan
+
+    ready = tmp_path / "connected"
+    code = (
+        "import amqp, pathlib, sys, time\n"
+        "c = amqp.Connection('198.18.0.1:32672', connect_timeout=10)\n"
+        "c.connect()\n"
+        f"pathlib.Path({str(ready)!r}).write_text('ok')\n"
+        "time.sleep(60)\n"
+    )
+    proc = processes.spawn([sys.executable, "-c", code], netns=seed_lab.topo.ns("n1"))
+    try:
+        for _ in range(200):
+            if ready.exists():
+                break
+            time.sleep(0.1)
+        assert ready.exists(), "the healthy client did not connect through the NodePort"
+        time.sleep(2.0)  # older than --min-silence below, so a wedge would show
+        report = run_scan(ScanRequest(netns=seed_lab.topo.ns("n1"), min_silence=1.0))
+        kinds = [f.kind for f in report.findings]
+        assert "handshake-unanswered" not in kinds
+        assert len(report.view.sockets) >= 2  # the client's socket and the listener
+    finally:
+        processes.stop_pid(proc.pid, grace=2.0)
