@@ -1,0 +1,403 @@
+"""fault-matrix: every lab fault x client profile, measured on a real RabbitMQ.
+
+For each cell (fault, profile), on the faults' two-namespace testbed
+(:mod:`hangproof.lab.faults.testbed`):
+
+1. a Celery worker of the profile starts in the client namespace, consuming a
+   queue of its own; executions go to a ledger file;
+2. a producer in the broker's namespace (so veth faults do not touch it)
+   publishes ``hangproof.record`` at a steady rate with publisher confirms:
+   "published" means the broker confirmed it;
+3. the fault is injected, held ``hold`` seconds, then healed; meanwhile one
+   publish from the client namespace with the profile's own settings shows
+   what a web request would see (``publish_during_fault``);
+4. after heal a probe task is published; ``resume_s`` is heal -> probe
+   executed, or ``HANG`` if not within ``hang_bound`` (default 300 s, the
+   issue's 5 minutes);
+5. the producer stops, the queue drains (bounded), and the ledger gives
+   executed / lost (published, never executed) / duplicated.
+
+``detect_s`` is inject -> the worker's first log line that shows it noticed
+(the guard's ``disconnected``/``connection-error`` events, or Celery's own
+``Connection to broker lost`` etc.); ``None`` when it never noticed.
+
+Stock cells are measured like the others, never assumed.
+
+    >>> report = run_matrix(["blackhole"], ["celery-prefork"], Path("/tmp/fm"))  # doctest: +SKIP
+    >>> print(format_table(report))  # doctest: +SKIP
+
+Run it directly (root)::
+
+    python -m hangproof.lab.scenarios.fault_matrix run --faults blackhole,broker-freeze --json
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import re
+import sys
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from hangproof.lab import processes
+from hangproof.lab.faults import FAULTS, make_fault
+from hangproof.lab.faults.testbed import FaultBed
+
+if TYPE_CHECKING:
+    from hangproof.lab.lab import Lab
+    from hangproof.lab.scenarios import RunOptions
+
+NAME = "fault-matrix"
+MODULE = "hangproof.lab.scenarios.fault_matrix"
+HELP = "every lab fault x client profile: detect, resume (or HANG), published/executed/lost/dup"
+
+#: The issue's bound: a cell that has not resumed 5 minutes after heal is a HANG.
+DEFAULT_HANG_BOUND = 300.0
+#: The guard's stall_timeout in the matrix (the Policy default).
+DEFAULT_STALL_TIMEOUT = 15.0
+#: How long each fault is held before heal; heal-after-half-open stays under
+#: RabbitMQ's 60 s heartbeat so the broker still holds the old connection.
+DEFAULT_HOLD = {
+    "blackhole": 40.0,
+    "broker-freeze": 40.0,
+    "broker-kill": 2.0,
+    "heal-after-half-open": 25.0,
+    "memory-alarm": 20.0,
+}
+PRODUCER_RATE = 2.0  # tasks per second; enough to see loss, light on 2 cores
+DRAIN_SECONDS = 30.0
+WORKER_READY_SECONDS = 90.0
+PUBLISH_PROBE_BOUND = 60.0
+
+#: profile -> (pool, guarded)
+PROFILES: dict[str, tuple[str, bool]] = {
+    "celery-prefork": ("prefork", False),
+    "celery-prefork+harden": ("prefork", True),
+    "celery-gevent": ("gevent", False),
+    "celery-gevent+harden": ("gevent", True),
+}
+
+#: Worker log lines that show the client noticed the fault.
+DETECTION = re.compile(
+    r"hangproof\.guard: (disconnected|connection-error|unhealthy)"
+    r"|Connection to broker lost|Cannot connect to amqp|Unrecoverable error"
+    r"|ConnectionResetError|Connection reset|consumer: Connection"
+)
+LOG_STAMP = re.compile(r"^\[(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3}):")
+
+
+@dataclass
+class Cell:
+    """One measured cell of the matrix."""
+
+    fault: str
+    profile: str
+    detect_s: float | None = None
+    detected_by: str | None = None
+    resume_s: float | str | None = None
+    published: int = 0
+    executed: int = 0
+    lost: int = 0
+    duplicated: int = 0
+    left_in_queue: int | None = None
+    worker_alive: bool = True
+    publish_during_fault: str = ""
+    hold_s: float = 0.0
+    notes: list[str] = field(default_factory=list)
+
+
+def _log_events(log: Path, since: float) -> list[tuple[float, str]]:
+    found = []
+    text = log.read_text(errors="replace") if log.exists() else ""
+    for line in text.splitlines():
+        m = LOG_STAMP.match(line)
+        if not m:
+            continue
+        at = datetime.strptime(m.group(1), "%Y-%m-%d %H:%M:%S,%f").timestamp()
+        if at >= since and DETECTION.search(line):
+            found.append((at, line[m.end() :].strip()[:160]))
+    return found
+
+
+def _ledger_keys(ledger: Path) -> list[str]:
+    if not ledger.exists():
+        return []
+    return [line.split()[0] for line in ledger.read_text().splitlines() if line.strip()]
+
+
+def _wait(predicate: Any, bound: float, step: float = 0.25) -> bool:
+    deadline = time.monotonic() + bound
+    for _ in range(int(bound / step) + 2):
+        if predicate():
+            return True
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(step)
+    return bool(predicate())
+
+
+def _worker_env(url: str, guarded: bool, stall: float, ledger: Path) -> dict[str, str]:
+    env = {
+        "HANGPROOF_BROKER_URL": url,
+        "HANGPROOF_GUARD": "1" if guarded else "0",
+        "HANGPROOF_STALL_TIMEOUT": str(stall),
+        "HANGPROOF_LEDGER": str(ledger),
+        "HANGPROOF_PREFETCH": "1",
+    }
+    if guarded:
+        env["HANGPROOF_LATE_ACKS"] = "1"  # what harden recommends for zero loss
+    return env
+
+
+def _publish_once(bed: FaultBed, queue: str, key: str, env: dict[str, str], bound: float) -> Any:
+    """Start one publish of ``key`` (a subprocess in ``netns``); returns its Popen."""
+    code = (
+        "import sys,time\n"
+        "from hangproof.guard.sample_app import app\n"
+        "t=time.monotonic()\n"
+        "try:\n"
+        f"    app.send_task('hangproof.record', args=({key!r},), queue={queue!r})\n"
+        "    print(f'ok {time.monotonic()-t:.1f}s')\n"
+        "except Exception as e:\n"
+        "    print(f'error {time.monotonic()-t:.1f}s {type(e).__name__}: {e}'[:200])\n"
+    )
+    return processes.spawn(
+        [sys.executable, "-c", code],
+        netns=bed.client_netns,
+        env=env,
+        stdout=-1,  # subprocess.PIPE
+    )
+
+
+def run_cell(
+    bed: FaultBed,
+    fault_name: str,
+    profile: str,
+    work: Path,
+    *,
+    stall_timeout: float = DEFAULT_STALL_TIMEOUT,
+    hang_bound: float = DEFAULT_HANG_BOUND,
+    hold: float | None = None,
+) -> Cell:
+    """Measure one cell; everything it starts is stopped by pid before it returns."""
+    pool, guarded = PROFILES[profile]
+    hold = DEFAULT_HOLD.get(fault_name, 30.0) if hold is None else hold
+    cell = Cell(fault_name, profile, hold_s=hold)
+    queue = re.sub(r"[^a-z0-9]+", "-", f"fm-{fault_name}-{profile}")
+    ledger, log = work / f"{queue}.ledger", work / f"{queue}.log"
+    published_file, stop_file = work / f"{queue}.published", work / f"{queue}.stop"
+    for p in (ledger, published_file, stop_file):
+        p.unlink(missing_ok=True)
+    env = _worker_env(bed.node.url, guarded, stall_timeout, ledger)
+    argv = [sys.executable, "-m", "celery", "-A", "hangproof.guard.sample_app", "worker"]
+    argv += ["-P", pool, "-c", "2" if pool == "prefork" else "10", "-n", f"{queue}@%h"]
+    argv += ["-Q", queue, "--loglevel=INFO", "--without-mingle", "--without-gossip"]
+    fault = make_fault(fault_name, bed.target)
+    worker = producer = probe = None
+    try:
+        worker = processes.spawn(argv, netns=bed.client_netns, env=env, log=log)
+        if not _wait(lambda: " ready." in (log.read_text() if log.exists() else ""), 90):
+            cell.notes.append("worker not ready within 90 s")
+            cell.worker_alive = processes.pid_alive(worker.pid)
+            return cell
+        producer = processes.spawn(
+            [
+                sys.executable,
+                "-m",
+                MODULE,
+                "produce",
+                bed.node.url,
+                queue,
+                str(published_file),
+                str(stop_file),
+                str(PRODUCER_RATE),
+            ],
+            netns=bed.broker_netns,
+            log=work / f"{queue}.producer.log",
+        )
+        time.sleep(4)  # steady state before the fault
+        injected_at = time.time()
+        fault.inject()
+        time.sleep(min(1.0, hold))
+        probe = _publish_once(bed, queue, f"{queue}-during", env, PUBLISH_PROBE_BOUND)
+        time.sleep(max(0.0, hold - 1.0))
+        fault.heal()
+        healed_at = time.monotonic()
+        with contextlib.suppress(Exception):
+            out, _ = probe.communicate(timeout=max(1.0, PUBLISH_PROBE_BOUND - hold))
+            cell.publish_during_fault = out.decode().strip() or "no output"
+        if probe.poll() is None:
+            cell.publish_during_fault = f"HANG >{PUBLISH_PROBE_BOUND:.0f}s"
+        # Work resumes when a task published after heal executes.
+        resume_probe = _publish_once(bed, queue, f"{queue}-resume", env, PUBLISH_PROBE_BOUND)
+        with contextlib.suppress(Exception):
+            resume_probe.communicate(timeout=PUBLISH_PROBE_BOUND)
+        processes.stop_pid(resume_probe.pid, grace=1)
+        if _wait(lambda: f"{queue}-resume" in _ledger_keys(ledger), hang_bound, step=0.5):
+            cell.resume_s = round(time.monotonic() - healed_at, 1)
+        else:
+            cell.resume_s = "HANG"
+        stop_file.write_text("stop")
+        _wait(lambda: producer is not None and not processes.pid_alive(producer.pid), 15)
+        published = published_file.read_text().split() if published_file.exists() else []
+        if cell.resume_s != "HANG":
+            _wait(lambda: set(published) <= set(_ledger_keys(ledger)), DRAIN_SECONDS, step=0.5)
+        executed = [k for k in _ledger_keys(ledger) if not k.endswith(("-resume", "-during"))]
+        cell.published = len(published)
+        cell.executed = len(set(executed))
+        cell.lost = len(set(published) - set(executed))
+        cell.duplicated = len(executed) - len(set(executed))
+        if f"{queue}-during" in _ledger_keys(ledger):
+            cell.publish_during_fault += " (executed)"
+        events = _log_events(log, injected_at)
+        if events:
+            cell.detect_s = round(events[0][0] - injected_at, 1)
+            cell.detected_by = events[0][1]
+        cell.worker_alive = processes.pid_alive(worker.pid)
+        with contextlib.suppress(Exception):
+            for line in bed.node.ctl("list_queues", "name", "messages", timeout=20).splitlines():
+                name, _, count = line.partition("\t")
+                if name.strip() == queue:
+                    cell.left_in_queue = int(count)
+        if not cell.worker_alive:
+            cell.notes.append("worker process exited")
+        return cell
+    finally:
+        fault.heal()
+        for proc in (probe, producer, worker):
+            if proc is not None:
+                processes.stop_pid(proc.pid)
+
+
+def run_matrix(
+    faults: list[str],
+    profiles: list[str],
+    work: Path,
+    *,
+    stall_timeout: float = DEFAULT_STALL_TIMEOUT,
+    hang_bound: float = DEFAULT_HANG_BOUND,
+    progress: Any = None,
+) -> dict[str, Any]:
+    """Build the testbed once, measure every cell, remove the testbed."""
+    work.mkdir(parents=True, exist_ok=True)
+    cells: list[Cell] = []
+    with FaultBed(work / "bed") as bed:
+        for fault_name in faults:
+            for profile in profiles:
+                cell = run_cell(
+                    bed, fault_name, profile, work, stall_timeout=stall_timeout,
+                    hang_bound=hang_bound,
+                )  # fmt: skip
+                cells.append(cell)
+                if progress:
+                    progress(cell)
+                if not processes.pid_alive(bed.node.pid or -1) or not bed.node.answers_amqp(5):
+                    bed.node.stop()
+                    bed.node.start(timeout=120)
+    return {
+        "scenario": NAME,
+        "stall_timeout": stall_timeout,
+        "hang_bound": hang_bound,
+        "producer_rate": PRODUCER_RATE,
+        "cells": [asdict(c) for c in cells],
+    }
+
+
+def format_table(report: dict[str, Any]) -> str:
+    """The matrix as a fixed-width table (one row per cell)."""
+    head = (
+        "fault",
+        "profile",
+        "detect",
+        "resume",
+        "pub",
+        "exec",
+        "lost",
+        "dup",
+        "alive",
+        "publish during fault",
+    )
+    rows = [head]
+    for c in report["cells"]:
+        detect = "-" if c["detect_s"] is None else f"{c['detect_s']}s"
+        resume = c["resume_s"] if c["resume_s"] == "HANG" else f"{c['resume_s']}s"
+        rows.append((c["fault"], c["profile"], detect, str(resume), str(c["published"]),
+                     str(c["executed"]), str(c["lost"]), str(c["duplicated"]),
+                     "yes" if c["worker_alive"] else "NO", c["publish_during_fault"]))  # fmt: skip
+    widths = [max(len(r[i]) for r in rows) for i in range(len(head))]
+    return "\n".join("  ".join(v.ljust(w) for v, w in zip(r, widths, strict=True)) for r in rows)
+
+
+def run(lab: Lab | None, options: RunOptions) -> dict[str, Any]:
+    """Scenario entry point (the lab is not used: the matrix builds its own testbed)."""
+    extra = options.extra
+    faults = extra.get("faults") or sorted(FAULTS)
+    profiles = extra.get("profiles") or list(PROFILES)
+    work = Path(extra.get("work") or tempfile.mkdtemp(prefix="hpfault-"))
+    return run_matrix(
+        faults, profiles, work,
+        stall_timeout=float(extra.get("stall_timeout", DEFAULT_STALL_TIMEOUT)),
+        hang_bound=float(extra.get("hang_bound", DEFAULT_HANG_BOUND)),
+    )  # fmt: skip
+
+
+def produce(url: str, queue: str, published: Path, stop: Path, rate: float) -> None:
+    """Publish ``hangproof.record`` at ``rate``/s with confirms until ``stop`` exists (<= 1 h)."""
+    from celery import Celery
+
+    app = Celery("hpfault-producer", broker=url)
+    app.conf.broker_transport_options = {"confirm_publish": True}
+    app.conf.broker_connection_timeout = 5
+    deadline = time.monotonic() + 3600
+    for i in range(int(3600 * rate) + 1):
+        if stop.exists() or time.monotonic() > deadline:
+            return
+        key = f"{queue}-p{i}"
+        try:
+            app.send_task("hangproof.record", args=(key,), queue=queue, retry=False)
+        except Exception as exc:
+            print(f"publish {key} failed: {exc!r}", flush=True)
+        else:
+            with open(published, "a") as f:
+                f.write(key + "\n")
+        time.sleep(1.0 / rate)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``produce`` (internal) or ``run`` the matrix; ``run --json`` prints the report."""
+    parser = argparse.ArgumentParser(prog="fault_matrix")
+    sub = parser.add_subparsers(dest="cmd", required=True)
+    p = sub.add_parser("produce")
+    for name in ("url", "queue", "published", "stop", "rate"):
+        p.add_argument(name)
+    r = sub.add_parser("run")
+    r.add_argument("--faults", default=",".join(sorted(FAULTS)))
+    r.add_argument("--profiles", default=",".join(PROFILES))
+    r.add_argument("--stall-timeout", type=float, default=DEFAULT_STALL_TIMEOUT)
+    r.add_argument("--hang-bound", type=float, default=DEFAULT_HANG_BOUND)
+    r.add_argument("--work", default=None)
+    r.add_argument("--json", action="store_true")
+    args = parser.parse_args(argv)
+    if args.cmd == "produce":
+        produce(args.url, args.queue, Path(args.published), Path(args.stop), float(args.rate))
+        return 0
+    work = Path(args.work or tempfile.mkdtemp(prefix="hpfault-"))
+    report = run_matrix(
+        args.faults.split(","), args.profiles.split(","), work,
+        stall_timeout=args.stall_timeout, hang_bound=args.hang_bound,
+        progress=None if args.json else lambda c: print(json.dumps(asdict(c)), flush=True),
+    )  # fmt: skip
+    print(json.dumps(report, indent=2) if args.json else format_table(report))
+    return 0
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("PYTHONUNBUFFERED", "1")
+    sys.exit(main())
