@@ -28,6 +28,7 @@ FAULTS: dict[str, str] = {
     FaultClass.BROKER_FREEZE.value: "broker_freeze",
     FaultClass.BROKER_KILL.value: "broker_kill",
     FaultClass.HEAL_AFTER_HALF_OPEN.value: "heal_after_half_open",
+    FaultClass.HEARTBEAT_ONLY_HANDSHAKE.value: "heartbeat_only_handshake",
     FaultClass.MEMORY_ALARM.value: "memory_alarm",
 }
 

@@ -12,10 +12,13 @@ For each cell (fault, profile), on the faults' two-namespace testbed
    publish from the client namespace with the profile's own settings shows
    what a web request would see (``publish_during_fault``);
 4. after heal a probe task is published; ``resume_s`` is heal -> probe
-   executed, or ``HANG`` if not within ``hang_bound`` (default 300 s, the
-   issue's 5 minutes);
+   executed, ``HANG`` if not within ``hang_bound`` (default 300 s, the
+   issue's 5 minutes), or ``EXIT`` if the worker process died (it resumes
+   only if a supervisor restarts it);
 5. the producer stops, the queue drains (bounded), and the ledger gives
-   executed / lost (published, never executed) / duplicated.
+   executed / stranded (published, not executed, still in the queue: a
+   restarted worker would run them) / lost (published, not executed, not in
+   the queue) / duplicated (executed more than once).
 
 ``detect_s`` is inject -> the worker's first log line that shows it noticed
 (the guard's ``disconnected``/``connection-error`` events, or Celery's own
@@ -48,7 +51,7 @@ from typing import TYPE_CHECKING, Any
 
 from hangproof.lab import processes
 from hangproof.lab.faults import FAULTS, make_fault
-from hangproof.lab.faults.testbed import FaultBed
+from hangproof.lab.faults.testbed import PREFIX, FaultBed
 
 if TYPE_CHECKING:
     from hangproof.lab.lab import Lab
@@ -70,6 +73,7 @@ DEFAULT_HOLD = {
     "broker-kill": 2.0,
     "heal-after-half-open": 25.0,
     "memory-alarm": 20.0,
+    "heartbeat-only-handshake": 30.0,
 }
 PRODUCER_RATE = 2.0  # tasks per second; enough to see loss, light on 2 cores
 DRAIN_SECONDS = 30.0
@@ -106,6 +110,7 @@ class Cell:
     executed: int = 0
     lost: int = 0
     duplicated: int = 0
+    stranded: int = 0
     left_in_queue: int | None = None
     worker_alive: bool = True
     publish_during_fault: str = ""
@@ -203,6 +208,7 @@ def run_cell(
     worker = producer = probe = None
     try:
         worker = processes.spawn(argv, netns=bed.client_netns, env=env, log=log)
+        wpid = worker.pid
         if not _wait(lambda: " ready." in (log.read_text() if log.exists() else ""), 90):
             cell.notes.append("worker not ready within 90 s")
             cell.worker_alive = processes.pid_alive(worker.pid)
@@ -240,19 +246,25 @@ def run_cell(
         with contextlib.suppress(Exception):
             resume_probe.communicate(timeout=PUBLISH_PROBE_BOUND)
         processes.stop_pid(resume_probe.pid, grace=1)
-        if _wait(lambda: f"{queue}-resume" in _ledger_keys(ledger), hang_bound, step=0.5):
+        resumed_or_died = _wait(
+            lambda: f"{queue}-resume" in _ledger_keys(ledger) or not processes.pid_alive(wpid),
+            hang_bound,
+            step=0.5,
+        )
+        if f"{queue}-resume" in _ledger_keys(ledger):
             cell.resume_s = round(time.monotonic() - healed_at, 1)
         else:
-            cell.resume_s = "HANG"
+            # EXIT: the worker process died (needs a supervisor restart to resume).
+            cell.resume_s = "HANG" if not resumed_or_died else "EXIT"
         stop_file.write_text("stop")
         _wait(lambda: producer is not None and not processes.pid_alive(producer.pid), 15)
         published = published_file.read_text().split() if published_file.exists() else []
-        if cell.resume_s != "HANG":
+        if isinstance(cell.resume_s, float):
             _wait(lambda: set(published) <= set(_ledger_keys(ledger)), DRAIN_SECONDS, step=0.5)
         executed = [k for k in _ledger_keys(ledger) if not k.endswith(("-resume", "-during"))]
         cell.published = len(published)
         cell.executed = len(set(executed))
-        cell.lost = len(set(published) - set(executed))
+        unexecuted = len(set(published) - set(executed))
         cell.duplicated = len(executed) - len(set(executed))
         if f"{queue}-during" in _ledger_keys(ledger):
             cell.publish_during_fault += " (executed)"
@@ -266,6 +278,10 @@ def run_cell(
                 name, _, count = line.partition("\t")
                 if name.strip() == queue:
                     cell.left_in_queue = int(count)
+        # Unexecuted tasks still in the queue are stranded, not lost: they run
+        # once a worker consumes again (the probes may be among them).
+        cell.stranded = min(unexecuted, cell.left_in_queue or 0)
+        cell.lost = unexecuted - cell.stranded
         if not cell.worker_alive:
             cell.notes.append("worker process exited")
         return cell
@@ -284,17 +300,21 @@ def run_matrix(
     stall_timeout: float = DEFAULT_STALL_TIMEOUT,
     hang_bound: float = DEFAULT_HANG_BOUND,
     progress: Any = None,
+    prefix: str = PREFIX,
 ) -> dict[str, Any]:
     """Build the testbed once, measure every cell, remove the testbed."""
     work.mkdir(parents=True, exist_ok=True)
     cells: list[Cell] = []
-    with FaultBed(work / "bed") as bed:
+    with FaultBed(work / "bed", prefix=prefix) as bed:
         for fault_name in faults:
             for profile in profiles:
-                cell = run_cell(
-                    bed, fault_name, profile, work, stall_timeout=stall_timeout,
-                    hang_bound=hang_bound,
-                )  # fmt: skip
+                try:
+                    cell = run_cell(
+                        bed, fault_name, profile, work, stall_timeout=stall_timeout,
+                        hang_bound=hang_bound,
+                    )  # fmt: skip
+                except Exception as exc:
+                    cell = Cell(fault_name, profile, resume_s="ERROR", notes=[repr(exc)[:300]])
                 cells.append(cell)
                 if progress:
                     progress(cell)
@@ -319,6 +339,7 @@ def format_table(report: dict[str, Any]) -> str:
         "resume",
         "pub",
         "exec",
+        "stranded",
         "lost",
         "dup",
         "alive",
@@ -327,9 +348,11 @@ def format_table(report: dict[str, Any]) -> str:
     rows = [head]
     for c in report["cells"]:
         detect = "-" if c["detect_s"] is None else f"{c['detect_s']}s"
-        resume = c["resume_s"] if c["resume_s"] == "HANG" else f"{c['resume_s']}s"
+        resume = (
+            c["resume_s"] if c["resume_s"] in ("HANG", "EXIT", "ERROR") else f"{c['resume_s']}s"
+        )
         rows.append((c["fault"], c["profile"], detect, str(resume), str(c["published"]),
-                     str(c["executed"]), str(c["lost"]), str(c["duplicated"]),
+                     str(c["executed"]), str(c["stranded"]), str(c["lost"]), str(c["duplicated"]),
                      "yes" if c["worker_alive"] else "NO", c["publish_during_fault"]))  # fmt: skip
     widths = [max(len(r[i]) for r in rows) for i in range(len(head))]
     return "\n".join("  ".join(v.ljust(w) for v, w in zip(r, widths, strict=True)) for r in rows)
@@ -384,6 +407,7 @@ def main(argv: list[str] | None = None) -> int:
     r.add_argument("--hang-bound", type=float, default=DEFAULT_HANG_BOUND)
     r.add_argument("--work", default=None)
     r.add_argument("--json", action="store_true")
+    r.add_argument("--prefix", default=PREFIX, help="namespace prefix (hpfault-...)")
     args = parser.parse_args(argv)
     if args.cmd == "produce":
         produce(args.url, args.queue, Path(args.published), Path(args.stop), float(args.rate))
@@ -391,7 +415,7 @@ def main(argv: list[str] | None = None) -> int:
     work = Path(args.work or tempfile.mkdtemp(prefix="hpfault-"))
     report = run_matrix(
         args.faults.split(","), args.profiles.split(","), work,
-        stall_timeout=args.stall_timeout, hang_bound=args.hang_bound,
+        stall_timeout=args.stall_timeout, hang_bound=args.hang_bound, prefix=args.prefix,
         progress=None if args.json else lambda c: print(json.dumps(asdict(c)), flush=True),
     )  # fmt: skip
     print(json.dumps(report, indent=2) if args.json else format_table(report))

@@ -1,0 +1,120 @@
+"""heartbeat-only-handshake: at reconnect time the peer starts AMQP, then only sends heartbeats.
+
+Real-world event: the client's reconnect lands on something that speaks just
+enough AMQP to keep it waiting: a broker wedged mid-boot or mid-partition, a
+proxy/NodePort forwarding to a half-dead pod. py-amqp's per-read timeout is
+reset by every heartbeat, so a client without a total handshake deadline
+waits forever.
+
+``inject()`` starts a fake peer in the broker's namespace (Connection.Start,
+then heartbeats every second, never Tune), redirects new client connections to
+the AMQP port there (iptables REDIRECT on the client-facing interface), and
+closes the broker's client connections so clients reconnect into it.
+``heal()`` removes the redirect and stops the peer by pid (its sockets close,
+clients reconnect to the real broker).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import socket
+import sys
+import threading
+import time
+
+from hangproof.lab import processes
+from hangproof.lab.faults import FaultTarget
+
+#: Where the fake peer listens inside the broker namespace.
+FAKE_PEER_PORT = 5679
+#: A RabbitMQ-like heartbeat cadence; each one resets a per-read timeout.
+DRIP_INTERVAL = 1.0
+#: The peer exits by itself after this long, in case nobody heals.
+PEER_LIFETIME = 3600.0
+RULE_COMMENT = "hpfault-heartbeat-only"
+
+
+class HeartbeatOnlyHandshake:
+    """Redirect new AMQP connections to a peer that never finishes the handshake."""
+
+    name = "heartbeat-only-handshake"
+
+    def __init__(self, target: FaultTarget) -> None:
+        self.target = target
+        self.peer_pid: int | None = None
+
+    def _rule(self) -> list[str]:
+        iface, port = self.target.broker_iface, str(self.target.node.amqp_port)
+        return ["PREROUTING", "-i", iface, "-p", "tcp", "--dport", port,
+                "-m", "comment", "--comment", RULE_COMMENT,
+                "-j", "REDIRECT", "--to-ports", str(FAKE_PEER_PORT)]  # fmt: skip
+
+    def inject(self) -> None:
+        """Start the peer, redirect new connections, close the broker's client connections."""
+        peer = processes.spawn(
+            [sys.executable, "-m", MODULE, self.target.node.host],
+            netns=self.target.broker_netns,
+        )
+        self.peer_pid = peer.pid
+        processes.run(
+            ["iptables", "-w", "5", "-t", "nat", "-I", *self._rule()],
+            netns=self.target.broker_netns,
+        )
+        self.target.node.ctl("close_all_connections", "hangproof fault", timeout=30)
+
+    def heal(self) -> None:
+        """Remove the redirect, stop the peer by pid (idempotent)."""
+        with contextlib.suppress(Exception):
+            processes.run(
+                ["iptables", "-w", "5", "-t", "nat", "-D", *self._rule()],
+                netns=self.target.broker_netns,
+                check=False,
+            )
+        if self.peer_pid is not None:
+            processes.stop_pid(self.peer_pid, grace=2)
+            self.peer_pid = None
+
+
+MODULE = "hangproof.lab.faults.heartbeat_only_handshake"
+
+
+def make(target: FaultTarget) -> HeartbeatOnlyHandshake:
+    """The heartbeat-only-handshake fault for ``target``."""
+    return HeartbeatOnlyHandshake(target)
+
+
+def serve(host: str, port: int = FAKE_PEER_PORT, lifetime: float = PEER_LIFETIME) -> None:
+    """Accept AMQP clients; send Connection.Start, then only heartbeats (bounded lifetime)."""
+    from pamqp import commands, frame, heartbeat
+
+    born = time.monotonic()
+    listener = socket.socket()
+    listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    listener.bind((host, port))
+    listener.listen(64)
+    listener.settimeout(0.5)
+
+    def drip(conn: socket.socket) -> None:
+        with contextlib.suppress(OSError), conn:
+            conn.settimeout(5)
+            conn.recv(8)  # the client's protocol header
+            start = commands.Connection.Start(
+                server_properties={"product": "hangproof heartbeat-only peer"},
+                mechanisms="PLAIN AMQPLAIN",
+                locales="en_US",
+            )
+            conn.sendall(frame.marshal(start, 0))
+            while time.monotonic() - born < lifetime:
+                conn.sendall(frame.marshal(heartbeat.Heartbeat(), 0))
+                time.sleep(DRIP_INTERVAL)
+
+    while time.monotonic() - born < lifetime:
+        try:
+            conn, _ = listener.accept()
+        except OSError:
+            continue
+        threading.Thread(target=drip, args=(conn,), daemon=True).start()
+
+
+if __name__ == "__main__":
+    serve(sys.argv[1])
