@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 from typing import Annotated, Any
@@ -30,11 +31,31 @@ def _emit_json(data: Any) -> None:
     print(json.dumps(data, indent=2, default=str))
 
 
+ClusterOpt = Annotated[
+    bool,
+    typer.Option(
+        "--cluster",
+        help="RabbitMQ on every node's pod, joined into one cluster (~25 s on 2 cores).",
+    ),
+]
+
+
+def _with_cluster(topo: Topology, cluster: bool) -> Topology:
+    if not cluster:
+        return topo
+    return dataclasses.replace(topo, brokers=tuple(n.name for n in topo.nodes)).validated()
+
+
 @lab_app.command("up")
-def up(config: ConfigOpt = None, json_out: JsonOpt = False) -> int:
+def up(
+    config: ConfigOpt = None,
+    cluster: ClusterOpt = False,
+    name: NameOpt = "hplab",
+    json_out: JsonOpt = False,
+) -> int:
     """Create namespaces, kube-proxy rules, port holders and RabbitMQ."""
-    topo = Topology.load(config) if config else Topology.seed()
-    lab = Lab(topo, stderr_progress())
+    topo = Topology.load(config) if config else Topology.seed(name)
+    lab = Lab(_with_cluster(topo, cluster), stderr_progress())
     lab.up()
     status = lab.status()
     if json_out:
@@ -103,6 +124,12 @@ def _print_status(st: dict[str, Any]) -> None:
         typer.echo(
             f"  rabbitmq {b['node']:4} {b['address']:20} {'answers AMQP' if b['answers_amqp'] else 'NOT ANSWERING'}"
         )
+    cluster = st.get("cluster")
+    if cluster:
+        running = set(cluster["running"])
+        typer.echo(f"  rabbitmq cluster ({len(running)}/{len(cluster['members'])} running):")
+        for member in cluster["members"]:
+            typer.echo(f"    {member:24} {'running' if member in running else 'STOPPED'}")
     typer.echo(f"  VIP held by: {', '.join(st['vip_holders']) or 'nobody'}")
 
 
@@ -154,6 +181,92 @@ def race(
     else:
         typer.echo(json.dumps(summary, indent=2))
     return EXIT_FINDING if summary["outcomes"].get("hang") else EXIT_OK
+
+
+@lab_app.command("run")
+def run(
+    scenario: Annotated[str, typer.Argument(help="Scenario name, e.g. seed-loop.")],
+    profile: Annotated[
+        str, typer.Option(help="Client profile: seed, stock or gevent (see celery_app.PROFILES).")
+    ] = "seed",
+    celery_config: Annotated[
+        str | None,
+        typer.Option("--celery-config", help="Your Celery settings, module:object (importable)."),
+    ] = None,
+    cycles: Annotated[int, typer.Option(help="Stop after N cycles.")] = 20,
+    max_seconds: Annotated[float, typer.Option(help="Stop after S seconds.")] = 600.0,
+    mitigation: Annotated[str, typer.Option(help=f"One of: {', '.join(MITIGATIONS)}.")] = "none",
+    wait: Annotated[
+        float, typer.Option(help="Seconds every worker gets to answer ping each cycle.")
+    ] = 45.0,
+    trigger: Annotated[
+        str,
+        typer.Option(
+            help="reconnect: clients reconnect the moment the VIP leaves (default); "
+            "none: the report's loop unchanged."
+        ),
+    ] = "reconnect",
+    rate: Annotated[float, typer.Option(help="Tasks published per second.")] = 5.0,
+    name: NameOpt = "hplab",
+    json_out: JsonOpt = False,
+) -> int:
+    """Run a scenario on the lab (brings up a clustered lab if none is up)."""
+    from hangproof.lab.scenarios import RunOptions, run_scenario, scenario_module
+    from hangproof.lab.state import LabState
+
+    require_root("hangproof lab run")
+    scenario_module(scenario)  # unknown names fail before anything starts
+    progress = stderr_progress(scenario)
+    state = LabState.load(name)
+    if state is None or not state.topology:
+        progress(f"lab {name} is not up: bringing it up with a RabbitMQ cluster")
+        lab = Lab(_with_cluster(Topology.seed(name), True), progress)
+        lab.up()
+    else:
+        lab = Lab.existing(name, progress)
+    options = RunOptions(
+        profile=profile,
+        celery_config=celery_config,
+        mitigation=mitigation,
+        cycles=cycles,
+        max_seconds=max_seconds,
+        extra={"wait_seconds": wait, "trigger": trigger, "rate": rate},
+    )
+    result = run_scenario(scenario, lab, options)
+    if json_out:
+        _emit_json(result)
+    else:
+        typer.echo(_scenario_summary(result))
+    return EXIT_FINDING if result.get("outcome") not in (None, "survived") else EXIT_OK
+
+
+def _scenario_summary(r: dict[str, Any]) -> str:
+    lines = [
+        f"{r.get('scenario')}: {r.get('outcome')} after {r.get('cycles')} cycle(s), "
+        f"{r.get('wall_seconds')} s (profile {r.get('profile')}, mitigation {r.get('mitigation')})"
+    ]
+    if r.get("wedged_worker"):
+        lines.append(
+            f"  wedged: {r['wedged_worker']} on {r['wedged_node']} at cycle {r['wedged_cycle']}"
+        )
+        ev = r.get("evidence") or {}
+        if ev.get("client_socket"):
+            cs, peer = ev["client_socket"], ev.get("peer_socket") or {}
+            lines.append(
+                f"  client socket {cs['local']} -> {cs['remote']} {cs['state']}, "
+                f"bytes received {cs['bytes_received']}"
+            )
+            lines.append(
+                f"  peer socket unread {peer.get('unread_bytes')} B, owner {peer.get('owner')}; "
+                f"listener {ev.get('listener_owner')}; "
+                f"conntrack dnat={(ev.get('conntrack') or {}).get('dnat')}"
+            )
+        stack = (r.get("python_stack") or "").strip().splitlines()
+        if stack:
+            lines.append("  python stack (py-spy):")
+            lines += [f"    {line}" for line in stack[:14]]
+    lines.append(f"  tasks: {r.get('tasks')}")
+    return "\n".join(lines)
 
 
 def register(app: typer.Typer) -> None:

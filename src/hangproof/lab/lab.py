@@ -7,6 +7,7 @@
 from __future__ import annotations
 
 import contextlib
+import subprocess
 import sys
 import time
 from collections.abc import Callable
@@ -125,27 +126,68 @@ class Lab:
 
     def broker(self, node: str) -> RabbitNode:
         pod = self.topo.node(node)
+        first = self.topo.brokers[0]
+        peers = () if node == first else (f"rabbit@{self.topo.node(first).pod_address}",)
         return RabbitNode(
             name=f"{self.topo.name}-{node}",
             state_dir=self.state.directory / f"rabbitmq-{node}",
             host=pod.pod_address,
             amqp_port=self.topo.target_port,
             netns=self.topo.pod_ns(node),
+            peers=peers,
         )
 
     def start_brokers(self, state: LabState) -> None:
+        """Boot the brokers; with several, they form one cluster.
+
+        The first broker boots alone; the others boot in parallel once it
+        answers, and join it by classic-config peer discovery (booting all at
+        once could form separate clusters: each finds no running peer).
+        """
+        started = time.monotonic()
         nodes = [self.broker(b) for b in self.topo.brokers]
-        for b, rn in zip(self.topo.brokers, nodes, strict=True):
+        self._start_broker_group(state, nodes[:1])
+        if len(nodes) > 1:
+            self._start_broker_group(state, nodes[1:])
+            status = nodes[0].cluster_status()
+            self.progress(
+                f"rabbitmq cluster: {len(status['running'])}/{len(status['members'])} "
+                f"members running ({', '.join(status['running'])})"
+            )
+            if len(status["running"]) != len(nodes):
+                raise HangproofError(
+                    f"rabbitmq cluster formed with {status['running']}, expected "
+                    f"{len(nodes)} nodes; see {state.directory}/rabbitmq-*/log"
+                )
+        self.progress(
+            f"rabbitmq ready on {', '.join(self.topo.brokers)} "
+            f"in {time.monotonic() - started:.1f} s"
+        )
+
+    def _start_broker_group(self, state: LabState, nodes: list[RabbitNode]) -> None:
+        by_host = {self.topo.node(b).pod_address: b for b in self.topo.brokers}
+        for rn in nodes:
+            b = by_host[rn.host]
             rn.start(wait=False)
             assert rn.pid is not None and rn.epmd_pid is not None
             state.track("epmd", b, rn.epmd_pid, rn.netns)
             state.track("rabbitmq", b, rn.pid, rn.netns)
             self.progress(
                 f"pod {b}: rabbitmq-server starting (pid {rn.pid}) at {rn.host}:{rn.amqp_port}"
+                + (f", joining {rn.peers[0]}" if rn.peers else "")
             )
         with ThreadPoolExecutor(max_workers=len(nodes)) as pool:
             list(pool.map(lambda rn: rn.wait_ready(), nodes))
-        self.progress(f"rabbitmq ready on {', '.join(self.topo.brokers)}")
+
+    def cluster(self) -> dict[str, Any]:
+        """Cluster members and which run, as any running broker sees them."""
+        for b in self.topo.brokers:
+            rn = self.broker(b)
+            try:
+                return {"seen_from": b, **rn.cluster_status(timeout=15.0)}
+            except (HangproofError, subprocess.TimeoutExpired):
+                continue
+        return {"seen_from": None, "members": [], "running": []}
 
     # -- down -------------------------------------------------------------
     def down(self) -> list[str]:
@@ -155,6 +197,8 @@ class Lab:
         removed: list[str] = []
         if state is not None:
             for p in reversed(state.processes):
+                if processes.pid_alive(p.pid):
+                    self.progress(f"stopping {p.role} on {p.node} (pid {p.pid})")
                 processes.stop_pid(p.pid, grace=5.0)
             removed += network.destroy_namespaces(state.namespaces, self.progress)
         # Anything with our prefix that the state file missed (crash mid-write).
@@ -218,6 +262,7 @@ class Lab:
                 for p in state.processes
             ],
             "brokers": brokers,
+            "cluster": self.cluster() if len(self.topo.brokers) > 1 else None,
             "vip_holders": self.vip_holders()
             if all(ns in present for ns in state.namespaces)
             else [],

@@ -13,6 +13,7 @@ shared.
 from __future__ import annotations
 
 import contextlib
+import json
 import socket
 import subprocess
 import sys
@@ -55,6 +56,9 @@ class RabbitNode:
     pid: int | None = None
     epmd_pid: int | None = None
     extra_config: dict[str, str] = field(default_factory=dict)
+    #: Node names to join on first boot (classic config peer discovery); empty
+    #: for a standalone node or the cluster's first node.
+    peers: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         self.state_dir = Path(self.state_dir)
@@ -122,6 +126,7 @@ class RabbitNode:
             "log.file.level": "info",
             "disk_free_limit.absolute": "50MB",
             "vm_memory_high_watermark.relative": "0.4",
+            **self._peer_discovery_config(),
             **self.extra_config,
         }
         (d / "rabbitmq.conf").write_text("".join(f"{k} = {v}\n" for k, v in config.items()))
@@ -131,6 +136,29 @@ class RabbitNode:
         cookie = self.home / ".erlang.cookie"
         cookie.write_text(self.cookie)
         cookie.chmod(0o400)
+
+    def _peer_discovery_config(self) -> dict[str, str]:
+        # classic_config joins the first reachable peer on a blank node's first
+        # boot; a node whose peers are all down boots standalone, so the lab
+        # boots the first node alone and lists only it for the others.
+        if not self.peers:
+            return {}
+        config = {"cluster_formation.peer_discovery_backend": "classic_config"}
+        for i, peer in enumerate(self.peers, start=1):
+            config[f"cluster_formation.classic_config.nodes.{i}"] = peer
+        return config
+
+    def cluster_status(self, timeout: float = 20.0) -> dict[str, list[str]]:
+        """Members and running members of this node's cluster (via rabbitmqctl).
+
+        >>> node.cluster_status()  # doctest: +SKIP
+        {'members': ['rabbit@198.19.1.2', ...], 'running': ['rabbit@198.19.1.2', ...]}
+        """
+        data = json.loads(self.ctl("cluster_status", "--formatter", "json", timeout=timeout))
+        return {
+            "members": sorted(data.get("disk_nodes", []) + data.get("ram_nodes", [])),
+            "running": sorted(data.get("running_nodes", [])),
+        }
 
     def start(self, timeout: float = DEFAULT_START_TIMEOUT, *, wait: bool = True) -> None:
         """Start epmd and the broker (by pid); block until AMQP answers."""

@@ -1,0 +1,329 @@
+"""``seed-loop``: the report's own reproduction, on the whole lab.
+
+For each node in turn (INCIDENT.md, "How the report reproduced it"):
+
+1. start an HTTP server on :8978 in that node; keepalived's check passes there
+   and the VIP follows;
+2. wait until every worker answers a bounded ``inspect ping``, within
+   ``wait_seconds``;
+3. kill the server; the check fails (``fall 2`` x ``interval 2``) and the VIP
+   leaves;
+4. sleep 4 s.
+
+The loop ends when a worker stays silent past the wait bound (``wedged``), after
+``cycles`` cycles or ``max_seconds`` (``survived``). A producer publishes tasks
+through the VIP the whole time; the report ends with the task accounting.
+
+Trigger (``extra["trigger"]``). In this lab, an established connection
+survives the VIP's moves: the old holder keeps its conntrack DNAT entries and
+forwards. So, left alone, workers rarely send a SYN while the VIP is nowhere,
+which the wedge needs. ``reconnect`` (default) makes the report's situation
+happen every cycle: once the VIP has left, the brokers close every client
+connection (``rabbitmqctl close_all_connections``), as when the old connection
+dies with the move, and the clients reconnect at once, while no node holds
+the VIP. ``none`` is the report's loop unchanged.
+
+    >>> run(lab, RunOptions(profile="seed", cycles=6))  # doctest: +SKIP
+    {'outcome': 'wedged', 'cycles': 1, 'wedged_worker': 'n1@hpc', ...}
+"""
+
+from __future__ import annotations
+
+import contextlib
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+from hangproof.errors import HangproofError
+from hangproof.lab import processes
+from hangproof.lab.accounting import Ledger
+from hangproof.lab.keepalived import CHECK_PORT, KeepalivedNode, KeepalivedSpec, wait_for_vip
+from hangproof.lab.lab import Lab
+from hangproof.lab.mitigations import MITIGATIONS, conntrack_flush_command, reject_undnat_rule
+from hangproof.lab.race import collect_evidence
+from hangproof.lab.scenarios import RunOptions
+from hangproof.lab.workers import WorkerFleet, python_stack
+
+NAME = "seed-loop"
+HELP = "The report's loop: move the VIP round the nodes until a worker stops answering."
+TRIGGERS = ("reconnect", "none")
+#: The report's pause after killing the HTTP server.
+SLEEP_AFTER_KILL = 4.0
+#: Default bound on step 2; stock Celery's reconnects (4 s connect timeout plus
+#: retry intervals) take up to ~20 s here, so a silence past this is no delay.
+DEFAULT_WAIT_SECONDS = 45.0
+#: keepalived needs ~1-2 s for the check plus ~3 s (3 x advert_int) to take over.
+VIP_MOVE_TIMEOUT = 20.0
+STARTUP_TIMEOUT = 120.0
+DRAIN_TIMEOUT = 30.0
+DEFAULT_RATE = 5.0
+
+
+def run(lab: Lab, options: RunOptions) -> dict[str, Any]:
+    """Run the loop; returns the JSON report (outcome, cycles, evidence, tasks...)."""
+    extra = options.extra
+    trigger = str(extra.get("trigger", "reconnect"))
+    wait_seconds = float(extra.get("wait_seconds", DEFAULT_WAIT_SECONDS))
+    rate = float(extra.get("rate", DEFAULT_RATE))
+    if trigger not in TRIGGERS:
+        raise HangproofError(f"unknown trigger {trigger!r}; choose one of: {', '.join(TRIGGERS)}")
+    if options.mitigation not in MITIGATIONS:
+        raise HangproofError(
+            f"unknown mitigation {options.mitigation!r}; choose one of: {', '.join(MITIGATIONS)}"
+        )
+    if not 1 <= options.cycles <= 10000:
+        raise HangproofError("--cycles must be between 1 and 10000")
+    say = lab.progress
+    topo = lab.topo
+    nodes = [n.name for n in topo.nodes]
+    state = lab.state
+    ledger = Ledger(state.directory / "ledger")
+    ledger.reset()
+    fleet = WorkerFleet(
+        lab, profile=options.profile, celery_config=options.celery_config, ledger=ledger.directory
+    )
+    loop_started = time.monotonic()
+    undo: list[Any] = []
+    keepaliveds: list[KeepalivedNode] = []
+    servers: dict[str, int] = {}
+    producer_pid: int | None = None
+    cycles: list[dict[str, Any]] = []
+    wedged: dict[str, Any] | None = None
+    outcome = "survived"
+    tasks: dict[str, int] = {}
+
+    def start_server(node: str) -> None:
+        proc = processes.spawn(
+            [sys.executable, "-m", "http.server", str(CHECK_PORT), "--bind", "127.0.0.1"],
+            netns=topo.ns(node),
+        )
+        state.track("http-8978", node, proc.pid, topo.ns(node))
+        servers[node] = proc.pid
+
+    def kill_server(node: str) -> None:
+        pid = servers.pop(node, None)
+        if pid is not None:
+            processes.stop_pid(pid, grace=1.0)
+            state.untrack(pid)
+
+    def move_away(node: str, record: dict[str, Any]) -> None:
+        """Steps 3 and 4: kill the server, (trigger), sleep 4 s from the kill."""
+        kill_server(node)
+        killed = time.monotonic()
+        if trigger == "reconnect":
+            gone = wait_for_vip(lab.vip_holders, None, VIP_MOVE_TIMEOUT)
+            record["vip_gone_seconds"] = round(gone, 2) if gone is not None else None
+            record["connections_closed"] = _close_client_connections(lab)
+        time.sleep(max(0.0, killed + SLEEP_AFTER_KILL - time.monotonic()))
+
+    try:
+        _clear_vip(lab)
+        # A previous run's dead connections would still own the workers'
+        # exclusive pidbox queues (RESOURCE_LOCKED at start): start clean.
+        _close_client_connections(lab)
+        _purge_task_queue(lab)
+        undo += _apply_mitigation(lab, options.mitigation)
+        for node in nodes:
+            notify = (
+                [" ".join(conntrack_flush_command(topo.vip))]
+                if options.mitigation == "conntrack-flush"
+                else []
+            )
+            ka = KeepalivedNode(
+                KeepalivedSpec(
+                    node=node, router_id=f"{topo.name}-{node}", vip=topo.vip, notify_master=notify
+                ),
+                topo.ns(node),
+                state.directory / f"keepalived-{node}",
+            )
+            ka.start(state)
+            keepaliveds.append(ka)
+        say(
+            f"keepalived on {', '.join(nodes)}"
+            + (" (notify_master: conntrack -D -d VIP)" if notify else "")
+        )
+        # Before cycle 1 the VIP sits on the last node, so the workers can
+        # connect; then the loop starts from the first node as the report's did.
+        start_server(nodes[-1])
+        if wait_for_vip(lab.vip_holders, nodes[-1], VIP_MOVE_TIMEOUT) is None:
+            raise HangproofError(
+                f"keepalived did not move the VIP to {nodes[-1]}; see {state.directory}/keepalived-*"
+            )
+        fleet.start()
+        missing, took = fleet.wait_all_answer(STARTUP_TIMEOUT)
+        if missing:
+            raise HangproofError(
+                f"workers {', '.join(missing)} did not answer within {STARTUP_TIMEOUT:.0f} s "
+                f"of starting; see {state.directory}/worker-*.log"
+            )
+        say(f"{len(fleet.workers)} workers answer ping ({took:.1f} s)")
+        producer_pid = _start_producer(lab, fleet, rate, options.max_seconds + 120)
+        move_away(nodes[-1], {})
+
+        for c in range(1, options.cycles + 1):
+            if time.monotonic() - loop_started > options.max_seconds:
+                say(f"--max-seconds {options.max_seconds:.0f} reached")
+                break
+            node = nodes[(c - 1) % len(nodes)]
+            started = time.monotonic()
+            start_server(node)
+            vip_s = wait_for_vip(lab.vip_holders, node, VIP_MOVE_TIMEOUT)
+            missing, answer_s = fleet.wait_all_answer(wait_seconds)
+            record: dict[str, Any] = {
+                "cycle": c,
+                "node": node,
+                "vip_seconds": round(vip_s, 2) if vip_s is not None else None,
+                "answer_seconds": round(answer_s, 2),
+            }
+            if missing:
+                record["silent"] = missing
+                record["seconds"] = round(time.monotonic() - started, 2)
+                cycles.append(record)
+                say(f"cycle {c} on {node}: {', '.join(missing)} silent past {wait_seconds:.0f} s")
+                wedged = _wedge_report(lab, fleet, missing[0])
+                outcome = "wedged" if wedged["alive"] else "died"
+                break
+            move_away(node, record)
+            record["seconds"] = round(time.monotonic() - started, 2)
+            cycles.append(record)
+            say(
+                f"cycle {c} on {node}: VIP in {record['vip_seconds']} s, all answered in "
+                f"{answer_s:.1f} s, cycle {record['seconds']:.1f} s"
+            )
+
+        # Accounting: stop publishing, let the answering workers drain the queue.
+        if producer_pid is not None:
+            processes.stop_pid(producer_pid, grace=3.0)
+            state.untrack(producer_pid)
+            producer_pid = None
+        if not servers:
+            start_server(nodes[0])
+            wait_for_vip(lab.vip_holders, nodes[0], VIP_MOVE_TIMEOUT)
+        tasks = ledger.wait_drained(DRAIN_TIMEOUT).to_dict()
+        say(f"tasks: {tasks}")
+    finally:
+        if producer_pid is not None:
+            processes.stop_pid(producer_pid, grace=3.0)
+            state.untrack(producer_pid)
+        fleet.stop()
+        for node in list(servers):
+            kill_server(node)
+        for ka in keepaliveds:
+            ka.stop(state)
+        for fn in reversed(undo):
+            with contextlib.suppress(Exception):
+                fn()
+        _clear_vip(lab)
+
+    return {
+        "scenario": NAME,
+        "outcome": outcome,
+        "cycles": len(cycles),
+        "profile": options.profile,
+        "celery_config": options.celery_config,
+        "mitigation": options.mitigation,
+        "trigger": trigger,
+        "wait_seconds": wait_seconds,
+        "wall_seconds": round(time.monotonic() - loop_started, 1),
+        "cycle_log": cycles,
+        "wedged_worker": wedged["worker"] if wedged else None,
+        "wedged_cycle": len(cycles) if wedged else None,
+        "wedged_node": wedged["node"] if wedged else None,
+        "evidence": wedged["evidence"] if wedged else None,
+        "python_stack": wedged["python_stack"] if wedged else None,
+        "silent_workers": cycles[-1].get("silent", []) if cycles else [],
+        "tasks": tasks,
+    }
+
+
+def _clear_vip(lab: Lab) -> None:
+    for n in lab.topo.nodes:
+        lab.del_vip(n.name)
+        lab.conntrack_flush_vip(n.name)
+
+
+def _apply_mitigation(lab: Lab, mitigation: str) -> list[Any]:
+    """Deploy a node-side fix on every node, as a user would; returns undo functions.
+
+    conntrack-flush is deployed through keepalived's notify_master instead.
+    """
+    undo: list[Any] = []
+    for node in (n.name for n in lab.topo.nodes):
+        ns = lab.topo.ns(node)
+        if mitigation == "reject-undnat":
+            rule = reject_undnat_rule(lab.topo.node_port)
+            processes.run(["iptables", "-I", "INPUT", "1", *rule], netns=ns)
+            undo.append(
+                lambda ns=ns, rule=rule: processes.run(
+                    ["iptables", "-D", "INPUT", *rule], netns=ns, check=False
+                )
+            )
+        elif mitigation == "no-port-holder" and lab.state.find("port-holder", node):
+            lab.stop_port_holder(node)
+            undo.append(lambda node=node: lab.start_port_holder(node, lab.state))
+    return undo
+
+
+def _start_producer(lab: Lab, fleet: WorkerFleet, rate: float, seconds: float) -> int:
+    node = lab.topo.nodes[-1].name
+    proc = processes.spawn(
+        [sys.executable, "-m", "hangproof.lab.celery_app", "produce", str(rate), str(seconds)],
+        netns=lab.topo.ns(node),
+        env={**fleet.env(fleet.vip_url), "HP_PROFILE": "stock"},
+        log=lab.state.directory / "producer.log",
+    )
+    lab.state.track("producer", node, proc.pid, lab.topo.ns(node))
+    lab.progress(f"producer on {node} (pid {proc.pid}): {rate:g} tasks/s through the VIP")
+    return proc.pid
+
+
+def _close_client_connections(lab: Lab) -> int:
+    """Every broker closes its client connections (the old connections die)."""
+
+    def close(b: str) -> int:
+        rn = lab.broker(b)
+        try:
+            out = rn.ctl("close_all_connections", "-n", rn.nodename, "--global", "VIP moved")
+        except (HangproofError, TimeoutError):
+            return 0
+        return sum(1 for line in out.splitlines() if "Closing connection" in line)
+
+    with ThreadPoolExecutor(max_workers=len(lab.topo.brokers)) as pool:
+        return sum(pool.map(close, lab.topo.brokers))
+
+
+def _purge_task_queue(lab: Lab) -> None:
+    """Tasks left queued by an earlier run would be counted as unexpected."""
+    with contextlib.suppress(HangproofError):
+        lab.broker(lab.topo.brokers[0]).ctl("purge_queue", "celery")
+
+
+def _wedge_report(lab: Lab, fleet: WorkerFleet, name: str) -> dict[str, Any]:
+    """Evidence from the silent worker's broker socket, and its Python stack."""
+    worker = fleet.by_name(name)
+    alive = processes.pid_alive(worker.pid)
+    evidence: dict[str, Any] | None = None
+    for sock in fleet.broker_sockets(worker) if alive else []:
+        sport = int(sock["local"].rpartition(":")[2])
+        ev = collect_evidence(lab, worker.node, sport)
+        # Prefer the socket the report describes: the peer holds our 8-byte header.
+        if evidence is None or (ev.get("peer_socket") or {}).get("unread_bytes"):
+            evidence = ev
+    lab.progress(
+        f"{name} on {worker.node}: "
+        + (
+            f"peer socket unread {evidence['peer_socket']['unread_bytes']} B, "
+            f"listener {evidence['listener_owner']}, dnat={evidence['conntrack']['dnat'] if evidence['conntrack'] else '?'}"
+            if evidence and evidence.get("peer_socket")
+            else "no wedged socket found"
+        )
+    )
+    return {
+        "worker": name,
+        "node": worker.node,
+        "pid": worker.pid,
+        "alive": alive,
+        "evidence": evidence,
+        "python_stack": python_stack(worker.pid) if alive else None,
+    }

@@ -1,0 +1,177 @@
+"""Celery workers in the lab: one per node, plus the report's "+1", by pid.
+
+Each worker runs the lab's Celery app (:mod:`hangproof.lab.celery_app`) inside
+its node's namespace and connects to VIP:NodePort, as the report's workers did.
+The controller pings them from the first broker's pod namespace, straight at
+the pod address, so the observer never shares the fault it observes.
+
+    >>> fleet = WorkerFleet(lab, profile="seed")          # doctest: +SKIP
+    >>> fleet.start(); fleet.ping(timeout=2.0)            # doctest: +SKIP
+    ['n1@hpc', 'n1b@hpc', 'n2@hpc', 'n3@hpc']
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from hangproof.errors import HangproofError
+from hangproof.lab import processes
+from hangproof.lab.celery_app import POOLS, PROFILES
+from hangproof.lab.lab import Lab
+
+#: Seconds a ping waits for replies; a healthy lab answers in well under one.
+PING_TIMEOUT = 2.0
+PY_SPY_TIMEOUT = 20.0
+
+
+@dataclass
+class Worker:
+    """A worker process: its Celery hostname, node and the pid we started."""
+
+    name: str  # Celery hostname, e.g. "n2@hpc"
+    node: str
+    pid: int
+
+
+@dataclass
+class WorkerFleet:
+    """The lab's workers for one profile; started and stopped by pid."""
+
+    lab: Lab
+    profile: str = "seed"
+    celery_config: str | None = None
+    ledger: Path | None = None
+    extra_node: str | None = None  # where the "+1" worker runs (default: first node)
+    workers: list[Worker] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        if self.profile not in PROFILES:
+            raise HangproofError(
+                f"unknown profile {self.profile!r}; choose one of: {', '.join(PROFILES)}"
+            )
+
+    @property
+    def vip_url(self) -> str:
+        t = self.lab.topo
+        return f"amqp://guest:guest@{t.vip}:{t.node_port}//"
+
+    @property
+    def observer_url(self) -> str:
+        pod = self.lab.topo.node(self.lab.topo.brokers[0]).pod_address
+        return f"amqp://guest:guest@{pod}:{self.lab.topo.target_port}//"
+
+    def env(self, url: str) -> dict[str, str]:
+        env = {"HP_BROKER_URL": url, "HP_PROFILE": self.profile}
+        if self.celery_config:
+            env["HP_CELERY_CONFIG"] = self.celery_config
+        if self.ledger is not None:
+            env["HP_LEDGER"] = str(self.ledger)
+        return env
+
+    def placements(self) -> list[tuple[str, str]]:
+        """(celery name, node): one per node, plus the "+1" the report counted."""
+        lab_name = self.lab.topo.name
+        nodes = [n.name for n in self.lab.topo.nodes]
+        extra = self.extra_node or nodes[0]
+        return [(f"{n}@{lab_name}", n) for n in nodes] + [(f"{extra}b@{lab_name}", extra)]
+
+    def start(self) -> list[Worker]:
+        state = self.lab.state
+        pool, concurrency = POOLS.get(self.profile, ("prefork", 1))
+        for name, node in self.placements():
+            argv = [
+                sys.executable,
+                "-m",
+                "celery",
+                "-A",
+                "hangproof.lab.celery_app",
+                "worker",
+                "-n",
+                name,
+                "-P",
+                pool,
+                "-c",
+                str(concurrency),
+                "-l",
+                "INFO",
+            ]
+            proc = processes.spawn(
+                argv,
+                netns=self.lab.topo.ns(node),
+                env=self.env(self.vip_url),
+                log=state.directory / f"worker-{name.split('@')[0]}.log",
+                cwd=state.directory,
+            )
+            state.track("worker", node, proc.pid, self.lab.topo.ns(node))
+            self.workers.append(Worker(name, node, proc.pid))
+            self.lab.progress(f"worker {name} on {node} (pid {proc.pid}, {self.profile})")
+        return self.workers
+
+    def stop(self) -> None:
+        state = self.lab.state
+        for w in self.workers:
+            processes.stop_pid(w.pid, grace=5.0)
+            state.untrack(w.pid)
+        self.workers = []
+
+    def ping(self, timeout: float = PING_TIMEOUT) -> list[str]:
+        """Names that answered a bounded ``inspect ping`` (run in the broker's pod)."""
+        try:
+            out = processes.run(
+                [sys.executable, "-m", "hangproof.lab.celery_app", "ping", str(timeout)],
+                netns=self.lab.topo.pod_ns(self.lab.topo.brokers[0]),
+                env=self.env(self.observer_url),
+                timeout=timeout + 30,
+                check=False,
+            ).stdout
+        except subprocess.TimeoutExpired:
+            return []
+        for line in reversed(out.splitlines()):
+            if line.startswith("["):
+                return list(json.loads(line))
+        return []
+
+    def wait_all_answer(
+        self, bound: float, *, timeout: float = PING_TIMEOUT
+    ) -> tuple[list[str], float]:
+        """Ping until every worker answered at least once within ``bound`` seconds.
+
+        Returns (names never heard from, seconds waited).
+        """
+        start = time.monotonic()
+        missing = {w.name for w in self.workers}
+        for _ in range(int(bound / 0.5) + 1):
+            missing -= set(self.ping(timeout))
+            if not missing or time.monotonic() - start > bound:
+                break
+            time.sleep(0.2)
+        return sorted(missing), time.monotonic() - start
+
+    def by_name(self, name: str) -> Worker:
+        return next(w for w in self.workers if w.name == name)
+
+    def broker_sockets(self, worker: Worker) -> list[dict[str, Any]]:
+        """The worker's established TCP sockets to VIP:NodePort (ss, in its node)."""
+        from hangproof.lab.race import _ss
+
+        t = self.lab.topo
+        socks = _ss(self.lab, worker.node, "dst", t.vip, "and", "dport", "=", f":{t.node_port}")
+        pids = {worker.pid, *processes.children(worker.pid)}
+        return [s for s in socks if s.get("pid") in pids and s["state"] == "ESTAB"]
+
+
+def python_stack(pid: int) -> str:
+    """``py-spy dump`` of a process (root reads any process); empty if unavailable."""
+    py_spy = Path(sys.executable).with_name("py-spy")
+    argv = [str(py_spy) if py_spy.exists() else "py-spy", "dump", "--pid", str(pid)]
+    try:
+        result = processes.run(argv, timeout=PY_SPY_TIMEOUT, check=False)
+    except (subprocess.TimeoutExpired, FileNotFoundError) as exc:
+        return f"py-spy failed: {exc}"
+    return result.stdout or result.stderr

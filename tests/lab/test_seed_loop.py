@@ -1,0 +1,83 @@
+"""The report's loop on the whole lab: RabbitMQ cluster, keepalived, Celery workers."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Iterator
+
+import pytest
+
+from hangproof.lab import processes
+from hangproof.lab.lab import Lab
+from hangproof.lab.scenarios import RunOptions, run_scenario
+from hangproof.lab.topology import Topology
+
+pytestmark = pytest.mark.lab
+
+#: Its own lab name (prefix hptc-), so the race tests' `hpt` lab is separate.
+CLUSTER_LAB = "hptc"
+
+
+@pytest.fixture(scope="module")
+def cluster_lab() -> Iterator[Lab]:
+    """The seed's 3-node lab with a 3-node RabbitMQ cluster, up for the module."""
+    topo = dataclasses.replace(Topology.seed(CLUSTER_LAB), brokers=("n1", "n2", "n3"))
+    lab = Lab(topo)
+    try:
+        lab.up()
+        yield lab
+    finally:
+        lab.down()
+
+
+def _no_loop_process_left(lab: Lab) -> None:
+    roles = {"worker", "keepalived", "producer", "http-8978"}
+    left = [p for p in lab.state.processes if p.role in roles and processes.pid_alive(p.pid)]
+    assert left == []
+    assert lab.vip_holders() == []
+
+
+def test_cluster_has_three_running_members(cluster_lab: Lab) -> None:
+    cluster = cluster_lab.cluster()
+    assert len(cluster["members"]) == 3
+    assert cluster["running"] == cluster["members"]
+
+
+@pytest.mark.timeout(180)
+def test_seed_profile_wedges_a_worker_with_the_reports_evidence(cluster_lab: Lab) -> None:
+    r = run_scenario(
+        "seed-loop",
+        cluster_lab,
+        RunOptions(profile="seed", cycles=3, extra={"wait_seconds": 20.0}),
+    )
+    try:
+        assert r["outcome"] == "wedged", r["cycle_log"]
+        assert r["wedged_worker"] is not None
+        ev = r["evidence"]
+        assert ev["client_socket"]["remote"] == "198.18.0.100:32672"
+        assert ev["client_socket"]["bytes_received"] == 0
+        assert ev["peer_socket"]["unread_bytes"] == 8
+        assert ev["listener_owner"] == "kube-proxy"
+        assert ev["conntrack"]["dnat"] is False
+        # Blocked where the report's gdb showed it: reading Connection.Start.
+        assert "read_frame" in r["python_stack"]
+        assert r["tasks"]["published"] > 0
+    finally:
+        _no_loop_process_left(cluster_lab)
+
+
+@pytest.mark.timeout(180)
+def test_conntrack_flush_from_notify_master_survives(cluster_lab: Lab) -> None:
+    r = run_scenario(
+        "seed-loop",
+        cluster_lab,
+        RunOptions(
+            profile="seed", mitigation="conntrack-flush", cycles=3, extra={"wait_seconds": 20.0}
+        ),
+    )
+    try:
+        assert r["outcome"] == "survived", r["cycle_log"]
+        assert r["cycles"] == 3
+        assert r["tasks"]["published"] > 0 and r["tasks"]["lost"] == 0
+    finally:
+        _no_loop_process_left(cluster_lab)
