@@ -6,7 +6,7 @@ may take more from ``options.extra``. The dict is the scenario's JSON report.
 Adding a scenario touches one new module and one line in :data:`SCENARIOS`.
 
     >>> sorted(SCENARIOS)
-    ['seed-loop']
+    ['fault-matrix', 'seed-loop']
     >>> run_scenario("seed-loop", lab, RunOptions(cycles=3))  # doctest: +SKIP
     {'outcome': 'wedged', 'cycles': 1, ...}
 """
@@ -27,6 +27,7 @@ if TYPE_CHECKING:
 #: they pull in Celery, which `lab up` does not need).
 SCENARIOS: dict[str, str] = {
     "seed-loop": "seed_loop",
+    "fault-matrix": "fault_matrix",
 }
 
 
