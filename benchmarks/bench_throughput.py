@@ -1,13 +1,20 @@
 """No-op tasks per second through one real RabbitMQ: guarded vs stock Celery.
 
-    sudo .venv/bin/python benchmarks/bench_throughput.py --tasks 5000
+    sudo .venv/bin/python benchmarks/bench_throughput.py --tasks 4000 --rounds 5
 
-Starts one RabbitNode on loopback (private ports). For each profile, in
-alternating rounds: fills a fresh queue with ``--tasks`` no-op tasks, starts a
+Starts one RabbitNode on loopback (private ports). After one discarded warm-up
+round per profile, runs ``--rounds`` rounds; each round runs both profiles,
+in alternating order (stock first, then guard first, ...), so slow drift of a
+shared machine lands on both equally. Both profiles use the same worker
+command line, concurrency and prefetch; only ``HANGPROOF_GUARD`` differs. A
+profile round fills a fresh queue with ``--tasks`` no-op tasks, starts a
 prefork worker on it (by pid), and times the queue draining from the first
 consumed message to empty (polled with a passive ``queue_declare``; a ledger
-per task would cost more than the task). Prints both rates and the ratio.
-Bounded: every wait has a limit; everything is stopped by pid.
+per task would cost more than the task). Prints per-round rates, the median
+and best of each profile, and both ratios (the median ratio is the figure;
+best-of is less sensitive to other load). ``--py-spy DIR`` also records a
+py-spy profile of each measured worker (slower; for finding costs, not for
+the figure). Bounded: every wait has a limit; everything is stopped by pid.
 """
 
 from __future__ import annotations
@@ -15,6 +22,9 @@ from __future__ import annotations
 import argparse
 import os
 import platform
+import shutil
+import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -34,12 +44,20 @@ def queue_depth(conn: Connection, queue: str) -> tuple[int, int]:
     return ok.message_count, ok.consumer_count
 
 
-def run_profile(node: RabbitNode, tmp: Path, guard: bool, tasks: int, concurrency: int) -> float:
-    queue = f"bench-{'guard' if guard else 'stock'}-{int(time.time())}"
+def run_profile(
+    node: RabbitNode,
+    tmp: Path,
+    guard: bool,
+    tasks: int,
+    concurrency: int,
+    prefetch: int,
+    py_spy: Path | None = None,
+) -> float:
+    queue = f"bench-{'guard' if guard else 'stock'}-{time.time_ns()}"
     env = {
         "HANGPROOF_BROKER_URL": node.url,
         "HANGPROOF_GUARD": "1" if guard else "0",
-        "HANGPROOF_PREFETCH": "64",
+        "HANGPROOF_PREFETCH": str(prefetch),
     }
     os.environ.update(env)
     from hangproof.guard.sample_app import app
@@ -55,6 +73,17 @@ def run_profile(node: RabbitNode, tmp: Path, guard: bool, tasks: int, concurrenc
         argv += ["-P", "prefork", "-c", str(concurrency), "-Q", queue, "--loglevel=WARNING"]
         argv += ["--without-gossip", "--without-mingle", "-n", f"{queue}@%h"]
         worker = processes.spawn(argv, env=env, log=tmp / f"{queue}.log")
+        spy = None
+        if py_spy is not None:
+            py_spy.mkdir(parents=True, exist_ok=True)
+            spy_bin = shutil.which("py-spy") or str(Path(sys.executable).with_name("py-spy"))
+            spy_argv = [spy_bin, "record", "--subprocesses", "--nonblocking", "--format", "raw"]
+            spy_argv += ["-o", str(py_spy / f"{queue}.txt"), "--pid", str(worker.pid)]
+            spy = subprocess.Popen(
+                spy_argv,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+            )
         try:
             started = None
             deadline = time.monotonic() + ROUND_LIMIT
@@ -68,34 +97,73 @@ def run_profile(node: RabbitNode, tmp: Path, guard: bool, tasks: int, concurrenc
                 time.sleep(0.02)
             raise SystemExit(f"profile {'guard' if guard else 'stock'} did not finish in time")
         finally:
+            if spy is not None:
+                spy.send_signal(2)  # SIGINT: py-spy writes its file and exits
+                try:
+                    spy.wait(10)
+                except subprocess.TimeoutExpired:
+                    spy.kill()
+                    spy.wait(5)
             processes.stop_pid(worker.pid)
+            conn.default_channel.queue_delete(queue=queue)
+
+
+def summary(rates: list[float]) -> tuple[float, float]:
+    """(median, best) of one profile's rates."""
+    return statistics.median(rates), max(rates)
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--tasks", type=int, default=5000)
-    parser.add_argument("--rounds", type=int, default=2, help="alternating rounds per profile")
+    parser.add_argument("--tasks", type=int, default=4000)
+    parser.add_argument("--rounds", type=int, default=5, help="measured rounds per profile")
+    parser.add_argument("--warmup", type=int, default=1, help="discarded rounds per profile")
     parser.add_argument("--concurrency", type=int, default=2)
+    parser.add_argument("--prefetch", type=int, default=64, help="worker_prefetch_multiplier")
+    parser.add_argument("--py-spy", type=Path, default=None, help="record profiles here")
     args = parser.parse_args()
+    load_before = os.getloadavg()
+    rates: dict[str, list[float]] = {"stock": [], "guard": []}
     with tempfile.TemporaryDirectory(prefix="hp-bench-") as d:
         tmp = Path(d)
         node = RabbitNode("bench", tmp / "rabbit")
         try:
             node.start(timeout=90)
-            rates: dict[str, list[float]] = {"stock": [], "guard": []}
-            for _ in range(args.rounds):
-                for guard in (False, True):
-                    rate = run_profile(node, tmp, guard, args.tasks, args.concurrency)
-                    rates["guard" if guard else "stock"].append(rate)
-                    print(f"{'guard' if guard else 'stock'}: {rate:.0f} tasks/s", file=sys.stderr)
+            for i in range(args.warmup + args.rounds):
+                measured = i >= args.warmup
+                order = (False, True) if i % 2 == 0 else (True, False)
+                for guard in order:
+                    name = "guard" if guard else "stock"
+                    rate = run_profile(
+                        node,
+                        tmp,
+                        guard,
+                        args.tasks,
+                        args.concurrency,
+                        args.prefetch,
+                        args.py_spy if measured else None,
+                    )
+                    if measured:
+                        rates[name].append(rate)
+                    label = f"round {i - args.warmup + 1}" if measured else "warm-up"
+                    print(f"{label}: {name}: {rate:.0f} tasks/s", file=sys.stderr)
         finally:
             node.stop()
-    stock = max(rates["stock"])
-    guard = max(rates["guard"])
+    load_after = os.getloadavg()
+    stock_median, stock_best = summary(rates["stock"])
+    guard_median, guard_best = summary(rates["guard"])
+    n = args.rounds
     print(f"machine: {platform.machine()} {os.cpu_count()} cpus, {platform.platform()}")
-    print(f"stock celery : {stock:8.0f} no-op tasks/s (best of {args.rounds})")
-    print(f"harden(app)  : {guard:8.0f} no-op tasks/s (best of {args.rounds})")
-    print(f"ratio        : {guard / stock:.3f} (target >= 0.98)")
+    print(
+        f"load average: {load_before[0]:.2f} before, {load_after[0]:.2f} after; "
+        f"{args.tasks} tasks/round, -c {args.concurrency}, prefetch x{args.prefetch}"
+    )
+    print(f"stock celery : median {stock_median:6.0f}  best {stock_best:6.0f} tasks/s ({n} rounds)")
+    print(f"harden(app)  : median {guard_median:6.0f}  best {guard_best:6.0f} tasks/s ({n} rounds)")
+    print(
+        f"ratio        : median {guard_median / stock_median:.3f}  "
+        f"best {guard_best / stock_best:.3f} (target >= 0.98)"
+    )
     return 0
 
 

@@ -142,3 +142,41 @@ def test_guard_connection_is_a_kombu_transport() -> None:
     with pytest.raises(OSError):
         conn.connect()
     assert conn.transport.Connection is GuardConnection
+
+
+def test_no_per_frame_override_after_the_handshake() -> None:
+    """After Open-Ok the read path is stock py-amqp's: no wrapper, no override."""
+    import amqp.transport
+
+    from hangproof.guard.transport import GuardTCPTransport
+
+    assert GuardTCPTransport.read_frame is amqp.transport.TCPTransport.read_frame
+    assert GuardTCPTransport._read is amqp.transport.TCPTransport._read
+    a, b = socket.socketpair()
+    try:
+        transport = GuardTCPTransport.__new__(GuardTCPTransport)
+        transport.sock = a
+        transport.handshake_deadline_at = time.monotonic() + 5
+        transport._setup_transport()
+        assert transport._quick_recv != a.recv  # bounded during the handshake
+        transport.end_handshake()
+        assert transport._quick_recv == a.recv  # the bound method py-amqp uses
+        assert transport.handshake_deadline_at is None
+    finally:
+        a.close()
+        b.close()
+
+
+def test_frame_clock_samples_pyamqp_frame_count() -> None:
+    """The clock moves when py-amqp's inbound frame count moves, and only then."""
+    conn = GuardConnection(host="127.0.0.1:1", handshake_deadline=1.0)
+    assert conn.last_inbound_frame_at is None  # not connected
+    conn._transport = object()  # stands for a connected transport
+    conn.bytes_recv = 7
+    first = conn.last_inbound_frame_at
+    assert first is not None
+    time.sleep(0.01)
+    assert conn.last_inbound_frame_at == first  # no new frame: the clock stands
+    conn.bytes_recv += 1
+    assert conn.last_inbound_frame_at > first  # a frame arrived: stamped anew
+    conn._transport = None

@@ -9,9 +9,17 @@ Two things stock py-amqp does not do:
   forever. Here every ``recv`` of the handshake is bounded by the time left
   until one deadline over TCP connect + protocol header + Start..Open-Ok.
 - **An inbound-frame clock.** ``last_inbound_frame_at`` is the monotonic time
-  of the last complete frame read from the broker. The guard's watchdog uses
-  it to see a silent link even when the event loop is not running the
-  heartbeat check (e.g. blocked in a synchronous call).
+  by which the last frame from the broker had been read. The guard's watchdog
+  uses it to see a silent link even when the event loop is not running the
+  heartbeat check (e.g. blocked in a synchronous call). It costs nothing per
+  frame: py-amqp already counts every inbound frame (``bytes_recv``, which
+  its own heartbeat check reads); the clock samples that counter when it is
+  read and stamps the time it changed. So it is late by at most the interval
+  between two reads (the watchdog's ``watchdog_interval``, at most 1 s).
+
+After Open-Ok the socket, the transport and the per-frame path are exactly
+stock py-amqp's: the deadline wrapper is removed and nothing is overridden per
+frame (the throughput benchmark, benchmarks/bench_throughput.py, holds us to it).
 
 Use it by import path, anywhere kombu takes a transport::
 
@@ -74,16 +82,13 @@ def _notify_deadline(deadline: float, host: str) -> None:
 
 
 class _FrameClock:
-    """Mixin for py-amqp's socket transports: stamps frames, bounds handshake reads."""
+    """Mixin for py-amqp's socket transports: bounds handshake reads (only those).
+
+    Nothing here runs per frame once :meth:`end_handshake` has run.
+    """
 
     handshake_deadline_at: float | None = None
-    last_inbound_frame_at: float | None = None
     sock: socket.socket | None
-
-    def read_frame(self, *args: Any, **kwargs: Any) -> Any:
-        frame = super().read_frame(*args, **kwargs)  # type: ignore[misc]
-        self.last_inbound_frame_at = monotonic()
-        return frame
 
     def _setup_transport(self) -> None:
         super()._setup_transport()  # type: ignore[misc]
@@ -148,6 +153,11 @@ class GuardConnection(pyamqp.Connection):
     2.0
     """
 
+    #: The frame clock's last sample: py-amqp's inbound frame count, and when
+    #: it was first seen at that value.
+    _clock_count: int = -1
+    _clock_at: float | None = None
+
     def __init__(self, *args: Any, handshake_deadline: float | None = None, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.handshake_deadline: float = float(
@@ -157,10 +167,23 @@ class GuardConnection(pyamqp.Connection):
 
     @property
     def last_inbound_frame_at(self) -> float | None:
-        """Monotonic time of the last frame read from the broker (None before any)."""
+        """Monotonic time by which the last broker frame was read (None when not connected).
+
+        Sampled, not stamped: py-amqp counts inbound frames in ``bytes_recv``
+        (heartbeats included); a read that finds the count changed records
+        the time. Late by at most the interval between reads; zero cost per
+        frame. Reads from another thread (the watchdog) are safe: one int
+        read, two attribute writes.
+        """
         # ``self.transport`` would *connect* when there is none (py-amqp's
         # deprecated lazy connect); the private slot never does.
-        return getattr(self._transport, "last_inbound_frame_at", None)
+        if self._transport is None:
+            return None
+        count = self.bytes_recv
+        if count != self._clock_count:
+            self._clock_count = count
+            self._clock_at = monotonic()
+        return self._clock_at
 
     def connect(self, callback: Callable[[], Any] | None = None) -> Any:
         if self.connected:
@@ -210,6 +233,10 @@ class GuardConnection(pyamqp.Connection):
                     # py-amqp runs the established socket in blocking mode
                     # (transport._init_socket); undo the deadline's timeout.
                     sock.settimeout(None)
+            if self.connected:
+                # The handshake's frames just arrived: start the clock now.
+                self._clock_count = self.bytes_recv
+                self._clock_at = monotonic()
 
 
 class Transport(pyamqp.Transport):
