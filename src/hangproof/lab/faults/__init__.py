@@ -61,6 +61,15 @@ class Fault(Protocol):
     def heal(self) -> None: ...
 
 
+def close_fault(fault: Fault) -> None:
+    """Heal ``fault`` and release what it started (a fault may define ``close()``)."""
+    close = getattr(fault, "close", None)
+    if close is not None:
+        close()
+    else:
+        fault.heal()
+
+
 def make_fault(name: str, target: FaultTarget) -> Fault:
     """The fault called ``name`` (a :class:`FaultClass` value) aimed at ``target``."""
     if name not in FAULTS:

@@ -10,8 +10,9 @@ waits forever.
 then heartbeats every second, never Tune), redirects new client connections to
 the AMQP port there (iptables REDIRECT on the client-facing interface), and
 closes the broker's client connections so clients reconnect into it.
-``heal()`` removes the redirect and stops the peer by pid (its sockets close,
-clients reconnect to the real broker).
+``heal()`` removes the redirect; the peer keeps dripping heartbeats to the
+connections it already holds (a client stuck there stays stuck, as in the real
+event); ``close()`` stops the peer by pid.
 """
 
 from __future__ import annotations
@@ -63,13 +64,22 @@ class HeartbeatOnlyHandshake:
         self.target.node.ctl("close_all_connections", "hangproof fault", timeout=30)
 
     def heal(self) -> None:
-        """Remove the redirect, stop the peer by pid (idempotent)."""
+        """Remove the redirect: new connections reach the broker again (idempotent).
+
+        Connections already caught keep getting heartbeats, as they would from
+        a real wedged peer: healing the path does not rescue a client that is
+        stuck in the handshake. :meth:`close` stops the peer.
+        """
         with contextlib.suppress(Exception):
             processes.run(
                 ["iptables", "-w", "5", "-t", "nat", "-D", *self._rule()],
                 netns=self.target.broker_netns,
                 check=False,
             )
+
+    def close(self) -> None:
+        """Heal, then stop the peer by pid (its caught connections close)."""
+        self.heal()
         if self.peer_pid is not None:
             processes.stop_pid(self.peer_pid, grace=2)
             self.peer_pid = None

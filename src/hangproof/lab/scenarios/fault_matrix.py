@@ -50,7 +50,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from hangproof.lab import processes
-from hangproof.lab.faults import FAULTS, make_fault
+from hangproof.lab.faults import FAULTS, close_fault, make_fault
 from hangproof.lab.faults.testbed import PREFIX, FaultBed
 
 if TYPE_CHECKING:
@@ -286,10 +286,10 @@ def run_cell(
             cell.notes.append("worker process exited")
         return cell
     finally:
-        fault.heal()
         for proc in (probe, producer, worker):
             if proc is not None:
                 processes.stop_pid(proc.pid)
+        close_fault(fault)
 
 
 def run_matrix(
