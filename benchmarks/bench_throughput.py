@@ -44,6 +44,21 @@ def queue_depth(conn: Connection, queue: str) -> tuple[int, int]:
     return ok.message_count, ok.consumer_count
 
 
+def group_cpu_seconds(pgid: int) -> float:
+    """User+system CPU seconds of every live process in group ``pgid`` (Linux /proc)."""
+    tick = os.sysconf("SC_CLK_TCK")
+    total = 0
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue  # the process exited meanwhile
+        # after "(comm)": state ppid pgrp ... utime(12th) stime(13th)
+        if int(fields[2]) == pgid:
+            total += int(fields[11]) + int(fields[12])
+    return total / tick
+
+
 def run_profile(
     node: RabbitNode,
     tmp: Path,
@@ -52,7 +67,13 @@ def run_profile(
     concurrency: int,
     prefetch: int,
     py_spy: Path | None = None,
-) -> float:
+) -> tuple[float, float]:
+    """One round: (tasks per second, worker CPU milliseconds per task).
+
+    The CPU figure (parent + pool children, between the first consumed
+    message and an empty queue) is much less sensitive to other load on a
+    shared machine than the rate: it is what the guard would cost.
+    """
     queue = f"bench-{'guard' if guard else 'stock'}-{time.time_ns()}"
     env = {
         "HANGPROOF_BROKER_URL": node.url,
@@ -92,8 +113,11 @@ def run_profile(
                 if consumers and started is None and depth < tasks:
                     started = time.monotonic()
                     first_depth = depth
+                    cpu_at_start = group_cpu_seconds(worker.pid)
                 if started is not None and depth == 0:
-                    return first_depth / (time.monotonic() - started)
+                    elapsed = time.monotonic() - started
+                    cpu = group_cpu_seconds(worker.pid) - cpu_at_start
+                    return first_depth / elapsed, 1000.0 * cpu / first_depth
                 time.sleep(0.02)
             raise SystemExit(f"profile {'guard' if guard else 'stock'} did not finish in time")
         finally:
@@ -124,6 +148,7 @@ def main() -> int:
     args = parser.parse_args()
     load_before = os.getloadavg()
     rates: dict[str, list[float]] = {"stock": [], "guard": []}
+    cpu: dict[str, list[float]] = {"stock": [], "guard": []}
     with tempfile.TemporaryDirectory(prefix="hp-bench-") as d:
         tmp = Path(d)
         node = RabbitNode("bench", tmp / "rabbit")
@@ -134,7 +159,7 @@ def main() -> int:
                 order = (False, True) if i % 2 == 0 else (True, False)
                 for guard in order:
                     name = "guard" if guard else "stock"
-                    rate = run_profile(
+                    rate, cpu_ms = run_profile(
                         node,
                         tmp,
                         guard,
@@ -145,8 +170,12 @@ def main() -> int:
                     )
                     if measured:
                         rates[name].append(rate)
+                        cpu[name].append(cpu_ms)
                     label = f"round {i - args.warmup + 1}" if measured else "warm-up"
-                    print(f"{label}: {name}: {rate:.0f} tasks/s", file=sys.stderr)
+                    print(
+                        f"{label}: {name}: {rate:.0f} tasks/s, {cpu_ms:.3f} worker CPU ms/task",
+                        file=sys.stderr,
+                    )
         finally:
             node.stop()
     load_after = os.getloadavg()
@@ -163,6 +192,11 @@ def main() -> int:
     print(
         f"ratio        : median {guard_median / stock_median:.3f}  "
         f"best {guard_best / stock_best:.3f} (target >= 0.98)"
+    )
+    stock_cpu, guard_cpu = statistics.median(cpu["stock"]), statistics.median(cpu["guard"])
+    print(
+        f"worker CPU   : stock {stock_cpu:.3f} ms/task, guard {guard_cpu:.3f} ms/task "
+        f"(medians; guard/stock {guard_cpu / stock_cpu:.3f}, lower is better)"
     )
     return 0
 
