@@ -37,7 +37,12 @@ def bed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FaultBed]:
 
 @pytest.mark.parametrize(
     ("fault", "hold"),
-    [("blackhole", 12.0), ("broker-freeze", 12.0), ("heal-after-half-open", 12.0)],
+    [
+        ("blackhole", 12.0),
+        ("broker-freeze", 12.0),
+        ("heal-after-half-open", 12.0),
+        ("heartbeat-only-handshake", 12.0),
+    ],
 )
 def test_guarded_celery_recovers_without_loss(
     bed: FaultBed, tmp_path: Path, fault: str, hold: float
