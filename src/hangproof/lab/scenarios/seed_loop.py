@@ -18,10 +18,12 @@ Trigger (``extra["trigger"]``). In this lab, an established connection
 survives the VIP's moves: the old holder keeps its conntrack DNAT entries and
 forwards. So, left alone, workers rarely send a SYN while the VIP is nowhere,
 which the wedge needs. ``reconnect`` (default) makes the report's situation
-happen every cycle: once the VIP has left, the brokers close every client
-connection (``rabbitmqctl close_all_connections``), as when the old connection
-dies with the move, and the clients reconnect at once, while no node holds
-the VIP. ``none`` is the report's loop unchanged.
+happen every cycle: as the next node's server starts (keepalived moves the VIP
+there 4-6 s later), the brokers close every client connection (``rabbitmqctl
+close_all_connections``), as when the old connection dies with the move, and
+the clients reconnect at once, while no node holds the VIP. (Closing them as
+soon as the VIP left was less reliable: a SYN sent on a stale neighbour entry
+fails with EHOSTUNREACH after ~8 s, before the VIP arrives.) ``none`` is the report's loop unchanged.
 
     >>> run(lab, RunOptions(profile="seed", cycles=6))  # doctest: +SKIP
     {'outcome': 'wedged', 'cycles': 1, 'wedged_worker': 'n1@hpc', ...}
@@ -92,6 +94,7 @@ def run(lab: Lab, options: RunOptions) -> dict[str, Any]:
     wedged: dict[str, Any] | None = None
     outcome = "survived"
     tasks: dict[str, int] = {}
+    silent_details: list[dict[str, Any]] = []
 
     def start_server(node: str) -> None:
         proc = processes.spawn(
@@ -108,14 +111,9 @@ def run(lab: Lab, options: RunOptions) -> dict[str, Any]:
             state.untrack(pid)
 
     def move_away(node: str, record: dict[str, Any]) -> None:
-        """Steps 3 and 4: kill the server, (trigger), sleep 4 s from the kill."""
+        """Steps 3 and 4: kill the server, sleep 4 s."""
         kill_server(node)
-        killed = time.monotonic()
-        if trigger == "reconnect":
-            gone = wait_for_vip(lab.vip_holders, None, VIP_MOVE_TIMEOUT)
-            record["vip_gone_seconds"] = round(gone, 2) if gone is not None else None
-            record["connections_closed"] = _close_client_connections(lab)
-        time.sleep(max(0.0, killed + SLEEP_AFTER_KILL - time.monotonic()))
+        time.sleep(SLEEP_AFTER_KILL)
 
     try:
         _clear_vip(lab)
@@ -168,11 +166,14 @@ def run(lab: Lab, options: RunOptions) -> dict[str, Any]:
             node = nodes[(c - 1) % len(nodes)]
             started = time.monotonic()
             start_server(node)
+            record: dict[str, Any] = {"cycle": c, "node": node}
+            if trigger == "reconnect":
+                # keepalived takes ~4-6 s to move the VIP here; the clients'
+                # SYNs go out now, while no node holds it.
+                record["brokers_closed_connections"] = _close_client_connections(lab)
             vip_s = wait_for_vip(lab.vip_holders, node, VIP_MOVE_TIMEOUT)
             missing, answer_s = fleet.wait_all_answer(wait_seconds)
-            record: dict[str, Any] = {
-                "cycle": c,
-                "node": node,
+            record |= {
                 "vip_seconds": round(vip_s, 2) if vip_s is not None else None,
                 "answer_seconds": round(answer_s, 2),
             }
@@ -181,7 +182,27 @@ def run(lab: Lab, options: RunOptions) -> dict[str, Any]:
                 record["seconds"] = round(time.monotonic() - started, 2)
                 cycles.append(record)
                 say(f"cycle {c} on {node}: {', '.join(missing)} silent past {wait_seconds:.0f} s")
-                wedged = _wedge_report(lab, fleet, missing[0])
+                reports = [_wedge_report(lab, fleet, name) for name in missing]
+                # The worker the report describes: its peer holds our 8-byte header.
+                wedged = next(
+                    (
+                        w
+                        for w in reports
+                        if ((w["evidence"] or {}).get("peer_socket") or {}).get("unread_bytes")
+                    ),
+                    reports[0],
+                )
+                silent_details = [
+                    {
+                        "worker": w["worker"],
+                        "alive": w["alive"],
+                        "peer_unread_bytes": ((w["evidence"] or {}).get("peer_socket") or {}).get(
+                            "unread_bytes"
+                        ),
+                        "stack_top": _stack_top(w["python_stack"]),
+                    }
+                    for w in reports
+                ]
                 outcome = "wedged" if wedged["alive"] else "died"
                 break
             move_away(node, record)
@@ -232,7 +253,7 @@ def run(lab: Lab, options: RunOptions) -> dict[str, Any]:
         "wedged_node": wedged["node"] if wedged else None,
         "evidence": wedged["evidence"] if wedged else None,
         "python_stack": wedged["python_stack"] if wedged else None,
-        "silent_workers": cycles[-1].get("silent", []) if cycles else [],
+        "silent_workers": silent_details,
         "tasks": tasks,
     }
 
@@ -279,18 +300,29 @@ def _start_producer(lab: Lab, fleet: WorkerFleet, rate: float, seconds: float) -
 
 
 def _close_client_connections(lab: Lab) -> int:
-    """Every broker closes its client connections (the old connections die)."""
+    """Every broker closes its client connections (the old connections die).
+
+    Returns how many brokers did it (rabbitmqctl -q prints no per-connection lines).
+    """
 
     def close(b: str) -> int:
         rn = lab.broker(b)
         try:
-            out = rn.ctl("close_all_connections", "-n", rn.nodename, "--global", "VIP moved")
+            rn.ctl("close_all_connections", "-n", rn.nodename, "--global", "VIP moved")
         except (HangproofError, TimeoutError):
             return 0
-        return sum(1 for line in out.splitlines() if "Closing connection" in line)
+        return 1
 
     with ThreadPoolExecutor(max_workers=len(lab.topo.brokers)) as pool:
         return sum(pool.map(close, lab.topo.brokers))
+
+
+def _stack_top(stack: str | None, frames: int = 4) -> list[str]:
+    """The innermost frames of the main thread from a py-spy dump."""
+    if not stack:
+        return []
+    lines = [line.strip() for line in stack.splitlines() if line.startswith("    ")]
+    return lines[:frames]
 
 
 def _purge_task_queue(lab: Lab) -> None:
