@@ -207,6 +207,14 @@ def run(
         ),
     ] = "reconnect",
     rate: Annotated[float, typer.Option(help="Tasks published per second.")] = 5.0,
+    supervise: Annotated[
+        bool,
+        typer.Option(
+            "--supervise/--no-supervise",
+            help="Restart workers whose process exited, as Kubernetes or systemd would "
+            "(a wedged worker is alive, so it is never restarted).",
+        ),
+    ] = True,
     name: NameOpt = "hplab",
     json_out: JsonOpt = False,
 ) -> int:
@@ -230,7 +238,7 @@ def run(
         mitigation=mitigation,
         cycles=cycles,
         max_seconds=max_seconds,
-        extra={"wait_seconds": wait, "trigger": trigger, "rate": rate},
+        extra={"wait_seconds": wait, "trigger": trigger, "rate": rate, "supervise": supervise},
     )
     result = run_scenario(scenario, lab, options)
     if json_out:
@@ -265,6 +273,11 @@ def _scenario_summary(r: dict[str, Any]) -> str:
         if stack:
             lines.append("  python stack (py-spy):")
             lines += [f"    {line}" for line in stack[:14]]
+    for restart in r.get("restarts") or []:
+        lines.append(
+            f"  restarted by the supervisor at cycle {restart['cycle']}: {restart['worker']} "
+            f"(exited: {restart.get('reason') or 'no error logged'})"
+        )
     lines.append(f"  tasks: {r.get('tasks')}")
     return "\n".join(lines)
 

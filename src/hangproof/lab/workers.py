@@ -82,36 +82,67 @@ class WorkerFleet:
         return [(f"{n}@{lab_name}", n) for n in nodes] + [(f"{extra}b@{lab_name}", extra)]
 
     def start(self) -> list[Worker]:
+        for name, node in self.placements():
+            self.workers.append(self._spawn(name, node))
+        return self.workers
+
+    def _spawn(self, name: str, node: str) -> Worker:
         state = self.lab.state
         pool, concurrency = POOLS.get(self.profile, ("prefork", 1))
-        for name, node in self.placements():
-            argv = [
-                sys.executable,
-                "-m",
-                "celery",
-                "-A",
-                "hangproof.lab.celery_app",
-                "worker",
-                "-n",
-                name,
-                "-P",
-                pool,
-                "-c",
-                str(concurrency),
-                "-l",
-                "INFO",
-            ]
-            proc = processes.spawn(
-                argv,
-                netns=self.lab.topo.ns(node),
-                env=self.env(self.vip_url),
-                log=state.directory / f"worker-{name.split('@')[0]}.log",
-                cwd=state.directory,
+        argv = [
+            sys.executable,
+            "-m",
+            "celery",
+            "-A",
+            "hangproof.lab.celery_app",
+            "worker",
+            "-n",
+            name,
+            "-P",
+            pool,
+            "-c",
+            str(concurrency),
+            "-l",
+            "INFO",
+        ]
+        proc = processes.spawn(
+            argv,
+            netns=self.lab.topo.ns(node),
+            env=self.env(self.vip_url),
+            log=self.log_path(name),
+            cwd=state.directory,
+        )
+        state.track("worker", node, proc.pid, self.lab.topo.ns(node))
+        self.lab.progress(f"worker {name} on {node} (pid {proc.pid}, {self.profile})")
+        return Worker(name, node, proc.pid)
+
+    def log_path(self, name: str) -> Path:
+        return self.lab.state.directory / f"worker-{name.split('@')[0]}.log"
+
+    def restart_exited(self) -> list[dict[str, Any]]:
+        """Restart workers whose process exited, as Kubernetes or systemd would.
+
+        A wedged worker is *alive*, so no supervisor restarts it: that is the
+        report's whole problem. A worker that died is restarted; each restart
+        is returned with the last error line of its log.
+        """
+        restarted = []
+        for i, w in enumerate(self.workers):
+            if processes.pid_alive(w.pid):
+                continue
+            self.lab.state.untrack(w.pid)
+            processes.stop_pid(w.pid, grace=1.0)  # reap it; its group may linger
+            reason = _last_error(self.log_path(w.name))
+            self.workers[i] = self._spawn(w.name, w.node)
+            restarted.append(
+                {
+                    "worker": w.name,
+                    "old_pid": w.pid,
+                    "new_pid": self.workers[i].pid,
+                    "reason": reason,
+                }
             )
-            state.track("worker", node, proc.pid, self.lab.topo.ns(node))
-            self.workers.append(Worker(name, node, proc.pid))
-            self.lab.progress(f"worker {name} on {node} (pid {proc.pid}, {self.profile})")
-        return self.workers
+        return restarted
 
     def stop(self) -> None:
         state = self.lab.state
@@ -164,6 +195,21 @@ class WorkerFleet:
         socks = _ss(self.lab, worker.node, "dst", t.vip, "and", "dport", "=", f":{t.node_port}")
         pids = {worker.pid, *processes.children(worker.pid)}
         return [s for s in socks if s.get("pid") in pids and s["state"] == "ESTAB"]
+
+
+def _last_error(log: Path, max_bytes: int = 65536) -> str | None:
+    """The last line of a worker log that names an error (bounded read)."""
+    try:
+        with open(log, "rb") as f:
+            f.seek(0, 2)
+            f.seek(max(0, f.tell() - max_bytes))
+            lines = f.read().decode(errors="replace").splitlines()
+    except OSError:
+        return None
+    for line in reversed(lines):
+        if "Error" in line or "error" in line:
+            return line.strip()[-300:]
+    return None
 
 
 def python_stack(pid: int) -> str:

@@ -95,6 +95,8 @@ def run(lab: Lab, options: RunOptions) -> dict[str, Any]:
     outcome = "survived"
     tasks: dict[str, int] = {}
     silent_details: list[dict[str, Any]] = []
+    supervise = bool(extra.get("supervise", True))
+    restarts: list[dict[str, Any]] = []
 
     def start_server(node: str) -> None:
         proc = processes.spawn(
@@ -173,6 +175,18 @@ def run(lab: Lab, options: RunOptions) -> dict[str, Any]:
                 record["brokers_closed_connections"] = _close_client_connections(lab)
             vip_s = wait_for_vip(lab.vip_holders, node, VIP_MOVE_TIMEOUT)
             missing, answer_s = fleet.wait_all_answer(wait_seconds)
+            if missing and supervise:
+                # A worker that exited is restarted by its supervisor (as a
+                # pod would be); only one that is alive and silent is wedged.
+                restarted = fleet.restart_exited()
+                if restarted:
+                    for r in restarted:
+                        r["cycle"] = c
+                        say(f"cycle {c}: {r['worker']} had exited ({r['reason']}); restarted")
+                    restarts.extend(restarted)
+                    record["restarted"] = [r["worker"] for r in restarted]
+                    missing, more_s = fleet.wait_all_answer(STARTUP_TIMEOUT)
+                    answer_s += more_s
             record |= {
                 "vip_seconds": round(vip_s, 2) if vip_s is not None else None,
                 "answer_seconds": round(answer_s, 2),
@@ -254,6 +268,8 @@ def run(lab: Lab, options: RunOptions) -> dict[str, Any]:
         "evidence": wedged["evidence"] if wedged else None,
         "python_stack": wedged["python_stack"] if wedged else None,
         "silent_workers": silent_details,
+        "supervised": supervise,
+        "restarts": restarts,
         "tasks": tasks,
     }
 
