@@ -15,7 +15,17 @@ from hangproof.lab.state import LabState, known_labs
 pytestmark = pytest.mark.lab
 
 #: Namespace prefixes the test suite's labs and fixtures use.
-TEST_PREFIXES = ("hpt-", "hpt2-", "hptc-", "hpdoc-", "hpbench-", "hpprobe-", "hpguard-", "hpfault-")
+TEST_PREFIXES = (
+    "hpt-",
+    "hpt2-",
+    "hptc-",
+    "hpdoc-",
+    "hpbench-",
+    "hpprobe-",
+    "hpguard-",
+    "hpfault-",
+    "hpfv",
+)
 
 
 def test_no_namespace_process_or_conntrack_entry_is_left() -> None:

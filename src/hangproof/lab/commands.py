@@ -185,7 +185,7 @@ def race(
 
 @lab_app.command("run")
 def run(
-    scenario: Annotated[str, typer.Argument(help="Scenario name, e.g. seed-loop.")],
+    scenario: Annotated[str, typer.Argument(help="Scenario name: seed-loop or fault-matrix.")],
     profile: Annotated[
         str, typer.Option(help="Client profile: seed, stock or gevent (see celery_app.PROFILES).")
     ] = "seed",
@@ -215,71 +215,73 @@ def run(
             "(a wedged worker is alive, so it is never restarted).",
         ),
     ] = True,
+    faults: Annotated[
+        str | None,
+        typer.Option(help="fault-matrix: comma-separated faults (default: all)."),
+    ] = None,
+    profiles: Annotated[
+        str | None,
+        typer.Option(help="fault-matrix: comma-separated client profiles (default: all)."),
+    ] = None,
+    stall_timeout: Annotated[
+        float | None,
+        typer.Option("--stall-timeout", help="fault-matrix: the guard's stall_timeout (15)."),
+    ] = None,
+    hang_bound: Annotated[
+        float | None,
+        typer.Option("--hang-bound", help="fault-matrix: seconds after heal before HANG (300)."),
+    ] = None,
     name: NameOpt = "hplab",
     json_out: JsonOpt = False,
 ) -> int:
-    """Run a scenario on the lab (brings up a clustered lab if none is up)."""
-    from hangproof.lab.scenarios import RunOptions, run_scenario, scenario_module
-    from hangproof.lab.state import LabState
+    """Run a scenario (seed-loop brings up a clustered lab if none is up)."""
+    from hangproof.lab.scenarios import RunOptions, run_scenario, scenario_module, scenario_summary
 
     require_root("hangproof lab run")
-    scenario_module(scenario)  # unknown names fail before anything starts
+    module = scenario_module(scenario)  # unknown names fail before anything starts
     progress = stderr_progress(scenario)
-    state = LabState.load(name)
-    if state is None or not state.topology:
-        progress(f"lab {name} is not up: bringing it up with a RabbitMQ cluster")
-        lab = Lab(_with_cluster(Topology.seed(name), True), progress)
-        lab.up()
-    else:
-        lab = Lab.existing(name, progress)
+    lab: Lab | None = None
+    if getattr(module, "NEEDS_LAB", True):
+        lab = _shared_lab(name, progress)
     options = RunOptions(
         profile=profile,
         celery_config=celery_config,
         mitigation=mitigation,
         cycles=cycles,
         max_seconds=max_seconds,
-        extra={"wait_seconds": wait, "trigger": trigger, "rate": rate, "supervise": supervise},
+        extra={
+            "wait_seconds": wait,
+            "trigger": trigger,
+            "rate": rate,
+            "supervise": supervise,
+            "faults": faults,
+            "profiles": profiles,
+            "stall_timeout": stall_timeout,
+            "hang_bound": hang_bound,
+            "progress": lambda cell: progress(
+                f"cell {cell.fault} x {cell.profile}: {cell.resume_s}"
+            ),
+        },
     )
     result = run_scenario(scenario, lab, options)
     if json_out:
         _emit_json(result)
     else:
-        typer.echo(_scenario_summary(result))
+        typer.echo(scenario_summary(scenario, result))
     return EXIT_FINDING if result.get("outcome") not in (None, "survived") else EXIT_OK
 
 
-def _scenario_summary(r: dict[str, Any]) -> str:
-    lines = [
-        f"{r.get('scenario')}: {r.get('outcome')} after {r.get('cycles')} cycle(s), "
-        f"{r.get('wall_seconds')} s (profile {r.get('profile')}, mitigation {r.get('mitigation')})"
-    ]
-    if r.get("wedged_worker"):
-        lines.append(
-            f"  wedged: {r['wedged_worker']} on {r['wedged_node']} at cycle {r['wedged_cycle']}"
-        )
-        ev = r.get("evidence") or {}
-        if ev.get("client_socket"):
-            cs, peer = ev["client_socket"], ev.get("peer_socket") or {}
-            lines.append(
-                f"  client socket {cs['local']} -> {cs['remote']} {cs['state']}, "
-                f"bytes received {cs['bytes_received']}"
-            )
-            lines.append(
-                f"  peer socket unread {peer.get('unread_bytes')} B, owner {peer.get('owner')}; "
-                f"listener {ev.get('listener_owner')}; "
-                f"conntrack dnat={(ev.get('conntrack') or {}).get('dnat')}"
-            )
-        stack = (r.get("python_stack") or "").strip().splitlines()
-        if stack:
-            lines.append("  python stack (py-spy):")
-            lines += [f"    {line}" for line in stack[:14]]
-    for restart in r.get("restarts") or []:
-        lines.append(
-            f"  restarted by the supervisor at cycle {restart['cycle']}: {restart['worker']} "
-            f"(exited: {restart.get('reason') or 'no error logged'})"
-        )
-    lines.append(f"  tasks: {r.get('tasks')}")
-    return "\n".join(lines)
+def _shared_lab(name: str, progress: Any) -> Lab:
+    """The lab called ``name``; brought up with a RabbitMQ cluster if it is not up."""
+    from hangproof.lab.state import LabState
+
+    state = LabState.load(name)
+    if state is None or not state.topology:
+        progress(f"lab {name} is not up: bringing it up with a RabbitMQ cluster")
+        lab = Lab(_with_cluster(Topology.seed(name), True), progress)
+        lab.up()
+        return lab
+    return Lab.existing(name, progress)
 
 
 def register(app: typer.Typer) -> None:

@@ -122,7 +122,7 @@ def run_race(
     trigger_seconds: float | None = None
     try:
         # 3. trigger on observed state: SYN-SENT socket + un-NATed conntrack entry
-        sport = _wait_syn_sent(lab, cn, proc.pid)
+        sport = wait_syn_sent(lab, cn, proc.pid)
         if sport is None:
             client_result = _read_result(result_file)
             raise HangproofError(
@@ -221,16 +221,27 @@ def _ss(lab: Lab, node: str, *filter_args: str) -> list[dict[str, Any]]:
     return [parse_ss_record(r) for r in join_ss_records(out)]
 
 
-def _wait_syn_sent(lab: Lab, node: str, client_pid: int) -> int | None:
-    """Poll until a SYN-SENT socket to the VIP has an un-NATed conntrack entry."""
+def wait_syn_sent(
+    lab: Lab, node: str, client_pid: int | None = None, *, timeout: float = TRIGGER_TIMEOUT
+) -> int | None:
+    """Poll until a SYN-SENT socket to the VIP has an un-NATed conntrack entry.
+
+    Returns the socket's source port, or None after ``timeout`` or when
+    ``client_pid`` (if given) is gone. Any client in ``node``'s namespace
+    counts, so a fault can trigger on a reconnecting worker's SYN.
+
+        >>> sport = wait_syn_sent(lab, "n1", timeout=15)  # doctest: +SKIP
+    """
     topo = lab.topo
     script = (
         f"ss -Htn state syn-sent dst {topo.vip} and dport = :{topo.node_port}; echo ---; "
         f"conntrack -L -p tcp -d {topo.vip} 2>/dev/null"
     )
-    deadline = time.monotonic() + TRIGGER_TIMEOUT
-    for _ in range(int(TRIGGER_TIMEOUT / POLL_INTERVAL)):
-        if time.monotonic() > deadline or not processes.pid_alive(client_pid):
+    deadline = time.monotonic() + timeout
+    for _ in range(int(timeout / POLL_INTERVAL) + 1):
+        if time.monotonic() > deadline:
+            return None
+        if client_pid is not None and not processes.pid_alive(client_pid):
             return None
         out = processes.run(["sh", "-c", script], netns=topo.ns(node), check=False).stdout
         sockets, _, ct = out.partition("---")
@@ -242,6 +253,10 @@ def _wait_syn_sent(lab: Lab, node: str, client_pid: int) -> int | None:
                 return int(sport)
         time.sleep(POLL_INTERVAL)
     return None
+
+
+#: The old private name (scenarios and tests used it).
+_wait_syn_sent = wait_syn_sent
 
 
 def _client_established(lab: Lab, node: str, sport: int) -> bool:

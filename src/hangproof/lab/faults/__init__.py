@@ -16,11 +16,14 @@ from __future__ import annotations
 
 import importlib
 from dataclasses import dataclass
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from hangproof.errors import HangproofError
 from hangproof.failure import FaultClass
 from hangproof.lab.rabbitmq import RabbitNode
+
+if TYPE_CHECKING:
+    from hangproof.lab.lab import Lab
 
 #: Fault name (the FaultClass value) -> module under hangproof.lab.faults.
 FAULTS: dict[str, str] = {
@@ -30,7 +33,15 @@ FAULTS: dict[str, str] = {
     FaultClass.HEAL_AFTER_HALF_OPEN.value: "heal_after_half_open",
     FaultClass.HEARTBEAT_ONLY_HANDSHAKE.value: "heartbeat_only_handshake",
     FaultClass.MEMORY_ALARM.value: "memory_alarm",
+    FaultClass.VIP_RACE.value: "vip_race",
+    FaultClass.VIP_FAILOVER.value: "vip_failover",
 }
+
+#: Where a fault runs: the two-namespace testbed (:mod:`.testbed`) unless its
+#: module sets ``BED = "seed-lab"`` (the seed's 3 nodes, kube-proxy rules,
+#: port holders and VIP: :mod:`.seed_bed`).
+TESTBED = "testbed"
+SEED_LAB = "seed-lab"
 
 
 @dataclass
@@ -45,6 +56,10 @@ class FaultTarget:
     node: RabbitNode
     broker_netns: str
     broker_iface: str
+    #: Set for seed-lab faults: the lab whose VIP, neighbours and conntrack
+    #: they act on, and the node whose namespace the clients run in.
+    lab: Lab | None = None
+    client_node: str = "n1"
 
 
 class Fault(Protocol):
@@ -68,6 +83,25 @@ def close_fault(fault: Fault) -> None:
         close()
     else:
         fault.heal()
+
+
+def prepare_fault(fault: Fault) -> None:
+    """Set up the state a fault starts from, before clients connect (optional ``prepare()``)."""
+    prepare = getattr(fault, "prepare", None)
+    if prepare is not None:
+        prepare()
+
+
+def fault_bed(name: str) -> str:
+    """:data:`TESTBED` or :data:`SEED_LAB`: which bed fault ``name`` needs.
+
+    >>> fault_bed("blackhole"), fault_bed("vip-race")
+    ('testbed', 'seed-lab')
+    """
+    if name not in FAULTS:
+        raise HangproofError(f"unknown fault {name!r}; choose one of: {', '.join(sorted(FAULTS))}")
+    module = importlib.import_module(f"hangproof.lab.faults.{FAULTS[name]}")
+    return str(getattr(module, "BED", TESTBED))
 
 
 def make_fault(name: str, target: FaultTarget) -> Fault:

@@ -55,6 +55,24 @@ class FaultBed:
         """What faults act on."""
         return FaultTarget(self.node, self.broker_netns, BROKER_IFACE)
 
+    @property
+    def client_url(self) -> str:
+        """What the clients dial (the broker across the veth)."""
+        return self.node.url
+
+    @property
+    def producer_url(self) -> str:
+        """What the producer in the broker's namespace dials."""
+        return self.node.url
+
+    def healthy(self) -> bool:
+        """The broker runs and answers AMQP; if not, it is restarted (a cell killed it)."""
+        if processes.pid_alive(self.node.pid or -1) and self.node.answers_amqp(5):
+            return True
+        self.node.stop()
+        self.node.start(timeout=120)
+        return self.node.answers_amqp(5)
+
     def up(self) -> None:
         """Create namespaces and link, then start the broker (bounded by its timeout)."""
         existing = subprocess.run(

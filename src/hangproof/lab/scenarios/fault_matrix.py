@@ -1,13 +1,17 @@
 """fault-matrix: every lab fault x client profile, measured on a real RabbitMQ.
 
-For each cell (fault, profile), on the faults' two-namespace testbed
-(:mod:`hangproof.lab.faults.testbed`):
+For each cell (fault, profile), on the bed the fault needs: the faults'
+two-namespace testbed (:mod:`hangproof.lab.faults.testbed`) or, for the VIP
+faults, the seed lab itself (:mod:`hangproof.lab.faults.seed_bed`: clients on
+n1 dial VIP:32672, the broker is in n1's pod):
 
-1. a Celery worker of the profile starts in the client namespace, consuming a
-   queue of its own; executions go to a ledger file;
-2. a producer in the broker's namespace (so veth faults do not touch it)
-   publishes ``hangproof.record`` at a steady rate with publisher confirms:
-   "published" means the broker confirmed it;
+1. a consumer of the profile starts in the client namespace, consuming a
+   queue of its own; executions go to a ledger file. Celery profiles run a
+   worker; kombu and aio-pika profiles run the small consumers of
+   :mod:`hangproof.lab.matrix_clients`, which record in the same ledger;
+2. a producer in the broker's namespace (so link and VIP faults do not touch
+   it) publishes ``hangproof.record`` at a steady rate with publisher
+   confirms: "published" means the broker confirmed it;
 3. the fault is injected, held ``hold`` seconds, then healed; meanwhile one
    publish from the client namespace with the profile's own settings shows
    what a web request would see (``publish_during_fault``);
@@ -23,6 +27,12 @@ For each cell (fault, profile), on the faults' two-namespace testbed
 ``detect_s`` is inject -> the worker's first log line that shows it noticed
 (the guard's ``disconnected``/``connection-error`` events, or Celery's own
 ``Connection to broker lost`` etc.); ``None`` when it never noticed.
+
+The VIP faults have nothing to heal (the VIP stays where it moved), so they
+are held 0 s and ``resume_s`` counts from the end of ``inject()``. For
+vip-race that is the moment the VIP lands on the clients' node mid-SYN, and
+``detect_s`` also counts from there: the broker closing the old connections
+is the set-up, the wedged reconnect is the fault.
 
 Stock cells are measured like the others, never assumed.
 
@@ -47,10 +57,21 @@ import time
 from dataclasses import asdict, dataclass, field
 from datetime import datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
+from hangproof.errors import HangproofError
 from hangproof.lab import processes
-from hangproof.lab.faults import FAULTS, close_fault, make_fault
+from hangproof.lab.faults import (
+    FAULTS,
+    SEED_LAB,
+    FaultTarget,
+    close_fault,
+    fault_bed,
+    make_fault,
+    prepare_fault,
+)
+from hangproof.lab.faults.seed_bed import PREFIX as SEED_LAB_PREFIX
+from hangproof.lab.faults.seed_bed import SeedBed
 from hangproof.lab.faults.testbed import PREFIX, FaultBed
 
 if TYPE_CHECKING:
@@ -59,6 +80,9 @@ if TYPE_CHECKING:
 
 NAME = "fault-matrix"
 MODULE = "hangproof.lab.scenarios.fault_matrix"
+CLIENTS_MODULE = "hangproof.lab.matrix_clients"
+#: fault-matrix builds its own beds; `lab run` must not bring up the shared lab.
+NEEDS_LAB = False
 HELP = "every lab fault x client profile: detect, resume (or HANG), published/executed/lost/dup"
 
 #: The issue's bound: a cell that has not resumed 5 minutes after heal is a HANG.
@@ -74,25 +98,73 @@ DEFAULT_HOLD = {
     "heal-after-half-open": 25.0,
     "memory-alarm": 20.0,
     "heartbeat-only-handshake": 30.0,
+    # Nothing to heal: resume counts from the end of inject().
+    "vip-race": 0.0,
+    "vip-failover": 0.0,
 }
+#: Faults whose detection counts from the end of inject() (see the module doc).
+DETECT_FROM_END_OF_INJECT = frozenset({"vip-race"})
 PRODUCER_RATE = 2.0  # tasks per second; enough to see loss, light on 2 cores
 DRAIN_SECONDS = 30.0
 WORKER_READY_SECONDS = 90.0
 PUBLISH_PROBE_BOUND = 60.0
 
-#: profile -> (pool, guarded)
-PROFILES: dict[str, tuple[str, bool]] = {
-    "celery-prefork": ("prefork", False),
-    "celery-prefork+harden": ("prefork", True),
-    "celery-gevent": ("gevent", False),
-    "celery-gevent+harden": ("gevent", True),
+
+@dataclass(frozen=True)
+class Profile:
+    """A client profile: which client, stock or guarded.
+
+    ``kind`` is ``celery``, ``kombu`` or ``aio-pika``; ``pool`` the Celery
+    pool; ``no_connect_timeout`` gives Celery ``broker_connection_timeout=None``
+    (the seed's Celery 3.1, and what Celery forces under gevent).
+    """
+
+    kind: str
+    guarded: bool
+    pool: str = ""
+    no_connect_timeout: bool = False
+
+
+PROFILES: dict[str, Profile] = {
+    "celery-prefork": Profile("celery", False, "prefork"),
+    "celery-prefork+harden": Profile("celery", True, "prefork"),
+    "celery-prefork-seed": Profile("celery", False, "prefork", no_connect_timeout=True),
+    "celery-gevent": Profile("celery", False, "gevent"),
+    "celery-gevent+harden": Profile("celery", True, "gevent"),
+    "kombu": Profile("kombu", False),
+    "kombu+guard": Profile("kombu", True),
+    "aio-pika": Profile("aio-pika", False),
+    "aio-pika+guard": Profile("aio-pika", True),
 }
+#: What `run` measures when no --profiles are given.
+DEFAULT_PROFILES = [p for p in PROFILES if p != "celery-prefork-seed"]
+
+
+class Bed(Protocol):
+    """Where cells run: :class:`FaultBed` or :class:`SeedBed`."""
+
+    @property
+    def node(self) -> Any: ...
+    @property
+    def client_netns(self) -> str: ...
+    @property
+    def broker_netns(self) -> str: ...
+    @property
+    def client_url(self) -> str: ...
+    @property
+    def producer_url(self) -> str: ...
+    @property
+    def target(self) -> FaultTarget: ...
+    def healthy(self) -> bool: ...
+    def close(self) -> None: ...
+
 
 #: Worker log lines that show the client noticed the fault.
 DETECTION = re.compile(
-    r"hangproof\.guard: (disconnected|connection-error|unhealthy)"
-    r"|Connection to broker lost|Cannot connect to amqp|Unrecoverable error"
+    r"hangproof\.guard: (disconnected|connection-error|unhealthy|handshake-deadline)"
+    r"|Connection to broker lost|Cannot connect to|Unrecoverable error"
     r"|ConnectionResetError|Connection reset|consumer: Connection"
+    r"|hangproof\.guard: stall-detected|Reconnecting after"
 )
 LOG_STAMP = re.compile(r"^\[(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3}):")
 
@@ -115,6 +187,7 @@ class Cell:
     worker_alive: bool = True
     publish_during_fault: str = ""
     hold_s: float = 0.0
+    fault_detail: dict[str, Any] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
 
 
@@ -148,7 +221,8 @@ def _wait(predicate: Any, bound: float, step: float = 0.25) -> bool:
     return bool(predicate())
 
 
-def _worker_env(url: str, guarded: bool, stall: float, ledger: Path) -> dict[str, str]:
+def _worker_env(url: str, profile: Profile, stall: float, ledger: Path) -> dict[str, str]:
+    guarded = profile.guarded
     env = {
         "HANGPROOF_BROKER_URL": url,
         "HANGPROOF_GUARD": "1" if guarded else "0",
@@ -158,14 +232,33 @@ def _worker_env(url: str, guarded: bool, stall: float, ledger: Path) -> dict[str
     }
     if guarded:
         env["HANGPROOF_LATE_ACKS"] = "1"  # what harden recommends for zero loss
+    if profile.no_connect_timeout:
+        env["HANGPROOF_CONNECTION_TIMEOUT"] = "none"
     return env
 
 
-def _publish_once(bed: FaultBed, queue: str, key: str, env: dict[str, str], bound: float) -> Any:
-    """Start one publish of ``key`` (a subprocess in ``netns``); returns its Popen."""
+def _consumer_argv(profile: Profile, url: str, queue: str, ledger: Path, stall: float) -> list[str]:
+    """The consumer process of ``profile``: a Celery worker or a matrix client."""
+    if profile.kind == "celery":
+        argv = [sys.executable, "-m", "celery", "-A", "hangproof.lab.matrix_celery", "worker"]
+        argv += ["-P", profile.pool, "-c", "2" if profile.pool == "prefork" else "10"]
+        argv += ["-n", f"{queue}@%h", "-Q", queue, "--loglevel=INFO"]
+        return [*argv, "--without-mingle", "--without-gossip"]
+    argv = [sys.executable, "-m", CLIENTS_MODULE, "consume", profile.kind, url, queue, str(ledger)]
+    return argv + ["--stall", str(stall)] + (["--guard"] if profile.guarded else [])
+
+
+def _publish_once(
+    bed: Bed, profile: Profile, queue: str, key: str, env: dict[str, str], stall: float
+) -> Any:
+    """Start one publish of ``key`` from the clients' namespace with the profile's client."""
+    if profile.kind != "celery":
+        argv = [sys.executable, "-m", CLIENTS_MODULE, "publish", profile.kind, bed.client_url]
+        argv += [queue, key, "--stall", str(stall)] + (["--guard"] if profile.guarded else [])
+        return processes.spawn(argv, netns=bed.client_netns, env=env, stdout=-1)
     code = (
         "import sys,time\n"
-        "from hangproof.guard.sample_app import app\n"
+        "from hangproof.lab.matrix_celery import app\n"
         "t=time.monotonic()\n"
         "try:\n"
         f"    app.send_task('hangproof.record', args=({key!r},), queue={queue!r})\n"
@@ -182,7 +275,7 @@ def _publish_once(bed: FaultBed, queue: str, key: str, env: dict[str, str], boun
 
 
 def run_cell(
-    bed: FaultBed,
+    bed: Bed,
     fault_name: str,
     profile: str,
     work: Path,
@@ -192,7 +285,7 @@ def run_cell(
     hold: float | None = None,
 ) -> Cell:
     """Measure one cell; everything it starts is stopped by pid before it returns."""
-    pool, guarded = PROFILES[profile]
+    prof = PROFILES[profile]
     hold = DEFAULT_HOLD.get(fault_name, 30.0) if hold is None else hold
     cell = Cell(fault_name, profile, hold_s=hold)
     queue = re.sub(r"[^a-z0-9]+", "-", f"fm-{fault_name}-{profile}")
@@ -200,13 +293,12 @@ def run_cell(
     published_file, stop_file = work / f"{queue}.published", work / f"{queue}.stop"
     for p in (ledger, published_file, stop_file):
         p.unlink(missing_ok=True)
-    env = _worker_env(bed.node.url, guarded, stall_timeout, ledger)
-    argv = [sys.executable, "-m", "celery", "-A", "hangproof.guard.sample_app", "worker"]
-    argv += ["-P", pool, "-c", "2" if pool == "prefork" else "10", "-n", f"{queue}@%h"]
-    argv += ["-Q", queue, "--loglevel=INFO", "--without-mingle", "--without-gossip"]
+    env = _worker_env(bed.client_url, prof, stall_timeout, ledger)
+    argv = _consumer_argv(prof, bed.client_url, queue, ledger, stall_timeout)
     fault = make_fault(fault_name, bed.target)
     worker = producer = probe = None
     try:
+        prepare_fault(fault)
         worker = processes.spawn(argv, netns=bed.client_netns, env=env, log=log)
         wpid = worker.pid
         if not _wait(lambda: " ready." in (log.read_text() if log.exists() else ""), 90):
@@ -219,7 +311,7 @@ def run_cell(
                 "-m",
                 MODULE,
                 "produce",
-                bed.node.url,
+                bed.producer_url,
                 queue,
                 str(published_file),
                 str(stop_file),
@@ -231,8 +323,11 @@ def run_cell(
         time.sleep(4)  # steady state before the fault
         injected_at = time.time()
         fault.inject()
+        if fault_name in DETECT_FROM_END_OF_INJECT:
+            injected_at = time.time()
+        cell.fault_detail = dict(getattr(fault, "detail", {}) or {})
         time.sleep(min(1.0, hold))
-        probe = _publish_once(bed, queue, f"{queue}-during", env, PUBLISH_PROBE_BOUND)
+        probe = _publish_once(bed, prof, queue, f"{queue}-during", env, stall_timeout)
         time.sleep(max(0.0, hold - 1.0))
         fault.heal()
         healed_at = time.monotonic()
@@ -242,7 +337,7 @@ def run_cell(
         if probe.poll() is None:
             cell.publish_during_fault = f"HANG >{PUBLISH_PROBE_BOUND:.0f}s"
         # Work resumes when a task published after heal executes.
-        resume_probe = _publish_once(bed, queue, f"{queue}-resume", env, PUBLISH_PROBE_BOUND)
+        resume_probe = _publish_once(bed, prof, queue, f"{queue}-resume", env, stall_timeout)
         with contextlib.suppress(Exception):
             resume_probe.communicate(timeout=PUBLISH_PROBE_BOUND)
         processes.stop_pid(resume_probe.pid, grace=1)
@@ -256,6 +351,10 @@ def run_cell(
         else:
             # EXIT: the worker process died (needs a supervisor restart to resume).
             cell.resume_s = "HANG" if not resumed_or_died else "EXIT"
+        evidence = getattr(fault, "evidence", None)
+        if evidence is not None and cell.resume_s == "HANG":
+            # Read while the hung client still holds its socket.
+            cell.fault_detail["evidence"] = evidence()
         stop_file.write_text("stop")
         _wait(lambda: producer is not None and not processes.pid_alive(producer.pid), 15)
         published = published_file.read_text().split() if published_file.exists() else []
@@ -301,26 +400,44 @@ def run_matrix(
     hang_bound: float = DEFAULT_HANG_BOUND,
     progress: Any = None,
     prefix: str = PREFIX,
+    lab_name: str = SEED_LAB_PREFIX,
 ) -> dict[str, Any]:
-    """Build the testbed once, measure every cell, remove the testbed."""
+    """Measure every cell, one bed at a time: the testbed, then the seed lab.
+
+    Each bed is built only if one of ``faults`` needs it, and removed (in a
+    finalizer) before the next is built, so only one RabbitMQ runs at a time.
+    """
+    unknown = [f for f in faults if f not in FAULTS] + [p for p in profiles if p not in PROFILES]
+    if unknown:
+        raise HangproofError(
+            f"unknown fault or profile {unknown[0]!r}; faults: {', '.join(sorted(FAULTS))}; "
+            f"profiles: {', '.join(PROFILES)}"
+        )
     work.mkdir(parents=True, exist_ok=True)
     cells: list[Cell] = []
-    with FaultBed(work / "bed", prefix=prefix) as bed:
-        for fault_name in faults:
-            for profile in profiles:
-                try:
-                    cell = run_cell(
-                        bed, fault_name, profile, work, stall_timeout=stall_timeout,
-                        hang_bound=hang_bound,
-                    )  # fmt: skip
-                except Exception as exc:
-                    cell = Cell(fault_name, profile, resume_s="ERROR", notes=[repr(exc)[:300]])
-                cells.append(cell)
-                if progress:
-                    progress(cell)
-                if not processes.pid_alive(bed.node.pid or -1) or not bed.node.answers_amqp(5):
-                    bed.node.stop()
-                    bed.node.start(timeout=120)
+    for bed_kind in ("testbed", SEED_LAB):
+        bed_faults = [f for f in faults if fault_bed(f) == bed_kind]
+        if not bed_faults:
+            continue
+        bed: Bed = SeedBed(lab_name) if bed_kind == SEED_LAB else FaultBed(work / "bed", prefix)
+        try:
+            bed.up()  # type: ignore[attr-defined]
+            for fault_name in bed_faults:
+                for profile in profiles:
+                    try:
+                        cell = run_cell(
+                            bed, fault_name, profile, work, stall_timeout=stall_timeout,
+                            hang_bound=hang_bound,
+                        )  # fmt: skip
+                    except Exception as exc:
+                        cell = Cell(fault_name, profile, resume_s="ERROR", notes=[repr(exc)[:300]])
+                    cells.append(cell)
+                    if progress:
+                        progress(cell)
+                    if not bed.healthy():
+                        raise HangproofError(f"the broker of the {bed_kind} did not recover")
+        finally:
+            bed.close()
     return {
         "scenario": NAME,
         "stall_timeout": stall_timeout,
@@ -358,17 +475,38 @@ def format_table(report: dict[str, Any]) -> str:
     return "\n".join("  ".join(v.ljust(w) for v, w in zip(r, widths, strict=True)) for r in rows)
 
 
+def _names(value: Any, default: list[str]) -> list[str]:
+    if not value:
+        return default
+    if isinstance(value, str):
+        return [v.strip() for v in value.split(",") if v.strip()]
+    return list(value)
+
+
 def run(lab: Lab | None, options: RunOptions) -> dict[str, Any]:
-    """Scenario entry point (the lab is not used: the matrix builds its own testbed)."""
+    """Scenario entry point; ``lab`` is unused (:data:`NEEDS_LAB` is False: it builds its beds).
+
+    ``options.extra`` may carry ``faults`` and ``profiles`` (lists or
+    comma-separated), ``stall_timeout``, ``hang_bound``, ``work``.
+    """
     extra = options.extra
-    faults = extra.get("faults") or sorted(FAULTS)
-    profiles = extra.get("profiles") or list(PROFILES)
+    faults = _names(extra.get("faults"), sorted(FAULTS))
+    profiles = _names(extra.get("profiles"), DEFAULT_PROFILES)
     work = Path(extra.get("work") or tempfile.mkdtemp(prefix="hpfault-"))
     return run_matrix(
         faults, profiles, work,
-        stall_timeout=float(extra.get("stall_timeout", DEFAULT_STALL_TIMEOUT)),
-        hang_bound=float(extra.get("hang_bound", DEFAULT_HANG_BOUND)),
+        stall_timeout=float(extra.get("stall_timeout") or DEFAULT_STALL_TIMEOUT),
+        hang_bound=float(extra.get("hang_bound") or DEFAULT_HANG_BOUND),
+        progress=extra.get("progress"),
     )  # fmt: skip
+
+
+def summary(result: dict[str, Any]) -> str:
+    """The human output of ``hangproof lab run fault-matrix``: the table and its settings."""
+    return (
+        f"fault-matrix: stall_timeout {result['stall_timeout']} s, HANG bound "
+        f"{result['hang_bound']} s, producer {result['producer_rate']}/s\n" + format_table(result)
+    )
 
 
 def produce(url: str, queue: str, published: Path, stop: Path, rate: float) -> None:
@@ -402,12 +540,13 @@ def main(argv: list[str] | None = None) -> int:
         p.add_argument(name)
     r = sub.add_parser("run")
     r.add_argument("--faults", default=",".join(sorted(FAULTS)))
-    r.add_argument("--profiles", default=",".join(PROFILES))
+    r.add_argument("--profiles", default=",".join(DEFAULT_PROFILES))
     r.add_argument("--stall-timeout", type=float, default=DEFAULT_STALL_TIMEOUT)
     r.add_argument("--hang-bound", type=float, default=DEFAULT_HANG_BOUND)
     r.add_argument("--work", default=None)
     r.add_argument("--json", action="store_true")
-    r.add_argument("--prefix", default=PREFIX, help="namespace prefix (hpfault-...)")
+    r.add_argument("--prefix", default=PREFIX, help="testbed namespace prefix (hpfault-...)")
+    r.add_argument("--lab-name", default=SEED_LAB_PREFIX, help="seed lab name (hpfv...)")
     args = parser.parse_args(argv)
     if args.cmd == "produce":
         produce(args.url, args.queue, Path(args.published), Path(args.stop), float(args.rate))
@@ -416,6 +555,7 @@ def main(argv: list[str] | None = None) -> int:
     report = run_matrix(
         args.faults.split(","), args.profiles.split(","), work,
         stall_timeout=args.stall_timeout, hang_bound=args.hang_bound, prefix=args.prefix,
+        lab_name=args.lab_name,
         progress=None if args.json else lambda c: print(json.dumps(asdict(c)), flush=True),
     )  # fmt: skip
     print(json.dumps(report, indent=2) if args.json else format_table(report))

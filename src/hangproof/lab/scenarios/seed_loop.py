@@ -375,3 +375,38 @@ def _wedge_report(lab: Lab, fleet: WorkerFleet, name: str) -> dict[str, Any]:
         "evidence": evidence,
         "python_stack": python_stack(worker.pid) if alive else None,
     }
+
+
+def summary(r: dict[str, Any]) -> str:
+    """The human output of ``hangproof lab run seed-loop``: outcome, wedge evidence, tasks."""
+    lines = [
+        f"{r.get('scenario')}: {r.get('outcome')} after {r.get('cycles')} cycle(s), "
+        f"{r.get('wall_seconds')} s (profile {r.get('profile')}, mitigation {r.get('mitigation')})"
+    ]
+    if r.get("wedged_worker"):
+        lines.append(
+            f"  wedged: {r['wedged_worker']} on {r['wedged_node']} at cycle {r['wedged_cycle']}"
+        )
+        ev = r.get("evidence") or {}
+        if ev.get("client_socket"):
+            cs, peer = ev["client_socket"], ev.get("peer_socket") or {}
+            lines.append(
+                f"  client socket {cs['local']} -> {cs['remote']} {cs['state']}, "
+                f"bytes received {cs['bytes_received']}"
+            )
+            lines.append(
+                f"  peer socket unread {peer.get('unread_bytes')} B, owner {peer.get('owner')}; "
+                f"listener {ev.get('listener_owner')}; "
+                f"conntrack dnat={(ev.get('conntrack') or {}).get('dnat')}"
+            )
+        stack = (r.get("python_stack") or "").strip().splitlines()
+        if stack:
+            lines.append("  python stack (py-spy):")
+            lines += [f"    {line}" for line in stack[:14]]
+    for restart in r.get("restarts") or []:
+        lines.append(
+            f"  restarted by the supervisor at cycle {restart['cycle']}: {restart['worker']} "
+            f"(exited: {restart.get('reason') or 'no error logged'})"
+        )
+    lines.append(f"  tasks: {r.get('tasks')}")
+    return "\n".join(lines)

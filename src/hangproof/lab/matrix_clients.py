@@ -1,0 +1,222 @@
+"""The fault matrix's kombu and aio-pika clients: small consumers and a one-shot publisher.
+
+Each consumer is what a user typically writes, stock or with the guard, and
+records every message it processes in the same ledger as the Celery cells
+(``<key> <pid>`` per line), so published / executed / lost are measured the
+same way. Messages are Celery's (protocol 2, JSON body ``[args, kwargs,
+embed]``), published by the matrix's producer with ``send_task``; the key is
+``args[0]``.
+
+- ``kombu``: ``kombu.Connection(url)`` with its defaults (connect_timeout 5 s,
+  no heartbeat), ``ensure_connection`` and a ``drain_events(timeout=1)`` loop
+  with ``heartbeat_check()``; on a connection error it logs, releases and goes
+  round again.
+- ``kombu+guard``: the same loop on ``transport="hangproof.kombu:Transport"``
+  with the policy's heartbeat and transport options.
+- ``aio-pika``: ``aio_pika.connect_robust(url)`` and a queue iterator.
+- ``aio-pika+guard``: the same on :func:`hangproof.aio.connect_robust`.
+
+Log lines carry Celery's timestamp format, so the matrix reads detection the
+same way for every profile::
+
+    python -m hangproof.lab.matrix_clients consume kombu URL QUEUE LEDGER --guard --stall 4
+    python -m hangproof.lab.matrix_clients publish aio-pika URL QUEUE KEY
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import os
+import sys
+import time
+from typing import Any
+
+from hangproof.failure import Policy
+
+KINDS = ("kombu", "aio-pika")
+#: A consumer stops by itself after this long (the matrix stops it by pid first).
+MAX_SECONDS = 3600.0
+#: drain_events() wakes this often to run heartbeat_check() (kombu's own
+#: ConsumerMixin uses 1 s too).
+DRAIN_TIMEOUT = 1.0
+LOG_FORMAT = "[%(asctime)s: %(levelname)s/%(processName)s] %(name)s: %(message)s"
+
+log = logging.getLogger("consumer")
+
+
+def message_key(body: Any) -> str:
+    """The task key of a Celery protocol-2 body (``[args, kwargs, embed]``).
+
+    >>> message_key([["k1"], {}, {}]), message_key(b'[["k2"], {}, {}]')
+    ('k1', 'k2')
+    """
+    if isinstance(body, bytes | str):
+        body = json.loads(body)
+    return str(body[0][0])
+
+
+def record(ledger: str, key: str) -> None:
+    """Append ``key`` to the ledger (one O_APPEND write: atomic across processes)."""
+    fd = os.open(ledger, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    try:
+        os.write(fd, f"{key} {os.getpid()}\n".encode())
+    finally:
+        os.close(fd)
+
+
+def kombu_connection(url: str, guarded: bool, stall: float) -> Any:
+    """``kombu.Connection`` as the profile builds it (defaults, or the guard transport)."""
+    from kombu import Connection
+
+    if not guarded:
+        return Connection(url)
+    from hangproof.celery import transport_options
+
+    policy = Policy(stall_timeout=stall)
+    return Connection(
+        url,
+        transport="hangproof.kombu:Transport",
+        heartbeat=policy.heartbeat,
+        connect_timeout=policy.handshake_deadline,
+        transport_options=transport_options(policy),
+    )
+
+
+def _kombu_queue(name: str) -> Any:
+    from kombu import Exchange, Queue
+
+    # As Celery declares a queue named by send_task(queue=...).
+    return Queue(name, Exchange(name, "direct"), routing_key=name)
+
+
+def kombu_consume(url: str, queue: str, ledger: str, guarded: bool, stall: float) -> None:
+    """Consume ``queue`` until stopped (at most :data:`MAX_SECONDS`)."""
+
+    conn = kombu_connection(url, guarded, stall)
+
+    def on_message(body: Any, message: Any) -> None:
+        record(ledger, message_key(body))
+        message.ack()
+
+    deadline = time.monotonic() + MAX_SECONDS
+    for _ in range(100_000):  # reconnect rounds, each bounded by the deadline
+        if time.monotonic() > deadline:
+            return
+        try:
+            conn.ensure_connection(
+                errback=lambda exc, interval: log.warning(
+                    "Cannot connect to amqp: %r; retrying in %.1f s", exc, interval
+                ),
+                max_retries=1000,
+            )
+            log.info("connected to %s", conn.as_uri())
+            with conn.Consumer(_kombu_queue(queue), callbacks=[on_message], prefetch_count=1):
+                log.info("consumer ready.")
+                while time.monotonic() < deadline:
+                    try:
+                        conn.drain_events(timeout=DRAIN_TIMEOUT)
+                    except TimeoutError:
+                        conn.heartbeat_check()
+        except conn.connection_errors + conn.channel_errors as exc:
+            log.warning("consumer: Connection lost: %r", exc)
+            conn.collect()  # drop the dead socket without waiting on it
+
+
+def kombu_publish(url: str, queue: str, key: str, guarded: bool, stall: float) -> None:
+    """Publish one Celery-shaped message with kombu's retry (3 retries)."""
+    with kombu_connection(url, guarded, stall) as conn:
+        conn.Producer().publish(
+            [[key], {}, {}],
+            exchange=queue,
+            routing_key=queue,
+            serializer="json",
+            declare=[_kombu_queue(queue)],
+            retry=True,
+            retry_policy={"max_retries": 3},
+        )
+
+
+async def _aio_connect(url: str, guarded: bool, stall: float) -> Any:
+    if guarded:
+        from hangproof.aio import connect_robust
+
+        return await connect_robust(url, Policy(stall_timeout=stall))
+    import aio_pika
+
+    return await aio_pika.connect_robust(url)
+
+
+async def aio_consume(url: str, queue: str, ledger: str, guarded: bool, stall: float) -> None:
+    """Consume ``queue`` with a robust connection until stopped (at most :data:`MAX_SECONDS`)."""
+    async with asyncio.timeout(MAX_SECONDS):
+        connection = await _aio_connect(url, guarded, stall)
+        connection.close_callbacks.add(
+            lambda _sender, exc=None: log.warning("consumer: Connection lost: %r", exc)
+        )
+        connection.reconnect_callbacks.add(lambda *_: log.warning("consumer: reconnected"))
+        log.info("connected to %s", url)
+        channel = await connection.channel()
+        await channel.set_qos(prefetch_count=1)
+        exchange = await channel.declare_exchange(queue, "direct", durable=True)
+        amqp_queue = await channel.declare_queue(queue, durable=True)
+        await amqp_queue.bind(exchange, routing_key=queue)
+        async with amqp_queue.iterator() as messages:
+            log.info("consumer ready.")
+            async for message in messages:
+                async with message.process():
+                    record(ledger, message_key(message.body))
+
+
+async def aio_publish(url: str, queue: str, key: str, guarded: bool, stall: float) -> None:
+    """Publish one Celery-shaped message on a fresh connection."""
+    import aio_pika
+
+    connection = await _aio_connect(url, guarded, stall)
+    try:
+        channel = await connection.channel()
+        exchange = await channel.declare_exchange(queue, "direct", durable=True)
+        await exchange.publish(
+            aio_pika.Message(json.dumps([[key], {}, {}]).encode(), content_type="application/json"),
+            routing_key=queue,
+        )
+    finally:
+        await connection.close()
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``consume KIND URL QUEUE LEDGER`` or ``publish KIND URL QUEUE KEY`` (``--guard``)."""
+    parser = argparse.ArgumentParser(prog="matrix_clients")
+    parser.add_argument("cmd", choices=("consume", "publish"))
+    parser.add_argument("kind", choices=KINDS)
+    parser.add_argument("url")
+    parser.add_argument("queue")
+    parser.add_argument("arg", help="ledger file (consume) or message key (publish)")
+    parser.add_argument("--guard", action="store_true")
+    parser.add_argument("--stall", type=float, default=15.0)
+    args = parser.parse_args(argv)
+    if args.cmd == "consume":
+        logging.basicConfig(level=logging.INFO, format=LOG_FORMAT, stream=sys.stdout)
+        if args.kind == "kombu":
+            kombu_consume(args.url, args.queue, args.arg, args.guard, args.stall)
+        else:
+            asyncio.run(aio_consume(args.url, args.queue, args.arg, args.guard, args.stall))
+        return 0
+    started = time.monotonic()
+    try:
+        if args.kind == "kombu":
+            kombu_publish(args.url, args.queue, args.arg, args.guard, args.stall)
+        else:
+            asyncio.run(aio_publish(args.url, args.queue, args.arg, args.guard, args.stall))
+    except Exception as exc:
+        print(f"error {time.monotonic() - started:.1f}s {type(exc).__name__}: {exc}"[:200])
+        return 1
+    print(f"ok {time.monotonic() - started:.1f}s")
+    return 0
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("PYTHONUNBUFFERED", "1")
+    sys.exit(main())
