@@ -57,12 +57,18 @@ def socket_settings(policy: Policy) -> dict[int, int]:
 def transport_options(policy: Policy) -> dict[str, Any]:
     """The ``broker_transport_options`` harden() merges into the app's.
 
-    >>> transport_options(Policy(stall_timeout=15))["handshake_deadline"]
-    7.5
+    >>> options = transport_options(Policy(stall_timeout=15))
+    >>> options["handshake_deadline"], options["confirm_publish"], options["publish_timeout"]
+    (7.5, True, 7.5)
     """
     backoff = policy.backoff
     return {
         "handshake_deadline": policy.handshake_deadline,
+        # Publisher confirms with one total deadline (guard transport): a
+        # publish returns only once the broker has the message, and fails
+        # with BrokerBlocked / PublishTimeout instead of hanging or lying.
+        "confirm_publish": True,
+        "publish_timeout": policy.publish_timeout,
         "socket_settings": socket_settings(policy),
         "read_timeout": policy.read_timeout,
         "write_timeout": policy.write_timeout,

@@ -126,6 +126,10 @@ class Policy:
     10
     >>> Policy(stall_timeout=3).heartbeat, Policy(stall_timeout=3).watchdog_interval
     (3, 0.3)
+    >>> p.publish_timeout, Policy(stall_timeout=15, handshake_deadline=4).publish_timeout
+    (7.5, 4)
+    >>> Policy(stall_timeout=15, publish_timeout=2).publish_timeout
+    2
 
     Derivation (each can be overridden by passing it explicitly):
     - ``handshake_deadline = stall_timeout / 2``: one total deadline over
@@ -152,6 +156,13 @@ class Policy:
     - ``watchdog_interval = stall_timeout / 10`` (at most 1 s): how often the
       guard's watchdog looks at the clocks; it adds at most this much to the
       detection time.
+    - ``publish_timeout = handshake_deadline`` (so stall_timeout / 2): the
+      total time a guarded publish may take, write plus the wait for the
+      broker's publisher confirm. A broker that blocks publishers
+      (connection.blocked, e.g. a memory alarm) makes the publish fail at
+      once; one that neither confirms nor says why makes it fail after this.
+      Short enough for a web request, and half the budget, like the
+      handshake.
     - ``recover_timeout = 4 * stall_timeout``: how long a worker may stay
       without a working broker connection (reconnecting, or wedged after a
       forced reconnect) before its liveness turns unhealthy, so that
@@ -170,6 +181,7 @@ class Policy:
     write_timeout: float | None = None
     watchdog_interval: float | None = None
     recover_timeout: float | None = None
+    publish_timeout: float | None = None
     backoff: Backoff = field(default_factory=Backoff)
 
     def __post_init__(self) -> None:
@@ -194,6 +206,11 @@ class Policy:
         assert self.handshake_deadline is not None
         if self.handshake_deadline <= 0:
             raise ValueError(f"handshake_deadline must be > 0, got {self.handshake_deadline!r}")
+        if self.publish_timeout is None:
+            object.__setattr__(self, "publish_timeout", self.handshake_deadline)
+        assert self.publish_timeout is not None
+        if self.publish_timeout <= 0:
+            raise ValueError(f"publish_timeout must be > 0, got {self.publish_timeout!r}")
 
     def with_(self, **changes: object) -> Policy:
         """A copy with some settings changed (derived ones are kept unless given).

@@ -11,10 +11,21 @@ See :mod:`hangproof.guard.transport` for what it changes and why.
 from __future__ import annotations
 
 from hangproof.guard.transport import (
+    BrokerBlocked,
     GuardConnection,
     HandshakeDeadlineExceeded,
+    PublishError,
+    PublishTimeout,
     Transport,
     last_inbound_frame_at,
 )
 
-__all__ = ["GuardConnection", "HandshakeDeadlineExceeded", "Transport", "last_inbound_frame_at"]
+__all__ = [
+    "BrokerBlocked",
+    "GuardConnection",
+    "HandshakeDeadlineExceeded",
+    "PublishError",
+    "PublishTimeout",
+    "Transport",
+    "last_inbound_frame_at",
+]

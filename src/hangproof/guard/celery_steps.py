@@ -16,6 +16,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
 import time
@@ -27,6 +28,7 @@ from celery.worker.consumer.consumer import Consumer
 from celery.worker.state import active_requests
 
 from hangproof.failure import Policy
+from hangproof.guard import transport
 from hangproof.guard.runtime import GuardState, LivenessConfig, LivenessServer, Watchdog
 from hangproof.guard.watchdog import Detection, classify_error
 
@@ -58,6 +60,18 @@ class WatchdogStep(bootsteps.StartStopStep):
             policy, busy_in_loop=(lambda: bool(active_requests)) if is_solo else (lambda: False)
         )
         c.hangproof_guard = self.state
+        # Inside a worker, publishes are stock (no confirms, no BrokerBlocked):
+        # Celery's own control traffic (mingle hello, pidbox replies) shares
+        # the app's producer pool and treats any non-connection error as
+        # fatal. Measured: a worker starting during a memory alarm died with
+        # "Unrecoverable error: BrokerBlocked" in mingle. The blocked state is
+        # still recorded and reported in /healthz and /metrics. The publish
+        # bound is for producers (web requests), which run no worker.
+        c.app.conf.broker_transport_options = {
+            **(c.app.conf.broker_transport_options or {}),
+            "confirm_publish": False,
+            "refuse_when_blocked": False,
+        }
         self.liveness = liveness
         self.watchdog: Watchdog | None = None
         self.server: LivenessServer | None = None
@@ -65,6 +79,9 @@ class WatchdogStep(bootsteps.StartStopStep):
         super().__init__(c, **kwargs)
 
     def _start_services(self) -> None:
+        with transport._listeners_lock:
+            if self.state.on_blocked_event not in transport.blocked_listeners:
+                transport.blocked_listeners.append(self.state.on_blocked_event)
         if self.watchdog is None:
             self.watchdog = Watchdog(self.state, self.liveness.heartbeat_file)
             self.watchdog.start()
@@ -96,6 +113,8 @@ class WatchdogStep(bootsteps.StartStopStep):
 
     def shutdown(self, c: Any) -> None:
         self.stop(c)
+        with transport._listeners_lock, contextlib.suppress(ValueError):
+            transport.blocked_listeners.remove(self.state.on_blocked_event)
         if self.watchdog is not None:
             self.watchdog.stop()
             self.watchdog = None

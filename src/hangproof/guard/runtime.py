@@ -122,6 +122,21 @@ class GuardState:
             registry=self.registry,
         )
         self.m_loop_age.set_function(lambda: self._age(self.last_loop_tick_at))
+        # connection.blocked (RabbitMQ resource alarm) on any guarded
+        # connection of this process: reported, never a liveness failure (a
+        # consumer keeps consuming while publishers are blocked).
+        self.blocked: dict[int, tuple[str, float]] = {}
+        self.m_blocked = Gauge(
+            "hangproof_broker_blocked",
+            "1 while the broker blocks publishing on a guarded connection (connection.blocked)",
+            registry=self.registry,
+        )
+        self.m_blocked.set_function(lambda: 1.0 if self.blocked else 0.0)
+        self.m_blocked_total = Counter(
+            "hangproof_broker_blocked_events",
+            "connection.blocked notifications received (resource alarms)",
+            registry=self.registry,
+        )
         self.m_healthy = Gauge("hangproof_healthy", "1 if live", registry=self.registry)
         self.m_ready = Gauge("hangproof_ready", "1 if ready", registry=self.registry)
 
@@ -183,6 +198,28 @@ class GuardState:
         self.event("connection-error", detection=detection.value, error=repr(exc), forced=forced)
         self.on_disconnected(f"{detection.value}: {exc!r}")
 
+    def on_blocked_event(self, event: str, reason: str, connection_id: int) -> None:
+        """A guarded connection was blocked / unblocked by the broker (transport listener)."""
+        with self._lock:
+            if event == "blocked":
+                self.blocked[connection_id] = (reason, self._clock())
+            elif self.blocked.pop(connection_id, None) is None:
+                return
+        if event == "blocked":
+            self.m_blocked_total.inc()
+            self.event("broker-blocked", reason=reason)
+        else:
+            self.event("broker-unblocked", reason=reason)
+
+    def blocked_status(self) -> dict[str, Any] | None:
+        """The oldest current block, for /healthz (None when not blocked)."""
+        with self._lock:
+            if not self.blocked:
+                return None
+            reason, since = min(self.blocked.values(), key=lambda item: item[1])
+            count = len(self.blocked)
+        return {"reason": reason, "seconds": round(self._age(since), 3), "connections": count}
+
     # -- the watchdog ------------------------------------------------------
     def observe(self) -> Observation:
         return Observation(
@@ -227,6 +264,7 @@ class GuardState:
             "ready": decision.ready,
             "state": "connected" if self.connected else "reconnecting",
             "reason": decision.reason,
+            "blocked": self.blocked_status(),
             "last_inbound_frame_age": round(self._age(self._frame_clock()), 3),
             "event_loop_tick_age": round(self._age(self.last_loop_tick_at), 3),
             "stall_timeout": self.policy.stall_timeout,

@@ -21,6 +21,20 @@ After Open-Ok the socket, the transport and the per-frame path are exactly
 stock py-amqp's: the deadline wrapper is removed and nothing is overridden per
 frame (the throughput benchmark, benchmarks/bench_throughput.py, holds us to it).
 
+A publish cannot hang either, and cannot pretend to succeed:
+
+- **Publisher confirms with a total deadline** (``confirm_publish``, on by
+  default here; ``publish_timeout`` seconds, default
+  ``Policy().publish_timeout``). py-amqp's ``confirm_timeout`` bounds each
+  *read*, and the broker's heartbeats reset it, so a blocked broker holds a
+  confirmed publish forever; here the write and the wait for Basic.Ack share
+  one deadline, and a miss raises :class:`PublishTimeout`.
+- **connection.blocked** (RabbitMQ's resource alarms): the Blocked frame's
+  reason is recorded on the connection (``blocked_reason``); a publish while
+  blocked raises :class:`BrokerBlocked` at once, without touching the socket,
+  and one that is blocked while it waits for its confirm raises it as soon as
+  the notification arrives. Unblocked clears the state.
+
 Use it by import path, anywhere kombu takes a transport::
 
     >>> from kombu import Connection
@@ -33,15 +47,19 @@ Use it by import path, anywhere kombu takes a transport::
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import socket
 import threading
 from collections.abc import Callable
 from time import monotonic
-from typing import Any
+from typing import Any, ClassVar
 
 import amqp
 import amqp.transport
+from amqp import spec
+from amqp.exceptions import MessageNacked
+from kombu.exceptions import OperationalError
 from kombu.transport import TRANSPORT_ALIASES, pyamqp
 
 from hangproof.failure import Policy
@@ -63,6 +81,59 @@ class HandshakeDeadlineExceeded(socket.timeout):
     A ``socket.timeout`` (so an ``OSError``), hence in kombu's and Celery's
     recoverable connection errors: they retry with backoff.
     """
+
+
+class PublishError(OperationalError):
+    """A guarded publish failed within the policy (base class).
+
+    A kombu ``OperationalError`` (what Celery users already catch for broker
+    trouble), deliberately *not* an ``OSError``: kombu's and Celery's publish
+    retry policy does not retry it, so the caller learns within
+    ``publish_timeout`` instead of after ``max_retries`` more rounds.
+    """
+
+
+class BrokerBlocked(PublishError):
+    """The broker blocks this connection's publishes (``connection.blocked``).
+
+    >>> str(BrokerBlocked.refused("low on memory", 0.0))
+    'broker blocked publishing: low on memory (connection.blocked); publish refused after 0.0 s'
+    """
+
+    @classmethod
+    def refused(cls, reason: str, elapsed: float, *, sent: bool = False) -> BrokerBlocked:
+        if sent:
+            tail = (
+                f"publish sent but not confirmed after {elapsed:.1f} s; the broker may still "
+                "queue it when the alarm clears"
+            )
+        else:
+            tail = f"publish refused after {elapsed:.1f} s"
+        return cls(f"broker blocked publishing: {reason} (connection.blocked); {tail}")
+
+
+class PublishTimeout(PublishError):
+    """No publisher confirm within ``publish_timeout``; the connection is dropped.
+
+    The message may or may not have been queued (AMQP cannot tell): a retry
+    may duplicate it.
+    """
+
+
+#: Called with (event, reason, connection id) on every connection.blocked
+#: ("blocked") and connection.unblocked / close of a blocked connection
+#: ("unblocked"); the Celery guard reports it in /healthz and /metrics.
+blocked_listeners: list[Callable[[str, str, int], None]] = []
+
+
+def _notify_blocked(event: str, reason: str, connection_id: int) -> None:
+    with _listeners_lock:
+        listeners = list(blocked_listeners)
+    for listener in listeners:
+        try:
+            listener(event, reason, connection_id)
+        except Exception:  # a metrics hook must never break a publish
+            logger.exception("hangproof.guard: blocked listener failed")
 
 
 #: Called with (deadline seconds, host) every time a handshake misses its
@@ -143,6 +214,142 @@ def _guard_transport_factory(
     return cls(host, connect_timeout, *args, **kwargs)
 
 
+#: Frames read without waiting before a publish, to see a pending
+#: connection.blocked/unblocked (bounded: a busy consumer channel must not
+#: keep a publisher here).
+_POLL_FRAMES = 16
+
+
+class GuardChannel(pyamqp.Channel):
+    """kombu's py-amqp channel whose publishes fail clearly instead of hanging.
+
+    Publisher confirms are tracked by delivery tag, so a late Basic.Ack for a
+    message that already timed out (or was blocked) cannot confirm a later
+    one.
+    """
+
+    connection: GuardConnection
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._hp_reset_confirms()
+
+    def _hp_reset_confirms(self) -> None:
+        self._hp_next_tag = 0  # the delivery tag of the last publish
+        self._hp_acked_upto = 0  # every tag <= this is settled (acked or nacked)
+        self._hp_settled: set[int] = set()
+        self._hp_nacked: set[int] = set()
+        self._hp_nacked_upto = 0
+
+    def confirm_select(self, nowait: bool = False) -> Any:
+        self._hp_reset_confirms()
+        return super().confirm_select(nowait)
+
+    def _on_basic_ack(self, delivery_tag: int, multiple: bool) -> None:
+        self._hp_settle(delivery_tag, multiple)
+        super()._on_basic_ack(delivery_tag, multiple)
+
+    def _on_basic_nack(self, delivery_tag: int, multiple: bool) -> None:
+        if multiple:
+            self._hp_nacked_upto = max(self._hp_nacked_upto, delivery_tag)
+        else:
+            self._hp_nacked.add(delivery_tag)
+        self._hp_settle(delivery_tag, multiple)
+        super()._on_basic_nack(delivery_tag, multiple)
+
+    def _hp_settle(self, tag: int, multiple: bool) -> None:
+        if multiple:
+            self._hp_acked_upto = max(self._hp_acked_upto, tag)
+            self._hp_settled = {t for t in self._hp_settled if t > tag}
+        else:
+            self._hp_settled.add(tag)
+
+    def _hp_is_settled(self, tag: int) -> bool:
+        return tag <= self._hp_acked_upto or tag in self._hp_settled
+
+    def _hp_refuse_if_blocked(self, started: float, *, sent: bool = False) -> None:
+        connection = self.connection
+        if connection is None or not connection.refuse_when_blocked:
+            return
+        reason = connection.blocked_reason
+        if reason is not None:
+            raise BrokerBlocked.refused(reason, monotonic() - started, sent=sent)
+
+    def close(self, *args: Any, **kwargs: Any) -> Any:
+        """Close; without waiting for a Close-Ok that a blocked broker will not send.
+
+        A blocked connection is not read by the broker at all, so a graceful
+        close waits ``read_timeout`` (measured: kombu's pool closed a blocked
+        producer's channel and connection in 2 x 3 s after BrokerBlocked).
+        """
+        connection = self.connection
+        if connection is not None and connection.blocked_reason is not None:
+            self.collect()
+            return None
+        return super().close(*args, **kwargs)
+
+    def basic_publish(self, *args: Any, **kwargs: Any) -> Any:
+        """Stock publish (no confirms), refused at once while the broker blocks us."""
+        started = monotonic()
+        kwargs.pop("confirm_timeout", None)
+        connection = self.connection
+        if connection is not None:
+            connection.poll_events()
+        self._hp_refuse_if_blocked(started)
+        return self._basic_publish(*args, **kwargs)
+
+    def basic_publish_confirm(self, *args: Any, **kwargs: Any) -> Any:
+        """Publish and wait for the broker's confirm, all within ``publish_timeout``."""
+        started = monotonic()
+        connection = self.connection
+        if connection is None:
+            return self._basic_publish(*args, **kwargs)  # raises: connection closed
+        limit = connection.publish_timeout
+        for key in ("timeout", "confirm_timeout"):
+            given = kwargs.pop(key, None)
+            if given:
+                limit = min(limit, float(given))
+        at = started + limit
+        connection.poll_events()
+        self._hp_refuse_if_blocked(started)
+        if not self._confirm_selected:
+            self._confirm_selected = True
+            self.confirm_select()
+        tag = self._hp_next_tag + 1
+        try:
+            ret = self._basic_publish(*args, timeout=max(0.001, at - monotonic()), **kwargs)
+        except amqp.exceptions.RecoverableConnectionError as exc:
+            if monotonic() < at:
+                raise  # closed connection: kombu reconnects and retries
+            # The write timed out: part of a frame may be on the wire, so the
+            # connection is unusable; drop it so the next publish reconnects.
+            connection.abandon()
+            raise PublishTimeout(
+                f"publish not written within {limit:.1f} s (broker not reading); connection dropped"
+            ) from exc
+        self._hp_next_tag = tag
+        while not self._hp_is_settled(tag):
+            self._hp_refuse_if_blocked(started, sent=True)
+            remaining = at - monotonic()
+            if remaining <= 0:
+                connection.abandon()
+                raise PublishTimeout(
+                    f"no publisher confirm from the broker within {limit:.1f} s; the message "
+                    "may or may not be queued; connection dropped"
+                )
+            try:
+                # One frame at a time, each bounded by what is left of the
+                # deadline: heartbeats cannot stretch it.
+                connection.blocking_read(timeout=remaining)
+            except TimeoutError:
+                continue
+        if tag <= self._hp_nacked_upto or tag in self._hp_nacked:
+            self._hp_nacked.discard(tag)
+            raise MessageNacked()
+        self._hp_settled.discard(tag)
+        return ret
+
+
 class GuardConnection(pyamqp.Connection):
     """kombu's py-amqp connection with a total handshake deadline and a frame clock.
 
@@ -158,12 +365,98 @@ class GuardConnection(pyamqp.Connection):
     _clock_count: int = -1
     _clock_at: float | None = None
 
-    def __init__(self, *args: Any, handshake_deadline: float | None = None, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
+    Channel = GuardChannel
+    # py-amqp declares Connection.Blocked without its ``reason`` argument
+    # (shortstr, e.g. "low on memory"); read it.
+    _METHODS: ClassVar[dict[Any, Any]] = {
+        **pyamqp.Connection._METHODS,
+        spec.Connection.Blocked: spec.method(spec.Connection.Blocked, "s"),
+    }
+
+    #: Why the broker blocks our publishes (None: not blocked), and since when.
+    blocked_reason: str | None = None
+    blocked_since: float | None = None
+
+    def __init__(
+        self,
+        *args: Any,
+        handshake_deadline: float | None = None,
+        publish_timeout: float | None = None,
+        confirm_publish: bool = True,
+        refuse_when_blocked: bool = True,
+        on_blocked: Callable[[str], Any] | None = None,
+        on_unblocked: Callable[[], Any] | None = None,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(*args, confirm_publish=confirm_publish, **kwargs)
         self.handshake_deadline: float = float(
             handshake_deadline if handshake_deadline is not None else Policy().handshake_deadline
         )
+        self.publish_timeout: float = float(
+            publish_timeout if publish_timeout is not None else Policy().publish_timeout or 7.5
+        )
+        #: False for a worker's own consumer connection: its control messages
+        #: (mingle, pidbox replies) must not turn a broker alarm into a crash.
+        self.refuse_when_blocked = refuse_when_blocked
+        self.on_blocked = on_blocked
+        self.on_unblocked = on_unblocked
         self.Transport = _guard_transport_factory
+
+    # -- connection.blocked ------------------------------------------------
+    def _on_blocked(self, reason: str | None = None) -> Any:
+        reason = reason or "connection blocked, see broker logs"
+        self.blocked_reason = reason
+        self.blocked_since = monotonic()
+        logger.warning("hangproof.guard: broker-blocked: %s (connection.blocked)", reason)
+        _notify_blocked("blocked", reason, id(self))
+        if self.on_blocked:
+            return self.on_blocked(reason)
+        return None
+
+    def _on_unblocked(self) -> Any:
+        self._clear_blocked()
+        if self.on_unblocked:
+            return self.on_unblocked()
+        return None
+
+    def _clear_blocked(self, how: str = "connection.unblocked") -> None:
+        reason = self.blocked_reason
+        if reason is None:
+            return
+        held = monotonic() - (self.blocked_since or monotonic())
+        self.blocked_reason = None
+        self.blocked_since = None
+        logger.warning("hangproof.guard: broker-unblocked (%s) after %.1f s", how, held)
+        _notify_blocked("unblocked", reason, id(self))
+
+    def poll_events(self) -> None:
+        """Read the frames already waiting, without blocking (blocked/unblocked news)."""
+        if self._transport is None or not self.connected:
+            return
+        for _ in range(_POLL_FRAMES):
+            try:
+                self.blocking_read(timeout=0)
+            except TimeoutError:
+                return
+
+    def abandon(self) -> None:
+        """Drop a connection a publish gave up on, so the next use reconnects."""
+        transport = self._transport
+        sock = getattr(transport, "sock", None)
+        if sock is not None:
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
+
+    def close(self, *args: Any, **kwargs: Any) -> Any:
+        """Close; a blocked connection is dropped (the broker would not read Close)."""
+        if self.blocked_reason is not None and self._transport is not None:
+            self.collect()
+            return None
+        return super().close(*args, **kwargs)
+
+    def collect(self) -> None:
+        self._clear_blocked("connection closed while blocked")
+        super().collect()
 
     @property
     def last_inbound_frame_at(self) -> float | None:
@@ -242,8 +535,11 @@ class GuardConnection(pyamqp.Connection):
 class Transport(pyamqp.Transport):
     """kombu's py-amqp transport, with :class:`GuardConnection` connections.
 
-    Transport option ``handshake_deadline`` (seconds) sets the deadline; the
-    default is ``Policy().handshake_deadline``.
+    Transport options: ``handshake_deadline`` (seconds; default
+    ``Policy().handshake_deadline``), ``publish_timeout`` (seconds; default
+    ``Policy().publish_timeout``), ``confirm_publish`` (default True),
+    ``refuse_when_blocked`` (default True: raise :class:`BrokerBlocked`
+    while the broker blocks publishing).
     """
 
     Connection = GuardConnection

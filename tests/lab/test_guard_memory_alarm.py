@@ -1,0 +1,250 @@
+"""memory-alarm: RabbitMQ blocks publishers; a guarded publish fails clearly and in time.
+
+A real RabbitNode on loopback. ``set_vm_memory_high_watermark 0.0000001``
+raises the memory alarm (restored to 0.4 in a finalizer). Measured here, not
+assumed:
+
+- stock kombu, no confirms: ``publish`` returns "ok" at once, the message is
+  not queued (held by the broker's flow control until the alarm clears);
+- stock kombu with ``confirm_publish=True``: ``publish`` blocks until the
+  alarm clears (forever, for a web request);
+- guarded kombu (``hangproof.kombu:Transport``) and guarded Celery
+  (``harden``): ``publish`` / ``send_task`` raise ``BrokerBlocked`` within
+  ``publish_timeout`` (the first on a fresh connection as soon as the
+  broker's connection.blocked arrives, later ones at once, without I/O);
+- a guarded worker stays healthy while publishers are blocked;
+- after the alarm clears, guarded publishing works again and the task runs.
+
+Processes are started and stopped by pid; every wait is bounded.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import threading
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from celery import Celery
+from kombu import Connection, Exchange, Producer, Queue
+
+from hangproof.celery import harden
+from hangproof.failure import Policy
+from hangproof.guard.transport import BrokerBlocked, PublishError
+from hangproof.lab import processes
+from hangproof.lab.rabbitmq import RabbitNode, free_port
+
+pytestmark = [pytest.mark.lab, pytest.mark.timeout(300)]
+
+STALL = 3.0
+POLICY = Policy(stall_timeout=STALL)
+PUBLISH_TIMEOUT = float(POLICY.publish_timeout or 0)
+SLACK = 2.0  # scheduling slack on a loaded 2-core box
+ALARM_WATERMARK = "0.0000001"
+NORMAL_WATERMARK = "0.4"  # what RabbitNode configures
+
+
+@pytest.fixture(scope="module")
+def rabbit(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RabbitNode]:
+    node = RabbitNode("memalarm", tmp_path_factory.mktemp("rabbit"))
+    try:
+        node.start(timeout=90)
+        yield node
+    finally:
+        node.stop()
+
+
+def alarm_active(node: RabbitNode) -> bool:
+    return "memory" in node.ctl("eval", "rabbit_alarm:get_alarms().", timeout=30)
+
+
+def wait_alarm(node: RabbitNode, active: bool, limit: float = 30) -> None:
+    started = time.monotonic()
+    while time.monotonic() - started < limit:
+        if alarm_active(node) == active:
+            return
+        time.sleep(0.25)
+    raise AssertionError(f"memory alarm still {'off' if active else 'on'} after {limit} s")
+
+
+@pytest.fixture
+def memory_alarm(rabbit: RabbitNode) -> Iterator[RabbitNode]:
+    rabbit.ctl("set_vm_memory_high_watermark", ALARM_WATERMARK, timeout=30)
+    try:
+        wait_alarm(rabbit, True)
+        yield rabbit
+    finally:
+        rabbit.ctl("set_vm_memory_high_watermark", NORMAL_WATERMARK, timeout=30)
+
+
+def queue_depth(node: RabbitNode, name: str) -> int:
+    for line in node.ctl("list_queues", "name", "messages", timeout=30).splitlines():
+        parts = line.split()
+        if len(parts) == 2 and parts[0] == name:
+            return int(parts[1])
+    return -1
+
+
+def health(port: int) -> tuple[int, dict]:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=2) as r:
+            return r.status, json.loads(r.read())
+    except urllib.error.HTTPError as e:
+        return e.code, json.loads(e.read() or b"{}")
+    except OSError:
+        return 0, {}
+
+
+def start_worker(rabbit: RabbitNode, tmp: Path, queue: str) -> tuple[int, int, Path, Path]:
+    port = free_port()
+    ledger, log = tmp / "worker.ledger", tmp / "worker.log"
+    env = {
+        "HANGPROOF_BROKER_URL": rabbit.url,
+        "HANGPROOF_GUARD": "1",
+        "HANGPROOF_STALL_TIMEOUT": str(STALL),
+        "HANGPROOF_LIVENESS_PORT": str(port),
+        "HANGPROOF_LEDGER": str(ledger),
+        "HANGPROOF_PREFETCH": "1",
+    }
+    argv = [sys.executable, "-m", "celery", "-A", "hangproof.guard.sample_app", "worker"]
+    argv += ["-P", "prefork", "-c", "2", "-n", f"{queue}@%h", "-Q", queue, "--loglevel=INFO"]
+    proc = processes.spawn(argv, env=env, log=log)
+    return proc.pid, port, ledger, log
+
+
+def wait_for(predicate, limit: float, what: str) -> float:  # type: ignore[no-untyped-def]
+    started = time.monotonic()
+    while time.monotonic() - started < limit:
+        if predicate():
+            return time.monotonic() - started
+        time.sleep(0.25)
+    raise AssertionError(f"{what}: not within {limit} s")
+
+
+def timed_publish(
+    producer: Producer, queue: Queue, body: str
+) -> tuple[float, BaseException | None]:
+    started = time.monotonic()
+    try:
+        producer.publish(
+            body, exchange=queue.exchange, routing_key=queue.routing_key, declare=[queue]
+        )
+    except Exception as exc:  # measured: which error, after how long
+        return time.monotonic() - started, exc
+    return time.monotonic() - started, None
+
+
+def test_memory_alarm_guarded_publish_fails_clearly(
+    rabbit: RabbitNode, memory_alarm: RabbitNode, tmp_path: Path
+) -> None:
+    report: dict[str, str] = {}
+    pid, port, ledger, log = start_worker(rabbit, tmp_path, "memq")
+    stock_plain = Connection(rabbit.url)
+    stock_confirm = Connection(rabbit.url, transport_options={"confirm_publish": True})
+    guarded = Connection(
+        rabbit.url,
+        transport="hangproof.kombu:Transport",
+        transport_options={"publish_timeout": PUBLISH_TIMEOUT},
+    )
+    stock_confirm_result: dict[str, float | BaseException | None] = {}
+    try:
+        wait_for(lambda: health(port)[0] == 200, 60, "worker healthy")
+        exchange = Exchange("", type="direct")
+
+        # -- stock kombu, no confirms: "ok" at once, nothing queued -----------
+        q_plain = Queue("stock-plain", exchange=exchange, routing_key="stock-plain")
+        elapsed, error = timed_publish(Producer(stock_plain.channel()), q_plain, "x")
+        report["stock kombu (no confirms)"] = f"returned ok after {elapsed:.2f} s"
+        assert error is None and elapsed < 1.0
+        time.sleep(1)
+        assert queue_depth(rabbit, "stock-plain") == 0  # not queued: the "ok" was not true
+
+        # -- stock kombu with confirms: blocks (measured for publish_timeout + slack)
+        q_confirm = Queue("stock-confirm", exchange=exchange, routing_key="stock-confirm")
+        stock_confirm.connect()
+        stock_producer = Producer(stock_confirm.channel())
+
+        def stock_publish() -> None:
+            stock_confirm_result["elapsed"], stock_confirm_result["error"] = timed_publish(
+                stock_producer, q_confirm, "x"
+            )
+
+        stock_thread = threading.Thread(target=stock_publish, daemon=True)
+        stock_started = time.monotonic()
+        stock_thread.start()
+
+        # -- guarded kombu -----------------------------------------------------
+        q_guard = Queue("guard-kombu", exchange=exchange, routing_key="guard-kombu")
+        guard_producer = Producer(guarded.channel())
+        first, first_error = timed_publish(guard_producer, q_guard, "first")
+        again, again_error = timed_publish(guard_producer, q_guard, "again")
+        report["guarded kombu, fresh connection"] = f"{first_error!r} after {first:.2f} s"
+        report["guarded kombu, blocked connection"] = f"{again_error!r} after {again:.3f} s"
+        assert isinstance(first_error, BrokerBlocked), first_error
+        assert first < PUBLISH_TIMEOUT + SLACK
+        assert isinstance(again_error, BrokerBlocked), again_error
+        assert again < 0.5
+        assert "low on memory" in str(again_error) and "refused after 0.0 s" in str(again_error)
+
+        # -- guarded Celery ----------------------------------------------------
+        app = Celery("memalarm", broker=rabbit.url, set_as_current=False)
+        harden(app, POLICY)
+        for label in ("guarded celery, fresh connection", "guarded celery, blocked connection"):
+            started = time.monotonic()
+            with pytest.raises(PublishError) as raised:
+                app.send_task("hangproof.record", args=("during",), queue="memq")
+            elapsed = time.monotonic() - started
+            report[label] = f"{raised.value!r} after {elapsed:.3f} s"
+            assert isinstance(raised.value, BrokerBlocked)
+            assert elapsed < PUBLISH_TIMEOUT + SLACK
+
+        # -- a consumer is not unhealthy because publishers are blocked --------
+        code, body = health(port)
+        report["guarded worker /healthz during alarm"] = f"{code} blocked={body.get('blocked')}"
+        assert code == 200
+
+        # The stock confirmed publish is still waiting, well past the guard's bound.
+        time.sleep(max(0.0, PUBLISH_TIMEOUT + SLACK - (time.monotonic() - stock_started)))
+        assert stock_thread.is_alive(), stock_confirm_result
+        report["stock kombu (confirm_publish)"] = (
+            f"still blocked after {time.monotonic() - stock_started:.1f} s"
+        )
+    finally:
+        rabbit.ctl("set_vm_memory_high_watermark", NORMAL_WATERMARK, timeout=30)
+
+    try:
+        wait_alarm(rabbit, False)
+        healed = time.monotonic()
+        # -- after the alarm: guarded publishing works again, the task runs ----
+        ok, ok_error = timed_publish(guard_producer, q_guard, "after")
+        report["guarded kombu after heal"] = f"{ok_error!r} after {ok:.3f} s"
+        assert ok_error is None and ok < PUBLISH_TIMEOUT
+        app.send_task("hangproof.record", args=("after",), queue="memq")
+        ran = wait_for(
+            lambda: ledger.exists() and "after" in ledger.read_text().split(), 30, "task ran"
+        )
+        report["guarded celery task after heal"] = f"executed {ran:.1f} s after send"
+        stock_thread.join(30)
+        report["stock kombu (confirm_publish) returned"] = (
+            f"{time.monotonic() - stock_started:.1f} s after publish "
+            f"({time.monotonic() - healed:.1f} s after heal)"
+        )
+        assert not stock_thread.is_alive()
+        # What happened to the messages that were sent before connection.blocked
+        # arrived (the error says "may still queue it when the alarm clears").
+        time.sleep(1)
+        report["queued after heal (stock-plain, guard-kombu)"] = (
+            f"{queue_depth(rabbit, 'stock-plain')}, {queue_depth(rabbit, 'guard-kombu')}"
+        )
+        assert queue_depth(rabbit, "stock-plain") == 1
+    finally:
+        for connection in (stock_plain, stock_confirm, guarded):
+            connection.release()
+        processes.stop_pid(pid)
+        print(json.dumps(report, indent=1))
+        print(log.read_text()[-2000:] if log.exists() else "")
