@@ -13,7 +13,7 @@ handshake deadline waits for Connection.Start forever.
 Injected on the seed lab (:mod:`.seed_bed`), clients on n1, VIP on n2:
 
 1. the VIP leaves n2; n1 keeps its permanent neighbour entry to n2's MAC;
-2. the broker closes the clients' connections (not the producer's);
+2. the broker closes the clients' connections (not the producer's), while
 3. when a reconnecting SYN from n1 is in SYN-SENT with an un-NATed conntrack
    entry (:func:`hangproof.lab.race.wait_syn_sent`), the VIP is added on n1.
 
@@ -24,6 +24,7 @@ to the pod. ``close()`` removes the VIP and flushes its conntrack entries.
 from __future__ import annotations
 
 import time
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from hangproof.errors import HangproofError
@@ -59,16 +60,20 @@ class VipRace:
         from hangproof.lab.race import wait_syn_sent
 
         self.lab.del_vip(FIRST_HOLDER)
-        closed = close_client_connections(
-            self.target.node, (self.target.node.host, "127.0.0.1"), "VIP moved"
-        )
-        started = time.monotonic()
-        sport = wait_syn_sent(self.lab, self.target.client_node, timeout=TRIGGER_TIMEOUT)
-        self.lab.add_vip(self.target.client_node)
+        keep = (self.target.node.host, "127.0.0.1")  # the producer in the pod
+        # Watch for the reconnect SYN while rabbitmqctl is still closing: the
+        # VIP must land before the SYN's retransmissions run out of time.
+        with ThreadPoolExecutor(max_workers=1) as pool:
+            closing = pool.submit(close_client_connections, self.target.node, keep, "VIP moved")
+            started = time.monotonic()
+            sport = wait_syn_sent(self.lab, self.target.client_node, timeout=TRIGGER_TIMEOUT)
+            self.lab.add_vip(self.target.client_node)
+            trigger_seconds = time.monotonic() - started
+            closed = closing.result(timeout=60)
         self.detail = {
             "connections_closed": closed,
             "wedged_sport": sport,
-            "trigger_seconds": round(time.monotonic() - started, 2),
+            "trigger_seconds": round(trigger_seconds, 2),
         }
         if sport is None:
             self.detail["note"] = f"no reconnecting SYN within {TRIGGER_TIMEOUT:.0f} s"
