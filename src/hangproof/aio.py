@@ -13,6 +13,12 @@ This wrapper:
 - runs a heartbeat-silence watchdog: if no frame arrives from the broker for
   ``stall_timeout``, the transport is closed so the robust reconnect begins.
 
+Publishing: aio-pika channels use publisher confirms by default, but aiormq
+waits *forever* for connection.unblocked before it writes a publish, and for
+the confirm unless given a timeout. :func:`publish` bounds both by
+``policy.publish_timeout`` and raises ``BrokerBlocked`` at once while the
+broker blocks the connection (a memory or disk alarm).
+
     >>> import asyncio
     >>> from hangproof.aio import connect_robust
     >>> async def main():
@@ -33,10 +39,11 @@ from aio_pika.connection import make_url
 from aio_pika.robust_connection import RobustConnection
 
 from hangproof.failure import Policy
+from hangproof.guard.transport import BrokerBlocked, PublishTimeout
 
 logger = logging.getLogger("hangproof.guard")
 
-__all__ = ["GuardedRobustConnection", "connect_robust"]
+__all__ = ["GuardedRobustConnection", "connect_robust", "publish"]
 
 
 class GuardedRobustConnection(RobustConnection):
@@ -146,3 +153,54 @@ async def connect_robust(
     task = asyncio.get_running_loop().create_task(_silence_watchdog(connection, policy))
     connection.close_callbacks.add(lambda *_: task.cancel())
     return connection  # type: ignore[return-value]
+
+
+def _blocked(channel: Any) -> bool:
+    """True when aiormq has seen connection.blocked and not yet unblocked.
+
+    aiormq 7.2.4 keeps it in the private Event ``__connection_unblocked`` (no
+    public accessor); if a later aiormq renames it, this says "not blocked"
+    and the publish is still bounded by the timeout.
+    """
+    amqp = getattr(getattr(channel, "connection", None), "transport", None)
+    amqp = getattr(amqp, "connection", None)
+    event = getattr(amqp, "_Connection__connection_unblocked", None)
+    return isinstance(event, asyncio.Event) and not event.is_set()
+
+
+async def publish(
+    channel: Any,
+    message: Any,
+    routing_key: str,
+    policy: Policy | None = None,
+    *,
+    exchange: Any = None,
+    **kwargs: Any,
+) -> Any:
+    """Publish with a confirm, within ``policy.publish_timeout``; never hang.
+
+    ``channel`` is an aio-pika channel (publisher confirms on, the default);
+    ``exchange`` defaults to the channel's default exchange. Raises
+    :class:`~hangproof.guard.transport.BrokerBlocked` at once while the broker
+    blocks the connection, :class:`~hangproof.guard.transport.PublishTimeout`
+    when no confirm arrives in time (the message may or may not be queued).
+    """
+    policy = policy or getattr(getattr(channel, "connection", None), "hangproof_policy", Policy())
+    limit = float(policy.publish_timeout or 7.5)
+    if _blocked(channel):
+        raise BrokerBlocked.refused("connection blocked by the broker (aiormq)", 0.0)
+    target = exchange if exchange is not None else channel.default_exchange
+    started = asyncio.get_running_loop().time()
+    try:
+        async with asyncio.timeout(limit):
+            return await target.publish(message, routing_key, timeout=limit, **kwargs)
+    except TimeoutError as exc:
+        elapsed = asyncio.get_running_loop().time() - started
+        if _blocked(channel):
+            raise BrokerBlocked.refused(
+                "connection blocked by the broker (aiormq)", elapsed, sent=True
+            ) from exc
+        raise PublishTimeout(
+            f"no publisher confirm from the broker within {limit:.1f} s; "
+            "the message may or may not be queued"
+        ) from exc

@@ -71,3 +71,52 @@ def test_aiormq_still_has_the_frame_clock() -> None:
 
     source = open(aiormq.connection.__file__).read()
     assert "self.__last_frame_time = self.loop.time()" in source
+
+
+class _FakeExchange:
+    def __init__(self, delay: float) -> None:
+        self.delay = delay
+        self.calls: list[tuple[str, object]] = []
+
+    async def publish(self, message: object, routing_key: str, *, timeout: float) -> str:
+        self.calls.append((routing_key, timeout))
+        await asyncio.sleep(self.delay)  # a broker that never confirms
+        return "ack"
+
+
+class _FakeChannel:
+    """Shaped like aio-pika's channel -> RobustConnection -> aiormq Connection."""
+
+    def __init__(self, delay: float, blocked: bool) -> None:
+        self.default_exchange = _FakeExchange(delay)
+        unblocked = asyncio.Event()
+        if not blocked:
+            unblocked.set()
+        amqp = type("Amqp", (), {"_Connection__connection_unblocked": unblocked})()
+        transport = type("T", (), {"connection": amqp})()
+        self.connection = type("C", (), {"transport": transport})()
+
+
+def test_aio_publish_refuses_while_blocked_and_bounds_the_confirm() -> None:
+    from hangproof.aio import publish
+    from hangproof.guard.transport import BrokerBlocked, PublishTimeout
+
+    policy = Policy(stall_timeout=3, publish_timeout=0.5)
+
+    async def main() -> None:
+        blocked = _FakeChannel(delay=0, blocked=True)
+        with pytest.raises(BrokerBlocked, match=r"publish refused after 0\.0 s"):
+            await publish(blocked, object(), "q", policy)
+        assert blocked.default_exchange.calls == []  # nothing written
+
+        silent = _FakeChannel(delay=30, blocked=False)
+        started = time.monotonic()
+        with pytest.raises(PublishTimeout):
+            await publish(silent, object(), "q", policy)
+        assert time.monotonic() - started < 0.5 + 1.0
+        assert silent.default_exchange.calls == [("q", 0.5)]
+
+        ok = _FakeChannel(delay=0, blocked=False)
+        assert await publish(ok, object(), "q", policy) == "ack"
+
+    asyncio.run(main())
