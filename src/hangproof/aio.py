@@ -155,6 +155,15 @@ async def connect_robust(
     return connection  # type: ignore[return-value]
 
 
+#: How often publish() looks for connection.blocked while it waits (seconds).
+_BLOCKED_POLL = 0.05
+
+
+def _channel_connection(channel: Any) -> Any:
+    # aio-pika 10.2.1 keeps the channel's connection in ``_connection``.
+    return getattr(channel, "connection", None) or getattr(channel, "_connection", None)
+
+
 def _blocked(channel: Any) -> bool:
     """True when aiormq has seen connection.blocked and not yet unblocked.
 
@@ -162,7 +171,7 @@ def _blocked(channel: Any) -> bool:
     public accessor); if a later aiormq renames it, this says "not blocked"
     and the publish is still bounded by the timeout.
     """
-    amqp = getattr(getattr(channel, "connection", None), "transport", None)
+    amqp = getattr(_channel_connection(channel), "transport", None)
     amqp = getattr(amqp, "connection", None)
     event = getattr(amqp, "_Connection__connection_unblocked", None)
     return isinstance(event, asyncio.Event) and not event.is_set()
@@ -185,22 +194,39 @@ async def publish(
     blocks the connection, :class:`~hangproof.guard.transport.PublishTimeout`
     when no confirm arrives in time (the message may or may not be queued).
     """
-    policy = policy or getattr(getattr(channel, "connection", None), "hangproof_policy", Policy())
+    connection = _channel_connection(channel)
+    policy = policy or getattr(connection, "hangproof_policy", None) or Policy()
     limit = float(policy.publish_timeout or 7.5)
+    reason = "connection blocked by the broker (aiormq)"
     if _blocked(channel):
-        raise BrokerBlocked.refused("connection blocked by the broker (aiormq)", 0.0)
+        raise BrokerBlocked.refused(reason, 0.0)
     target = exchange if exchange is not None else channel.default_exchange
-    started = asyncio.get_running_loop().time()
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    task = asyncio.ensure_future(target.publish(message, routing_key, timeout=limit, **kwargs))
     try:
-        async with asyncio.timeout(limit):
-            return await target.publish(message, routing_key, timeout=limit, **kwargs)
-    except TimeoutError as exc:
-        elapsed = asyncio.get_running_loop().time() - started
-        if _blocked(channel):
-            raise BrokerBlocked.refused(
-                "connection blocked by the broker (aiormq)", elapsed, sent=True
-            ) from exc
-        raise PublishTimeout(
-            f"no publisher confirm from the broker within {limit:.1f} s; "
-            "the message may or may not be queued"
-        ) from exc
+        # Bounded by ``limit``: look every 50 ms whether the broker blocked
+        # us meanwhile (then fail now, not at the deadline).
+        while True:
+            remaining = started + limit - loop.time()
+            if remaining <= 0:
+                break
+            done, _ = await asyncio.wait({task}, timeout=min(_BLOCKED_POLL, remaining))
+            if done:
+                try:
+                    return task.result()
+                except TimeoutError:
+                    break
+            if _blocked(channel):
+                raise BrokerBlocked.refused(reason, loop.time() - started, sent=True)
+    finally:
+        if not task.done():
+            task.cancel()
+            with contextlib.suppress(BaseException):
+                await task
+    if _blocked(channel):
+        raise BrokerBlocked.refused(reason, loop.time() - started, sent=True)
+    raise PublishTimeout(
+        f"no publisher confirm from the broker within {limit:.1f} s; "
+        "the message may or may not be queued"
+    )

@@ -8,8 +8,9 @@ assumed:
   not queued (held by the broker's flow control until the alarm clears);
 - stock kombu with ``confirm_publish=True``: ``publish`` blocks until the
   alarm clears (forever, for a web request);
-- guarded kombu (``hangproof.kombu:Transport``) and guarded Celery
-  (``harden``): ``publish`` / ``send_task`` raise ``BrokerBlocked`` within
+- stock aio-pika ``exchange.publish``: waits until the alarm clears;
+- guarded kombu (``hangproof.kombu:Transport``), guarded Celery
+  (``harden``) and ``hangproof.aio.publish``: raise ``BrokerBlocked`` within
   ``publish_timeout`` (the first on a fresh connection as soon as the
   broker's connection.blocked arrives, later ones at once, without I/O);
 - a guarded worker stays healthy while publishers are blocked;
@@ -20,6 +21,8 @@ Processes are started and stopped by pid; every wait is bounded.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
 import sys
 import threading
@@ -139,6 +142,51 @@ def timed_publish(
     return time.monotonic() - started, None
 
 
+async def aio_under_alarm(url: str) -> dict[str, str]:
+    """Stock aio-pika publish vs hangproof.aio.publish on a blocked broker (measured)."""
+    import aio_pika
+
+    from hangproof.aio import connect_robust, publish
+
+    out: dict[str, str] = {}
+    stock = await aio_pika.connect_robust(url)
+    guarded = await connect_robust(url, POLICY)
+    try:
+        stock_channel = await stock.channel()
+        started = time.monotonic()
+        pending = asyncio.ensure_future(
+            stock_channel.default_exchange.publish(aio_pika.Message(b"x"), "aio-stock")
+        )
+        done, _ = await asyncio.wait({pending}, timeout=PUBLISH_TIMEOUT + SLACK)
+        out["stock aio-pika publish"] = (
+            f"returned {pending.result()!r} after {time.monotonic() - started:.2f} s"
+            if done and not pending.exception()
+            else f"still waiting after {time.monotonic() - started:.1f} s"
+            if not done
+            else f"{pending.exception()!r}"
+        )
+        stock_hangs = not done
+        pending.cancel()
+
+        channel = await guarded.channel()
+        for label in ("guarded aio-pika, fresh", "guarded aio-pika, again"):
+            started = time.monotonic()
+            with pytest.raises(PublishError) as raised:
+                await publish(channel, aio_pika.Message(b"x"), "aio-guard", POLICY)
+            elapsed = time.monotonic() - started
+            out[label] = f"{raised.value!r} after {elapsed:.3f} s"
+            assert elapsed < PUBLISH_TIMEOUT + SLACK
+        # The first publish taught aiormq that the connection is blocked.
+        assert isinstance(raised.value, BrokerBlocked) and elapsed < 0.5, out
+        assert stock_hangs, out
+    finally:
+        for connection in (stock, guarded):
+            with contextlib.suppress(Exception):
+                async with asyncio.timeout(5):
+                    await connection.close()
+    return out
+
+
 def test_memory_alarm_guarded_publish_fails_clearly(
     rabbit: RabbitNode, memory_alarm: RabbitNode, tmp_path: Path
 ) -> None:
@@ -202,6 +250,9 @@ def test_memory_alarm_guarded_publish_fails_clearly(
             report[label] = f"{raised.value!r} after {elapsed:.3f} s"
             assert isinstance(raised.value, BrokerBlocked)
             assert elapsed < PUBLISH_TIMEOUT + SLACK
+
+        # -- aio-pika: stock publish (confirms, no timeout) vs hangproof.aio.publish
+        report.update(asyncio.run(aio_under_alarm(rabbit.url)))
 
         # -- a consumer is not unhealthy because publishers are blocked --------
         code, body = health(port)
