@@ -71,7 +71,9 @@ async def _silence_watchdog(connection: GuardedRobustConnection, policy: Policy)
     while not connection.is_closed:
         await asyncio.sleep(interval)
         age = _last_frame_age(connection)
-        if age is not None and age > policy.stall_timeout:
+        # silence_limit leaves room for this loop's own period: detection
+        # happens within stall_timeout, not one interval after it.
+        if age is not None and age > policy.silence_limit:
             logger.warning(
                 "hangproof.guard: stall-detected link-silent: no frame for %.1f s; reconnecting",
                 age,

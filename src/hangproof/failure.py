@@ -154,8 +154,10 @@ class Policy:
       synchronous ``queue_declare`` right after a reconnect; the event loop's
       own reads are non-blocking and do not see them.
     - ``watchdog_interval = stall_timeout / 10`` (at most 1 s): how often the
-      guard's watchdog looks at the clocks; it adds at most this much to the
-      detection time.
+      guard's watchdog looks at the clocks. It adds up to one interval to the
+      detection time, and the inbound-frame clock may lag by one more, so the
+      watchdogs act on :attr:`silence_limit`, ``stall_timeout - 2 *
+      watchdog_interval``: silence is then noticed *within* ``stall_timeout``.
     - ``publish_timeout = handshake_deadline`` (so stall_timeout / 2): the
       total time a guarded publish may take, write plus the wait for the
       broker's publisher confirm. A broker that blocks publishers
@@ -211,6 +213,18 @@ class Policy:
         assert self.publish_timeout is not None
         if self.publish_timeout <= 0:
             raise ValueError(f"publish_timeout must be > 0, got {self.publish_timeout!r}")
+
+    @property
+    def silence_limit(self) -> float:
+        """Frame or loop silence after which a watchdog acts (see the class docstring).
+
+        >>> Policy(stall_timeout=15).silence_limit, Policy(stall_timeout=3).silence_limit
+        (13.0, 2.4)
+        """
+        assert self.watchdog_interval is not None
+        return round(
+            max(self.stall_timeout / 2, self.stall_timeout - 2 * self.watchdog_interval), 3
+        )
 
     def with_(self, **changes: object) -> Policy:
         """A copy with some settings changed (derived ones are kept unless given).

@@ -32,17 +32,28 @@ def test_healthy_link_is_ready() -> None:
 
 
 def test_silent_link_forces_reconnect() -> None:
-    d = decide(obs(last_inbound_frame_at=96.9), P)
+    d = decide(obs(last_inbound_frame_at=100.0 - P.silence_limit - 0.1), P)
     assert d.action is Action.FORCE_RECONNECT and d.detection is Detection.LINK_SILENT
     assert d.healthy  # recovering is not dead
 
 
 def test_exactly_at_bound_is_not_a_stall() -> None:
-    assert decide(obs(last_inbound_frame_at=97.0), P).action is Action.NONE
+    at_bound = 100.0 - P.silence_limit + 1e-9  # float subtraction may overshoot by an ulp
+    assert decide(obs(last_inbound_frame_at=at_bound), P).action is Action.NONE
+
+
+def test_detection_fits_inside_stall_timeout() -> None:
+    # The watchdog looks every watchdog_interval on a clock that may lag by one
+    # more: acting at silence_limit keeps the promise "within stall_timeout".
+    for stall in (3, 15, 60):
+        p = Policy(stall_timeout=stall)
+        assert p.silence_limit + 2 * p.watchdog_interval <= p.stall_timeout
+        # ... and stays well above the heartbeat gap, so a healthy link is never stalled.
+        assert p.silence_limit > p.heartbeat / 2 + 0.5
 
 
 def test_frozen_loop_forces_reconnect() -> None:
-    d = decide(obs(last_loop_tick_at=96.0), P)
+    d = decide(obs(last_loop_tick_at=100.0 - P.silence_limit - 0.1), P)
     assert d.detection is Detection.LOOP_STALLED
 
 

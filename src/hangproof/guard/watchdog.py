@@ -94,7 +94,7 @@ def decide(obs: Observation, policy: Policy) -> Decision:
     >>> decide(Observation(now=13.0, connected=False, state_since=0.0), p).healthy
     False
     """
-    stall = policy.stall_timeout
+    stall = policy.silence_limit
     recover = float(policy.recover_timeout or 4 * stall)
     if not obs.connected:
         down_for = obs.now - obs.state_since
@@ -149,7 +149,7 @@ def decide(obs: Observation, policy: Policy) -> Decision:
             healthy=True,
             ready=False,
             detection=Detection.LINK_SILENT,
-            reason=f"no inbound frame for {frame_age:.1f} s (> stall_timeout {stall:g} s)",
+            reason=f"no inbound frame for {frame_age:.1f} s (> {stall:g} s, within stall_timeout)",
             frame_age=frame_age,
             loop_age=loop_age,
         )
@@ -159,7 +159,7 @@ def decide(obs: Observation, policy: Policy) -> Decision:
             healthy=True,
             ready=False,
             detection=Detection.LOOP_STALLED,
-            reason=f"event loop did not tick for {loop_age:.1f} s (> stall_timeout {stall:g} s)",
+            reason=f"event loop did not tick for {loop_age:.1f} s (> {stall:g} s, within stall_timeout)",
             frame_age=frame_age,
             loop_age=loop_age,
         )
