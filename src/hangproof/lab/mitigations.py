@@ -2,6 +2,9 @@
 
 - ``conntrack-flush``: delete the VIP's conntrack entries right after the VIP
   is added (keepalived ``notify_master``), so the next SYN is NATed afresh.
+  Deployed from notify_master it narrows the race but does not close it:
+  keepalived runs the script after adding the VIP, and a SYN retransmitted in
+  between still reaches the port holder (seed-loop: 1 wedge in 12 cycles).
 - ``reject-undnat``: in filter INPUT, reject NodePort traffic that was not
   DNATed with a TCP reset, so a stray SYN fails fast instead of meeting the
   port holder.
