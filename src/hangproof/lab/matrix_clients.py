@@ -178,10 +178,18 @@ async def aio_publish(url: str, queue: str, key: str, guarded: bool, stall: floa
     try:
         channel = await connection.channel()
         exchange = await channel.declare_exchange(queue, "direct", durable=True)
-        await exchange.publish(
-            aio_pika.Message(json.dumps([[key], {}, {}]).encode(), content_type="application/json"),
-            routing_key=queue,
+        message = aio_pika.Message(
+            json.dumps([[key], {}, {}]).encode(), content_type="application/json"
         )
+        if guarded:
+            # The guard's publish: confirm within publish_timeout, refused at
+            # once while the broker blocks publishers (connection.blocked).
+            from hangproof.aio import publish
+            from hangproof.failure import Policy
+
+            await publish(channel, message, queue, Policy(stall_timeout=stall), exchange=exchange)
+        else:
+            await exchange.publish(message, routing_key=queue)
     finally:
         await connection.close()
 
