@@ -22,7 +22,6 @@ app = typer.Typer(
 )
 
 
-
 @app.callback()
 def _root() -> None:
     """Find, explain and prevent silent hangs of AMQP (Celery) consumers."""

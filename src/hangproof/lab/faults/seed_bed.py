@@ -21,7 +21,9 @@ from __future__ import annotations
 
 import contextlib
 from concurrent.futures import ThreadPoolExecutor
+from typing import Any
 
+from hangproof.errors import HangproofError
 from hangproof.lab import network, processes
 from hangproof.lab.faults import FaultTarget
 from hangproof.lab.lab import Lab, Progress, quiet
@@ -162,3 +164,30 @@ def close_client_connections(node: RabbitNode, keep_hosts: tuple[str, ...], reas
         return 0
     with ThreadPoolExecutor(max_workers=min(len(pids), MAX_PARALLEL_CLOSES)) as pool:
         return sum(pool.map(close, pids))
+
+
+class SeedBedFault:
+    """Base of the faults that act on the seed lab's VIP, with clients on n1.
+
+    ``prepare()`` pins the VIP on n2, so the clients connect through n2's DNAT;
+    ``close()`` leaves the VIP nowhere, with no neighbour or conntrack entry.
+    """
+
+    name = ""
+
+    def __init__(self, target: FaultTarget) -> None:
+        if target.lab is None:
+            raise HangproofError(f"{self.name} needs the seed lab (faults.seed_bed.SeedBed)")
+        self.target = target
+        self.lab: Lab = target.lab
+        #: What the fault saw or did, for the matrix's cell.
+        self.detail: dict[str, Any] = {}
+
+    def prepare(self) -> None:
+        """VIP on n2, n1 sends it to n2's MAC: the clients connect through n2."""
+        reset_vip(self.lab, self.target.client_node)
+        pin_vip(self.lab, FIRST_HOLDER, self.target.client_node)
+
+    def close(self) -> None:
+        """VIP nowhere, neighbour entry and the VIP's conntrack entries gone."""
+        reset_vip(self.lab, self.target.client_node)

@@ -16,31 +16,21 @@ n3's MAC (what the gratuitous ARP does). No heal: the VIP stays on n3.
 
 from __future__ import annotations
 
-from typing import Any
-
-from hangproof.errors import HangproofError
 from hangproof.lab.faults import SEED_LAB, FaultTarget
-from hangproof.lab.faults.seed_bed import FIRST_HOLDER, NEXT_HOLDER, pin_vip, reset_vip
+from hangproof.lab.faults.seed_bed import (
+    FIRST_HOLDER,
+    NEXT_HOLDER,
+    SeedBedFault,
+    pin_vip,
+)
 
 BED = SEED_LAB
 
 
-class VipFailover:
+class VipFailover(SeedBedFault):
     """Move the VIP from n2 to n3 under connected clients."""
 
     name = "vip-failover"
-
-    def __init__(self, target: FaultTarget) -> None:
-        if target.lab is None:
-            raise HangproofError("vip-failover needs the seed lab (faults.seed_bed.SeedBed)")
-        self.target = target
-        self.lab = target.lab
-        self.detail: dict[str, Any] = {}
-
-    def prepare(self) -> None:
-        """VIP on n2, n1 sends it to n2's MAC: the clients connect through n2."""
-        reset_vip(self.lab, self.target.client_node)
-        pin_vip(self.lab, FIRST_HOLDER, self.target.client_node)
 
     def inject(self) -> None:
         """VIP off n2, onto n3; n1's neighbour entry follows (gratuitous ARP)."""
@@ -49,10 +39,6 @@ class VipFailover:
 
     def heal(self) -> None:
         """Nothing to heal: the VIP stays on n3, where new connections are DNATed."""
-
-    def close(self) -> None:
-        """VIP nowhere, neighbour entry and the VIP's conntrack entries gone."""
-        reset_vip(self.lab, self.target.client_node)
 
 
 def make(target: FaultTarget) -> VipFailover:

@@ -27,9 +27,12 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-from hangproof.errors import HangproofError
 from hangproof.lab.faults import SEED_LAB, FaultTarget
-from hangproof.lab.faults.seed_bed import FIRST_HOLDER, close_client_connections, pin_vip, reset_vip
+from hangproof.lab.faults.seed_bed import (
+    FIRST_HOLDER,
+    SeedBedFault,
+    close_client_connections,
+)
 
 BED = SEED_LAB
 #: How long we wait for a reconnecting SYN (Celery retries at once; kombu's
@@ -37,23 +40,10 @@ BED = SEED_LAB
 TRIGGER_TIMEOUT = 20.0
 
 
-class VipRace:
+class VipRace(SeedBedFault):
     """Close the clients' links while the VIP is nowhere; add it on their node mid-SYN."""
 
     name = "vip-race"
-
-    def __init__(self, target: FaultTarget) -> None:
-        if target.lab is None:
-            raise HangproofError("vip-race needs the seed lab (faults.seed_bed.SeedBed)")
-        self.target = target
-        self.lab = target.lab
-        #: What the trigger saw: source port of the wedged SYN, seconds to catch it.
-        self.detail: dict[str, Any] = {}
-
-    def prepare(self) -> None:
-        """VIP on n2, n1 sends it to n2's MAC: the clients connect through n2."""
-        reset_vip(self.lab, self.target.client_node)
-        pin_vip(self.lab, FIRST_HOLDER, self.target.client_node)
 
     def inject(self) -> None:
         """VIP leaves n2, the broker drops the clients, VIP lands on n1 mid-SYN."""
@@ -93,10 +83,6 @@ class VipRace:
 
     def heal(self) -> None:
         """Nothing to heal: the VIP is on the clients' node and new connections are DNATed."""
-
-    def close(self) -> None:
-        """VIP nowhere, neighbour entry and the VIP's conntrack entries gone."""
-        reset_vip(self.lab, self.target.client_node)
 
 
 def make(target: FaultTarget) -> VipRace:
