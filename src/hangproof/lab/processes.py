@@ -2,7 +2,7 @@
 
 Each process gets its own session (so its process group id is its pid). Stopping
 sends SIGTERM to that group, waits a bounded time, then SIGKILL. We never look
-processes up by name (no pkill/killall): only what we started, by its pid.
+processes up by name or pattern: only what we started, by its pid.
 """
 
 from __future__ import annotations
