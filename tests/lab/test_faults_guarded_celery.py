@@ -23,6 +23,9 @@ STALL = 4.0
 #: Reconnect time after heal: backoff steps plus Celery's consumer restart on
 #: 2 cores (measured 2-8 s); generous so a slow CI box is not a false failure.
 RECONNECT = 20.0
+#: Detection is counted from the start of inject(), which for some faults
+#: includes rabbitmqctl (1-2 s on a loaded 2-core box): slack on top of STALL.
+DETECT_SLACK = 4.0
 
 
 @pytest.fixture(scope="module")
@@ -52,7 +55,7 @@ def test_guarded_celery_recovers_without_loss(
     )
     print(cell)
     assert cell.worker_alive, cell.notes
-    assert cell.detect_s is not None and cell.detect_s <= STALL + 2, cell
+    assert cell.detect_s is not None and cell.detect_s <= STALL + DETECT_SLACK, cell
     assert cell.resume_s != "HANG" and float(cell.resume_s or 0) <= STALL + RECONNECT, cell
     assert cell.published > 0
     assert cell.lost == 0, cell
