@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from hangproof.lab.lab import Lab
+from hangproof.lab.rabbitmq import RabbitNode
 from hangproof.lab.topology import Topology
 
 #: Tests use their own lab name, so a developer's `hplab` is never touched.
@@ -37,3 +38,17 @@ def seed_lab() -> Iterator[Lab]:
         yield lab
     finally:
         lab.down()
+
+
+@pytest.fixture(scope="module")
+def rabbit(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[RabbitNode]:
+    """A real RabbitMQ on loopback (private epmd/dist ports), one per test module."""
+    name = request.module.__name__.rpartition(".")[2].removeprefix("test_")
+    node = RabbitNode(name, tmp_path_factory.mktemp("rabbit"))
+    try:
+        node.start(timeout=90)
+        yield node
+    finally:
+        node.stop()

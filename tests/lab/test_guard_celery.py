@@ -11,63 +11,21 @@ Workers are started by pid and stopped by pid in finalizers.
 
 from __future__ import annotations
 
-import json
 import os
-import sys
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from guard_workers import health, start_worker
 
 from hangproof.lab import processes
-from hangproof.lab.rabbitmq import RabbitNode, free_port
+from hangproof.lab.rabbitmq import RabbitNode
 
 pytestmark = [pytest.mark.lab, pytest.mark.timeout(300)]
 
 STALL = 3.0
-
-
-@pytest.fixture(scope="module")
-def rabbit(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RabbitNode]:
-    node = RabbitNode("guardtest", tmp_path_factory.mktemp("rabbit"))
-    try:
-        node.start(timeout=90)
-        yield node
-    finally:
-        node.stop()
-
-
-def start_worker(
-    rabbit: RabbitNode, tmp: Path, pool: str, name: str, *, guard: bool = True
-) -> tuple[int, int, Path, Path]:
-    port = free_port()
-    ledger = tmp / f"{name}.ledger"
-    log = tmp / f"{name}.log"
-    env = {
-        "HANGPROOF_BROKER_URL": rabbit.url,
-        "HANGPROOF_GUARD": "1" if guard else "0",
-        "HANGPROOF_STALL_TIMEOUT": str(STALL),
-        "HANGPROOF_LIVENESS_PORT": str(port),
-        "HANGPROOF_LEDGER": str(ledger),
-        "HANGPROOF_PREFETCH": "1",
-    }
-    argv = [sys.executable, "-m", "celery", "-A", "hangproof.guard.sample_app", "worker"]
-    argv += ["-P", pool, "-c", "4", "-n", f"{name}@%h", "-Q", name, "--loglevel=INFO"]
-    proc = processes.spawn(argv, env=env, log=log)
-    return proc.pid, port, ledger, log
-
-
-def health(port: int, path: str = "/healthz") -> tuple[int, dict]:
-    try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=2) as r:
-            return r.status, json.loads(r.read())
-    except urllib.error.HTTPError as e:
-        return e.code, json.loads(e.read() or b"{}")
-    except OSError:
-        return 0, {}
 
 
 def wait_ready(port: int, pid: int, limit: float = 60) -> float:
@@ -100,7 +58,7 @@ def metric(port: int, name: str) -> float:
 @pytest.mark.parametrize("pool", ["prefork", "gevent"])
 def test_long_tasks_are_not_a_stall(rabbit: RabbitNode, tmp_path: Path, pool: str) -> None:
     name = f"long-{pool}"
-    pid, port, ledger, log = start_worker(rabbit, tmp_path, pool, name)
+    pid, port, ledger, log = start_worker(rabbit, tmp_path, name, stall=STALL, pool=pool)
     try:
         wait_ready(port, pid)
         app = producer(rabbit)
@@ -137,7 +95,7 @@ def test_resource_locked_pidbox_is_survived(rabbit: RabbitNode, tmp_path: Path) 
     channel = holder.channel()
     # What the dead connection of the worker's previous life still holds.
     Queue(f"{hostname}.celery.pidbox", exclusive=True, channel=channel).declare()
-    pid, port, ledger, log = start_worker(rabbit, tmp_path, "prefork", "locked")
+    pid, port, ledger, log = start_worker(rabbit, tmp_path, "locked", stall=STALL)
     try:
         time.sleep(8)  # several ResourceLocked rounds
         assert processes.pid_alive(pid), "the worker exited on ResourceLocked"

@@ -24,23 +24,21 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import sys
 import threading
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from celery import Celery
+from guard_workers import health, start_worker
 from kombu import Connection, Exchange, Producer, Queue
 
 from hangproof.celery import harden
 from hangproof.failure import Policy
 from hangproof.guard.transport import BrokerBlocked, PublishError
 from hangproof.lab import processes
-from hangproof.lab.rabbitmq import RabbitNode, free_port
+from hangproof.lab.rabbitmq import RabbitNode
 
 pytestmark = [pytest.mark.lab, pytest.mark.timeout(300)]
 
@@ -50,16 +48,6 @@ PUBLISH_TIMEOUT = float(POLICY.publish_timeout or 0)
 SLACK = 2.0  # scheduling slack on a loaded 2-core box
 ALARM_WATERMARK = "0.0000001"
 NORMAL_WATERMARK = "0.4"  # what RabbitNode configures
-
-
-@pytest.fixture(scope="module")
-def rabbit(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RabbitNode]:
-    node = RabbitNode("memalarm", tmp_path_factory.mktemp("rabbit"))
-    try:
-        node.start(timeout=90)
-        yield node
-    finally:
-        node.stop()
 
 
 def alarm_active(node: RabbitNode) -> bool:
@@ -91,33 +79,6 @@ def queue_depth(node: RabbitNode, name: str) -> int:
         if len(parts) == 2 and parts[0] == name:
             return int(parts[1])
     return -1
-
-
-def health(port: int) -> tuple[int, dict]:
-    try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=2) as r:
-            return r.status, json.loads(r.read())
-    except urllib.error.HTTPError as e:
-        return e.code, json.loads(e.read() or b"{}")
-    except OSError:
-        return 0, {}
-
-
-def start_worker(rabbit: RabbitNode, tmp: Path, queue: str) -> tuple[int, int, Path, Path]:
-    port = free_port()
-    ledger, log = tmp / "worker.ledger", tmp / "worker.log"
-    env = {
-        "HANGPROOF_BROKER_URL": rabbit.url,
-        "HANGPROOF_GUARD": "1",
-        "HANGPROOF_STALL_TIMEOUT": str(STALL),
-        "HANGPROOF_LIVENESS_PORT": str(port),
-        "HANGPROOF_LEDGER": str(ledger),
-        "HANGPROOF_PREFETCH": "1",
-    }
-    argv = [sys.executable, "-m", "celery", "-A", "hangproof.guard.sample_app", "worker"]
-    argv += ["-P", "prefork", "-c", "2", "-n", f"{queue}@%h", "-Q", queue, "--loglevel=INFO"]
-    proc = processes.spawn(argv, env=env, log=log)
-    return proc.pid, port, ledger, log
 
 
 def wait_for(predicate, limit: float, what: str) -> float:  # type: ignore[no-untyped-def]
@@ -191,7 +152,7 @@ def test_memory_alarm_guarded_publish_fails_clearly(
     rabbit: RabbitNode, memory_alarm: RabbitNode, tmp_path: Path
 ) -> None:
     report: dict[str, str] = {}
-    pid, port, ledger, log = start_worker(rabbit, tmp_path, "memq")
+    pid, port, ledger, log = start_worker(rabbit, tmp_path, "memq", stall=STALL, concurrency=2)
     stock_plain = Connection(rabbit.url)
     stock_confirm = Connection(rabbit.url, transport_options={"confirm_publish": True})
     guarded = Connection(
