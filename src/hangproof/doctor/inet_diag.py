@@ -167,20 +167,10 @@ def _parse_msg(view: memoryview, start: int, stop: int) -> TcpSocket:
             break  # nothing after tcp_info is needed
         attr += (alen + 3) & ~3
     if info is None:
-        return TcpSocket(
-            state_name,
-            src,
-            socket.ntohs(sport),
-            dst,
-            socket.ntohs(dport),
-            rqueue,
-            wqueue,
-            inode,
-            uid,
-            retransmits=retrans,
-            has_tcp_info=False,
-        )
-    unacked, last_sent, last_recv, last_ack, acked, received, sent = info
+        tcp: tuple[int, ...] = ()  # no tcp_info: the model's defaults, flagged below
+    else:
+        unacked, last_sent, last_recv, last_ack, acked, received, sent = info
+        tcp = (received, acked, sent, last_recv, last_sent, last_ack, unacked)
     return TcpSocket(
         state_name,
         src,
@@ -191,15 +181,9 @@ def _parse_msg(view: memoryview, start: int, stop: int) -> TcpSocket:
         wqueue,
         inode,
         uid,
-        received,
-        acked,
-        sent,
-        last_recv,
-        last_sent,
-        last_ack,
-        unacked,
-        retrans,
-        True,
+        *tcp,
+        retransmits=retrans,
+        has_tcp_info=info is not None,
     )
 
 
