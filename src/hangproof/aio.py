@@ -266,7 +266,7 @@ def _blocked(channel: Any) -> bool:
     :mod:`hangproof.guard.upstream`, which raises ``UpstreamChanged`` if it
     is gone rather than saying "not blocked".
     """
-    link = _current_link(upstream.aio_channel_connection(channel))
+    link = upstream.aio_channel_link(channel)
     return link is not None and upstream.aiormq_blocked(link)
 
 

@@ -138,6 +138,7 @@ def test_accessors_raise_instead_of_returning_none() -> None:
         upstream.aiormq_last_frame_time,
         upstream.aiormq_blocked,
         upstream.aio_channel_connection,
+        upstream.aio_channel_link,
     ):
         with pytest.raises(UpstreamChanged):
             accessor(object())

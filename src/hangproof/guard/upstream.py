@@ -36,7 +36,7 @@ and highest release of each range in pyproject: amqp 5.2.0 and 5.4.2, kombu
 | celery | ``Celery._connection`` | method, source checked | it builds every broker connection from ``app.amqp.Connection`` (front door: ``amqp_cls``), which carries the policy's reconnect intervals | the worker reconnects with kombu's 2 s, +2 s, max 30 s |
 | aiormq | ``Connection.__last_frame_time`` (``_Connection__last_frame_time``) | name-mangled instance attr, read | aiormq stamps every inbound frame there; no public accessor | the aio watchdog never sees a silent link (aiormq's own check waits 3 × (heartbeat + 1)) |
 | aiormq | ``Connection.__connection_unblocked`` (``_Connection__connection_unblocked``) | name-mangled asyncio.Event, read | aiormq's connection.blocked state; no public accessor | ``hangproof.aio.publish`` waits ``publish_timeout`` instead of raising ``BrokerBlocked`` at once |
-| aio-pika | ``Channel._connection`` | instance attr, read | a channel's connection (for the aiormq state above and the policy); aio-pika has no public attribute | ``publish`` cannot see connection.blocked |
+| aio-pika | ``Channel._connection`` | instance attr, read | a channel's connection (for the aiormq state above and the policy): the aiormq connection in 9.x, the aio-pika one in 10.x; no public attribute | ``publish`` cannot see connection.blocked |
 
 Public but undocumented hooks are checked too (a rename would equally weaken
 the guard): py-amqp ``Connection.blocking_read``, ``Connection.Transport``,
@@ -233,12 +233,39 @@ def aiormq_blocked(connection: Any) -> bool:
     return not event.is_set()
 
 
-def aio_channel_connection(channel: Any) -> Any:
-    """The aio-pika connection of an aio-pika channel (``Channel._connection``)."""
+def _channel_holds(channel: Any) -> Any:
     try:
         return channel._connection
     except AttributeError:
         raise _fail("aio-pika", "Channel._connection (a channel's connection)") from None
+
+
+def aio_channel_link(channel: Any) -> Any:
+    """The aiormq connection under an aio-pika channel now (None while reconnecting).
+
+    ``Channel._connection`` holds the aiormq connection in aio-pika 9 (a
+    RobustChannel swaps it on reconnect) and the aio-pika connection in 10.
+    """
+    import aiormq.abc
+
+    held = _channel_holds(channel)
+    if isinstance(held, aiormq.abc.AbstractConnection):
+        return held
+    try:
+        transport = held.transport
+    except AttributeError:
+        raise _fail(
+            "aio-pika", "Channel._connection is neither an aiormq nor an aio-pika connection"
+        ) from None
+    return None if transport is None else transport.connection
+
+
+def aio_channel_connection(channel: Any) -> Any:
+    """The aio-pika connection of a channel, or None where aio-pika does not keep it (9.x)."""
+    import aiormq.abc
+
+    held = _channel_holds(channel)
+    return None if isinstance(held, aiormq.abc.AbstractConnection) else held
 
 
 # -- the start-up check ----------------------------------------------------------
@@ -443,18 +470,31 @@ def _aiormq_names() -> str | None:
 
 
 def _aio_pika_names() -> str | None:
-    from aio_pika import channel, connection, robust_connection
+    from aio_pika import connection, robust_connection
 
     async def probe() -> str | None:
+        import types
+
+        import aiormq
+
         robust = robust_connection.RobustConnection(connection.make_url("amqp://127.0.0.1:1/"))
-        return _has(robust, "transport", "is_closed", "close", "reconnect_callbacks")
+        problem = _has(robust, "transport", "is_closed", "close", "reconnect_callbacks")
+        if problem:
+            return problem
+        # Behaviour: a channel of a connection whose (public) transport holds
+        # this aiormq link must lead back to that link.
+        link = aiormq.Connection("amqp://guest:guest@127.0.0.1:1/")
+        robust.transport = types.SimpleNamespace(connection=link)
+        if aio_channel_link(robust.channel()) is not link:
+            return "a channel no longer leads to its aiormq connection (Channel._connection)"
+        return None
 
     problem = _has(connection, "make_url")
     if problem:
         return problem
     if "timeout" not in inspect.signature(robust_connection.RobustConnection.connect).parameters:
         return "RobustConnection.connect takes no timeout"
-    return _in_own_loop(probe) or _source_has(channel.Channel.__init__, "self._connection")
+    return _in_own_loop(probe)
 
 
 REQUIREMENTS: tuple[Requirement, ...] = (
