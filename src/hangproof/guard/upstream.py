@@ -19,7 +19,9 @@ raise it too, instead of returning a silent ``None``.
 Versions checked: every name was verified (by :func:`check`) on the lowest
 and highest release of each range in pyproject: amqp 5.2.0 and 5.4.2, kombu
 5.3.0 and 5.7.0, celery 5.3.0 and 5.7.0, aiormq 6.7.1 and 7.2.4, aio-pika
-9.0.0 and 10.2.1.
+9.0.0 and 10.2.1 (the lowest five installed together over the highest's
+other dependencies; the unit tests and the aio two-freeze lab test pass on
+both sets). When you add a version, run ``check`` on it and add it here.
 
 | package | name | kind | why the guard needs it | without it |
 |---|---|---|---|---|
@@ -34,7 +36,7 @@ and highest release of each range in pyproject: amqp 5.2.0 and 5.4.2, kombu
 | amqp | ``Channel._confirm_selected`` | instance attr, read + set | py-amqp's own "confirm.select sent" flag, kept in step with ours | confirm.select sent twice, or never |
 | kombu | ``Connection._connection`` | instance attr, read | the py-amqp connection *without* connecting (``.connection`` dials when closed) | the watchdog thread could dial the broker just by looking at the clock |
 | celery | ``Celery._connection`` | method, source checked | it builds every broker connection from ``app.amqp.Connection`` (front door: ``amqp_cls``), which carries the policy's reconnect intervals | the worker reconnects with kombu's 2 s, +2 s, max 30 s |
-| aiormq | ``Connection.__last_frame_time`` (``_Connection__last_frame_time``) | name-mangled instance attr, read | aiormq stamps every inbound frame there; no public accessor | the aio watchdog never sees a silent link (aiormq's own check waits 3 × (heartbeat + 1)) |
+| aiormq | ``Connection.__last_frame_time`` (``_Connection__last_frame_time``) | name-mangled instance attr, read (``__reader``'s source checked: it must still stamp it per frame) | aiormq stamps every inbound frame there; no public accessor | the aio watchdog never sees a silent link (aiormq's own check waits 3 × (heartbeat + 1)) |
 | aiormq | ``Connection.__connection_unblocked`` (``_Connection__connection_unblocked``) | name-mangled asyncio.Event, read | aiormq's connection.blocked state; no public accessor | ``hangproof.aio.publish`` waits ``publish_timeout`` instead of raising ``BrokerBlocked`` at once |
 | aio-pika | ``Channel._connection`` | instance attr, read | a channel's connection (for the aiormq state above and the policy): the aiormq connection in 9.x, the aio-pika one in 10.x; no public attribute | ``publish`` cannot see connection.blocked |
 
