@@ -487,8 +487,12 @@ def _aio_pika_names() -> str | None:
         # this aiormq link must lead back to that link.
         link = aiormq.Connection("amqp://guest:guest@127.0.0.1:1/")
         robust.transport = types.SimpleNamespace(connection=link)
-        if aio_channel_link(robust.channel()) is not link:
-            return "a channel no longer leads to its aiormq connection (Channel._connection)"
+        try:
+            if aio_channel_link(robust.channel()) is not link:
+                return "a channel no longer leads to its aiormq connection (Channel._connection)"
+        finally:
+            robust.transport = None  # nothing to close: it never connected
+            await robust.close()
         return None
 
     problem = _has(connection, "make_url")
