@@ -10,8 +10,19 @@ This wrapper:
 - also bounds the first connect with ``asyncio.timeout`` over everything,
   retrying with the policy's backoff; a failed attempt's connection is
   closed, so its background reconnect task cannot outlive the call;
-- runs a heartbeat-silence watchdog: if no frame arrives from the broker for
-  ``stall_timeout``, the transport is closed so the robust reconnect begins.
+- gives up on the *first* connection after ``give_up_after`` seconds in all
+  (default ``policy.recover_timeout``, 4 x stall_timeout = 60 s), raising
+  ``TimeoutError``: bounded by default. ``give_up_after=None`` retries
+  forever, as ``aio_pika.connect_robust`` does;
+- runs a heartbeat-silence watchdog for the connection's whole life, across
+  reconnects: if no frame arrives from the broker for ``stall_timeout``, the
+  current link is closed so the robust reconnect begins; each detection and
+  reconnect is kept in ``connection.hangproof_events``.
+
+Needs aio-pika (and its aiormq), not kombu or Celery. Private aiormq and
+aio-pika names are read through :mod:`hangproof.guard.upstream` and checked
+when :func:`connect_robust` or :func:`publish` first runs: an aiormq that
+renamed them raises ``UpstreamChanged`` instead of a watchdog that goes quiet.
 
 Publishing: aio-pika channels use publisher confirms by default, but aiormq
 waits *forever* for connection.unblocked before it writes a publish, and for
@@ -33,55 +44,101 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
+from collections import deque
 from typing import Any
 
 from aio_pika.connection import make_url
 from aio_pika.robust_connection import RobustConnection
 
 from hangproof.failure import Policy
-from hangproof.guard.transport import BrokerBlocked, PublishTimeout
+from hangproof.guard import upstream
+from hangproof.guard.errors import BrokerBlocked, PublishTimeout
 
 logger = logging.getLogger("hangproof.guard")
 
 __all__ = ["GuardedRobustConnection", "connect_robust", "publish"]
 
+#: Events kept per connection (``hangproof_events``); bounded in memory.
+MAX_EVENTS = 200
+
 
 class GuardedRobustConnection(RobustConnection):
-    """aio-pika RobustConnection carrying the guard's policy."""
+    """aio-pika RobustConnection carrying the guard's policy and its watchdog.
+
+    ``hangproof_events`` lists what the watchdog saw, oldest first: dicts with
+    ``kind`` (``stall-detected``, ``reconnected``), ``at`` (wall clock),
+    ``monotonic`` and details. The watchdog lives until :meth:`close`.
+    """
 
     hangproof_policy: Policy = Policy()
 
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.hangproof_events: deque[dict[str, Any]] = deque(maxlen=MAX_EVENTS)
+        self.hangproof_watchdog: asyncio.Task[None] | None = None
 
-def _last_frame_age(connection: Any) -> float | None:
-    # aiormq 7.2.4 stamps every received frame in the private
-    # Connection.__last_frame_time (loop.time()); no public accessor exists.
-    # Read defensively: if a later aiormq renames it, the watchdog goes quiet
-    # (tests/unit/test_guard_aio.py fails) rather than firing falsely.
-    transport = getattr(connection, "transport", None)
-    amqp = getattr(transport, "connection", None)
-    value = getattr(amqp, "_Connection__last_frame_time", None)
-    if isinstance(value, int | float):
-        return asyncio.get_running_loop().time() - value
-    return None
+    def hangproof_event(self, kind: str, **detail: Any) -> None:
+        """Record (and log) one watchdog event."""
+        self.hangproof_events.append(
+            {"kind": kind, "at": time.time(), "monotonic": time.monotonic(), **detail}
+        )
+        logger.warning("hangproof.guard: %s %s", kind, detail)
+
+    async def close(self, *args: Any, **kwargs: Any) -> None:
+        # The watchdog must outlive every reconnect (aio-pika runs
+        # close_callbacks on each lost link), so it stops here, on the
+        # user's close only.
+        watchdog, self.hangproof_watchdog = self.hangproof_watchdog, None
+        if watchdog is not None:
+            watchdog.cancel()
+            await asyncio.gather(watchdog, return_exceptions=True)
+        await super().close(*args, **kwargs)
+
+
+def _current_link(connection: RobustConnection) -> Any:
+    """The aiormq connection aio-pika uses now, or None while it reconnects."""
+    transport = connection.transport  # aio-pika: None between two links
+    return None if transport is None else transport.connection
 
 
 async def _silence_watchdog(connection: GuardedRobustConnection, policy: Policy) -> None:
-    """Close a link that has been silent for ``stall_timeout`` (bounded by connection life)."""
+    """Close a link that has been silent for ``stall_timeout``, on every link in turn.
+
+    Runs until the connection is closed by its user (cancelled in
+    :meth:`GuardedRobustConnection.close`), across any number of reconnects.
+    """
     interval = float(policy.watchdog_interval or 1.0)
+    loop = asyncio.get_running_loop()
+    closing: set[asyncio.Task[Any]] = set()
     while not connection.is_closed:
         await asyncio.sleep(interval)
-        age = _last_frame_age(connection)
-        # silence_limit leaves room for this loop's own period: detection
-        # happens within stall_timeout, not one interval after it.
-        if age is not None and age > policy.silence_limit:
-            logger.warning(
-                "hangproof.guard: stall-detected link-silent: no frame for %.1f s; reconnecting",
-                age,
+        try:
+            link = _current_link(connection)
+            if link is None or link.is_closed:
+                continue  # reconnecting: aio-pika bounds each attempt by the deadline
+            age = loop.time() - upstream.aiormq_last_frame_time(link)
+            # silence_limit leaves room for this loop's own period: detection
+            # happens within stall_timeout, not one interval after it.
+            if age <= policy.silence_limit:
+                continue
+            connection.hangproof_event(
+                "stall-detected", detection="link-silent", silent_seconds=round(age, 3)
             )
-            transport = getattr(connection, "transport", None)
-            amqp = getattr(transport, "connection", None)
-            with contextlib.suppress(Exception):
-                await amqp.close(ConnectionError(f"no frame from the broker for {age:.1f} s"))
+            # Closing a link whose broker is frozen sends Close and waits for
+            # Close-Ok (aiormq bounds that by ~2 s). It runs as its own task,
+            # never cancelled half-way: a cancelled close could leave the
+            # link neither open nor closed, and aio-pika would not reconnect.
+            task = loop.create_task(
+                link.close(ConnectionError(f"no frame from the broker for {age:.1f} s"))
+            )
+            closing.add(task)
+            task.add_done_callback(closing.discard)
+            await asyncio.wait({task}, timeout=float(policy.handshake_deadline or 7.5))
+        except asyncio.CancelledError:
+            raise
+        except Exception:  # one bad round must not end the watchdog
+            logger.exception("hangproof.guard: aio watchdog round failed")
 
 
 #: make_url()'s keywords; aio_pika.connect_robust passes the rest to both.
@@ -91,7 +148,12 @@ _CLASS_KEYS = ("loop", "ssl_context", "client_properties")
 
 
 async def _connect_once(
-    url: str, connection_class: type[GuardedRobustConnection], deadline: float, kwargs: dict
+    url: str,
+    connection_class: type[GuardedRobustConnection],
+    deadline: float,
+    kwargs: dict,
+    *,
+    bound: float | None = None,
 ) -> GuardedRobustConnection:
     """One first-connect attempt that cannot outlive ``deadline``.
 
@@ -108,7 +170,7 @@ async def _connect_once(
     rest = {k: v for k, v in kwargs.items() if k not in _URL_KEYS and k not in _CLASS_KEYS}
     connection = connection_class(make_url(url, **url_kwargs, **rest), **class_kwargs, **rest)
     try:
-        async with asyncio.timeout(deadline):
+        async with asyncio.timeout(deadline if bound is None else min(deadline, bound)):
             # aio-pika also bounds aiormq's connect by ``timeout`` and keeps
             # it for every later reconnect.
             await connection.connect(timeout=deadline)
@@ -125,35 +187,71 @@ async def _close_quietly(connection: RobustConnection, deadline: float) -> None:
             await connection.close()
 
 
+#: ``give_up_after``'s default: the policy's ``recover_timeout``.
+RECOVER_TIMEOUT: Any = object()
+
+
 async def connect_robust(
-    url: str, policy: Policy | None = None, **kwargs: Any
+    url: str,
+    policy: Policy | None = None,
+    *,
+    give_up_after: float | None = RECOVER_TIMEOUT,
+    **kwargs: Any,
 ) -> GuardedRobustConnection:
     """Like ``aio_pika.connect_robust``, but no step can wait forever.
 
-    The first connection is retried with ``policy.backoff`` until it succeeds
-    (or ``backoff.max_retries`` is exhausted). The heartbeat is the policy's.
+    **Bounded by default.** The first connection is retried with
+    ``policy.backoff`` (each attempt bounded by ``handshake_deadline``) for at
+    most ``give_up_after`` seconds in all, default ``policy.recover_timeout``
+    (60 s at ``stall_timeout=15``), then ``TimeoutError``; also after
+    ``backoff.max_retries`` attempts, if set. Pass ``give_up_after=None`` to
+    retry forever (stock aio-pika's behaviour). Once connected, reconnects
+    are aio-pika's, each bounded by ``handshake_deadline``, forever, with the
+    silence watchdog on every link. The heartbeat is the policy's.
+
+        >>> async def main():
+        ...     connection = await connect_robust(url, Policy(stall_timeout=15))
+        ...     async with connection:
+        ...         ...  # a frozen broker is noticed within 15 s, link after link
     """
+    upstream.check("aiormq")
+    upstream.check("aio-pika")
     policy = policy or Policy()
     connection_class = type(
         "GuardedRobustConnection", (GuardedRobustConnection,), {"hangproof_policy": policy}
     )
     kwargs.setdefault("heartbeat", policy.heartbeat)
     deadline = float(policy.handshake_deadline or 7.5)
+    if give_up_after is RECOVER_TIMEOUT:
+        give_up_after = float(policy.recover_timeout or 4 * policy.stall_timeout)
+    loop = asyncio.get_running_loop()
+    give_up_at = None if give_up_after is None else loop.time() + give_up_after
     attempt = 0
     while True:
         try:
-            connection = await _connect_once(url, connection_class, deadline, kwargs)
+            bound = deadline if give_up_at is None else min(deadline, give_up_at - loop.time())
+            connection = await _connect_once(
+                url, connection_class, deadline, kwargs, bound=max(0.001, bound)
+            )
             break
         except (TimeoutError, OSError, ConnectionError) as exc:
             retries = policy.backoff.max_retries
             if retries is not None and attempt >= retries:
                 raise
             delay = policy.backoff.delay(attempt)
+            if give_up_at is not None and loop.time() + delay >= give_up_at:
+                raise TimeoutError(
+                    f"hangproof.aio.connect_robust: no broker connection within "
+                    f"{give_up_after:g} s ({attempt + 1} attempts; last: {type(exc).__name__}); "
+                    "pass give_up_after=None to retry forever"
+                ) from exc
             logger.warning("hangproof.guard: connect failed (%r); retrying in %.1f s", exc, delay)
             attempt += 1
             await asyncio.sleep(delay)
-    task = asyncio.get_running_loop().create_task(_silence_watchdog(connection, policy))
-    connection.close_callbacks.add(lambda *_: task.cancel())
+    connection.reconnect_callbacks.add(
+        lambda *_: connection.hangproof_event("reconnected")  # type: ignore[attr-defined]
+    )
+    connection.hangproof_watchdog = loop.create_task(_silence_watchdog(connection, policy))
     return connection  # type: ignore[return-value]
 
 
@@ -161,22 +259,15 @@ async def connect_robust(
 _BLOCKED_POLL = 0.05
 
 
-def _channel_connection(channel: Any) -> Any:
-    # aio-pika 10.2.1 keeps the channel's connection in ``_connection``.
-    return getattr(channel, "connection", None) or getattr(channel, "_connection", None)
-
-
 def _blocked(channel: Any) -> bool:
     """True when aiormq has seen connection.blocked and not yet unblocked.
 
-    aiormq 7.2.4 keeps it in the private Event ``__connection_unblocked`` (no
-    public accessor); if a later aiormq renames it, this says "not blocked"
-    and the publish is still bounded by the timeout.
+    aiormq keeps it in a private Event (no public accessor), read through
+    :mod:`hangproof.guard.upstream`, which raises ``UpstreamChanged`` if it
+    is gone rather than saying "not blocked".
     """
-    amqp = getattr(_channel_connection(channel), "transport", None)
-    amqp = getattr(amqp, "connection", None)
-    event = getattr(amqp, "_Connection__connection_unblocked", None)
-    return isinstance(event, asyncio.Event) and not event.is_set()
+    link = upstream.aio_channel_link(channel)
+    return link is not None and upstream.aiormq_blocked(link)
 
 
 async def publish(
@@ -192,11 +283,13 @@ async def publish(
 
     ``channel`` is an aio-pika channel (publisher confirms on, the default);
     ``exchange`` defaults to the channel's default exchange. Raises
-    :class:`~hangproof.guard.transport.BrokerBlocked` at once while the broker
-    blocks the connection, :class:`~hangproof.guard.transport.PublishTimeout`
+    :class:`~hangproof.guard.errors.BrokerBlocked` at once while the broker
+    blocks the connection, :class:`~hangproof.guard.errors.PublishTimeout`
     when no confirm arrives in time (the message may or may not be queued).
     """
-    connection = _channel_connection(channel)
+    upstream.check("aiormq")
+    upstream.check("aio-pika")
+    connection = upstream.aio_channel_connection(channel)
     policy = policy or getattr(connection, "hangproof_policy", None) or Policy()
     limit = float(policy.publish_timeout or 7.5)
     reason = "connection blocked by the broker (aiormq)"

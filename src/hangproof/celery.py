@@ -22,6 +22,7 @@ from celery import Celery
 from kombu.utils.imports import symbol_by_name
 
 from hangproof.failure import Policy
+from hangproof.guard import connection, upstream
 from hangproof.guard.celery_steps import (
     APP_ATTRIBUTE,
     GuardConsumerMixin,
@@ -105,6 +106,12 @@ def harden(
       ``broker_connection_timeout=None``);
     - a consumer bootstep watchdog, and a consumer subclass that survives
       ``ResourceLocked`` on reconnect;
+    - broker connections that reconnect with the policy's backoff (a kombu
+      ``Connection`` subclass, given through the app's ``amqp_cls``);
+    - fails closed: if celery, kombu or py-amqp no longer has a private name
+      the guard relies on, raises
+      :class:`~hangproof.guard.upstream.UpstreamChanged` (package, version,
+      what is missing) instead of configuring a weaker guard;
     - ``late_acks=True`` also sets ``task_acks_late`` and
       ``task_reject_on_worker_lost`` (at-least-once: a task interrupted by a
       lost worker or connection runs again, so it must be idempotent);
@@ -117,6 +124,8 @@ def harden(
     >>> harden(Celery("p", broker="amqp://localhost//"), Policy(stall_timeout=3)).heartbeat
     3
     """
+    for package in ("celery", "kombu", "amqp"):
+        upstream.check(package)
     policy = policy or Policy()
     conf = app.conf
     backoff = policy.backoff
@@ -157,6 +166,10 @@ def harden(
         conf.task_acks_late = True
         conf.task_reject_on_worker_lost = True
 
+    # kombu's ensure_connection defaults (2 s, +2 s, max 30 s) would apply to
+    # the consumer's reconnects; the app's connections take the intervals
+    # from the transport options above instead.
+    connection.install(app)
     base = symbol_by_name(conf.worker_consumer or "celery.worker.consumer:Consumer")
     if not issubclass(base, GuardConsumerMixin):
         conf.worker_consumer = guard_consumer_class(base)

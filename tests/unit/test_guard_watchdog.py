@@ -109,10 +109,16 @@ def test_state_forces_one_reconnect_and_counts_it() -> None:
         class _transport:
             sock = a
 
-    class KombuConn:
-        _connection = AmqpConn()
+    def kombu_conn() -> object:
+        # A real kombu Connection (its private slot is what the guard reads,
+        # checked by hangproof.guard.upstream); only py-amqp's side is a fake.
+        import kombu
 
-    state.on_connected(KombuConn())
+        conn = kombu.Connection("amqp://127.0.0.1:1//")
+        conn._connection = AmqpConn()
+        return conn
+
+    state.on_connected(kombu_conn())
     clock.now += 1
     state.tick_loop()
     assert state.check().ready
@@ -124,7 +130,7 @@ def test_state_forces_one_reconnect_and_counts_it() -> None:
     clock.now += 1
     assert state.check().action is Action.NONE  # only once per connection
     state.on_connection_error(ConnectionResetError(), Detection.CONNECTION_ERROR)
-    state.on_connected(KombuConn())
+    state.on_connected(kombu_conn())
     assert state.m_reconnects._value.get() == 1
     assert state.m_stalls.labels(detection="link-silent")._value.get() == 1
     assert state.m_stalls.labels(detection="connection-error")._value.get() == 0  # forced

@@ -11,7 +11,8 @@
     pidbox queue the broker still holds for the dead connection), instead of
     reconnecting in a tight loop (``broker_channel_error_retry=True``, set by
     harden(), is what makes the error recoverable at all);
-  - reconnects with the policy's backoff instead of kombu's 2 s..30 s.
+  - (the policy's reconnect intervals come from the app's broker connections
+    themselves: :mod:`hangproof.guard.connection`, installed by harden()).
 """
 
 from __future__ import annotations
@@ -128,22 +129,6 @@ class GuardConsumerMixin:
 
     app: Any
     hangproof_guard: GuardState
-
-    def connection_for_read(self, heartbeat: Any = None) -> Any:
-        policy, _ = guard_config(self.app)
-        conn = self.app.connection_for_read(heartbeat=heartbeat)
-        backoff = policy.backoff
-        # Celery's ensure_connected() calls conn.ensure_connection(errback,
-        # max_retries, callback=...) without intervals, so kombu's defaults
-        # (2 s, +2 s, max 30 s) apply. This instance-level partial (not a
-        # patch of kombu) gives the policy's backoff instead.
-        conn.ensure_connection = functools.partial(
-            conn.ensure_connection,
-            interval_start=backoff.initial,
-            interval_step=backoff.initial * max(0.0, backoff.factor - 1.0),
-            interval_max=backoff.maximum,
-        )
-        return self.ensure_connected(conn)  # type: ignore[attr-defined]
 
     def _guard_error(self, exc: BaseException) -> Detection:
         detection = classify_error(exc)

@@ -38,6 +38,7 @@ from prometheus_client import CollectorRegistry, Counter, Enum, Gauge, generate_
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 from hangproof.failure import Policy
+from hangproof.guard import upstream
 from hangproof.guard.transport import last_inbound_frame_at
 from hangproof.guard.watchdog import Action, Decision, Detection, Observation, decide
 
@@ -284,9 +285,7 @@ def force_reconnect(connection: Any) -> bool:
     >>> force_reconnect(None)
     False
     """
-    amqp_connection = getattr(connection, "_connection", None)
-    transport = getattr(amqp_connection, "_transport", None)
-    sock = getattr(transport, "sock", None)
+    sock = upstream.consumer_socket(connection)
     if sock is None:
         return False
     try:

@@ -57,12 +57,13 @@ from typing import Any, ClassVar
 
 import amqp
 import amqp.transport
-from amqp import spec
 from amqp.exceptions import MessageNacked
-from kombu.exceptions import OperationalError
 from kombu.transport import TRANSPORT_ALIASES, pyamqp
 
 from hangproof.failure import Policy
+from hangproof.guard import upstream
+from hangproof.guard.errors import BrokerBlocked, PublishTimeout
+from hangproof.guard.errors import PublishError as PublishError  # re-exported
 
 logger = logging.getLogger("hangproof.guard")
 
@@ -80,43 +81,6 @@ class HandshakeDeadlineExceeded(socket.timeout):
 
     A ``socket.timeout`` (so an ``OSError``), hence in kombu's and Celery's
     recoverable connection errors: they retry with backoff.
-    """
-
-
-class PublishError(OperationalError):
-    """A guarded publish failed within the policy (base class).
-
-    A kombu ``OperationalError`` (what Celery users already catch for broker
-    trouble), deliberately *not* an ``OSError``: kombu's and Celery's publish
-    retry policy does not retry it, so the caller learns within
-    ``publish_timeout`` instead of after ``max_retries`` more rounds.
-    """
-
-
-class BrokerBlocked(PublishError):
-    """The broker blocks this connection's publishes (``connection.blocked``).
-
-    >>> str(BrokerBlocked.refused("low on memory", 0.0))
-    'broker blocked publishing: low on memory (connection.blocked); publish refused after 0.0 s'
-    """
-
-    @classmethod
-    def refused(cls, reason: str, elapsed: float, *, sent: bool = False) -> BrokerBlocked:
-        if sent:
-            tail = (
-                f"publish sent but not confirmed after {elapsed:.1f} s; the broker may still "
-                "queue it when the alarm clears"
-            )
-        else:
-            tail = f"publish refused after {elapsed:.1f} s"
-        return cls(f"broker blocked publishing: {reason} (connection.blocked); {tail}")
-
-
-class PublishTimeout(PublishError):
-    """No publisher confirm within ``publish_timeout``; the connection is dropped.
-
-    The message may or may not have been queued (AMQP cannot tell): a retry
-    may duplicate it.
     """
 
 
@@ -166,9 +130,7 @@ class _FrameClock:
         # py-amqp reads through self._quick_recv (TCP) or self._quick_recv
         # over the SSL object; wrapping it bounds *every* recv, so a peer that
         # drips single bytes cannot stretch the deadline either.
-        plain_recv = getattr(self, "_quick_recv", None)
-        if plain_recv is None:
-            return
+        plain_recv = upstream.quick_recv(self)
         self._plain_recv = plain_recv
 
         def recv_with_deadline(n: int, *rest: Any) -> Any:
@@ -185,14 +147,14 @@ class _FrameClock:
                     sock.settimeout(remaining)
             return plain_recv(n, *rest)
 
-        self._quick_recv = recv_with_deadline
+        upstream.set_quick_recv(self, recv_with_deadline)
 
     def end_handshake(self) -> None:
         """Drop the per-recv deadline check once the handshake is over."""
         self.handshake_deadline_at = None
         plain = getattr(self, "_plain_recv", None)
         if plain is not None:
-            self._quick_recv = plain  # no per-frame cost after the handshake
+            upstream.set_quick_recv(self, plain)  # no per-frame cost after the handshake
 
 
 class GuardTCPTransport(_FrameClock, amqp.transport.TCPTransport):
@@ -205,7 +167,7 @@ class GuardSSLTransport(_FrameClock, amqp.transport.SSLTransport):
 
 def _guard_transport_factory(
     host: str, connect_timeout: float | None = None, ssl: Any = False, *args: Any, **kwargs: Any
-) -> amqp.transport._AbstractTransport:
+) -> _FrameClock:
     cls = GuardSSLTransport if ssl else GuardTCPTransport
     if ssl and not isinstance(ssl, dict):
         ssl = {}
@@ -296,14 +258,14 @@ class GuardChannel(pyamqp.Channel):
         if connection is not None:
             connection.poll_events()
         self._hp_refuse_if_blocked(started)
-        return self._basic_publish(*args, **kwargs)
+        return upstream.basic_publish(self, *args, **kwargs)
 
     def basic_publish_confirm(self, *args: Any, **kwargs: Any) -> Any:
         """Publish and wait for the broker's confirm, all within ``publish_timeout``."""
         started = monotonic()
         connection = self.connection
         if connection is None:
-            return self._basic_publish(*args, **kwargs)  # raises: connection closed
+            return upstream.basic_publish(self, *args, **kwargs)  # raises: connection closed
         limit = connection.publish_timeout
         for key in ("timeout", "confirm_timeout"):
             given = kwargs.pop(key, None)
@@ -312,12 +274,14 @@ class GuardChannel(pyamqp.Channel):
         at = started + limit
         connection.poll_events()
         self._hp_refuse_if_blocked(started)
-        if not self._confirm_selected:
-            self._confirm_selected = True
+        if not upstream.confirm_selected(self):
+            upstream.set_confirm_selected(self, True)
             self.confirm_select()
         tag = self._hp_next_tag + 1
         try:
-            ret = self._basic_publish(*args, timeout=max(0.001, at - monotonic()), **kwargs)
+            ret = upstream.basic_publish(
+                self, *args, timeout=max(0.001, at - monotonic()), **kwargs
+            )
         except amqp.exceptions.RecoverableConnectionError as exc:
             if monotonic() < at:
                 raise  # closed connection: kombu reconnects and retries
@@ -368,10 +332,7 @@ class GuardConnection(pyamqp.Connection):
     Channel = GuardChannel
     # py-amqp declares Connection.Blocked without its ``reason`` argument
     # (shortstr, e.g. "low on memory"); read it.
-    _METHODS: ClassVar[dict[Any, Any]] = {
-        **pyamqp.Connection._METHODS,
-        spec.Connection.Blocked: spec.method(spec.Connection.Blocked, "s"),
-    }
+    _METHODS: ClassVar[dict[Any, Any]] = upstream.methods_with_blocked_reason(pyamqp.Connection)
 
     #: Why the broker blocks our publishes (None: not blocked), and since when.
     blocked_reason: str | None = None
@@ -388,6 +349,11 @@ class GuardConnection(pyamqp.Connection):
         on_unblocked: Callable[[], Any] | None = None,
         **kwargs: Any,
     ) -> None:
+        # Fail closed: a py-amqp/kombu that renamed what the guard relies on
+        # raises UpstreamChanged here, not a silently weaker connection later
+        # (once per process; later calls return at once).
+        upstream.check("amqp")
+        upstream.check("kombu")
         super().__init__(*args, confirm_publish=confirm_publish, **kwargs)
         self.handshake_deadline: float = float(
             handshake_deadline if handshake_deadline is not None else Policy().handshake_deadline
@@ -431,7 +397,7 @@ class GuardConnection(pyamqp.Connection):
 
     def poll_events(self) -> None:
         """Read the frames already waiting, without blocking (blocked/unblocked news)."""
-        if self._transport is None or not self.connected:
+        if upstream.amqp_transport(self) is None or not self.connected:
             return
         for _ in range(_POLL_FRAMES):
             try:
@@ -441,7 +407,7 @@ class GuardConnection(pyamqp.Connection):
 
     def abandon(self) -> None:
         """Drop a connection a publish gave up on, so the next use reconnects."""
-        transport = self._transport
+        transport = upstream.amqp_transport(self)
         sock = getattr(transport, "sock", None)
         if sock is not None:
             with contextlib.suppress(OSError):
@@ -449,7 +415,7 @@ class GuardConnection(pyamqp.Connection):
 
     def close(self, *args: Any, **kwargs: Any) -> Any:
         """Close; a blocked connection is dropped (the broker would not read Close)."""
-        if self.blocked_reason is not None and self._transport is not None:
+        if self.blocked_reason is not None and upstream.amqp_transport(self) is not None:
             self.collect()
             return None
         return super().close(*args, **kwargs)
@@ -470,9 +436,9 @@ class GuardConnection(pyamqp.Connection):
         """
         # ``self.transport`` would *connect* when there is none (py-amqp's
         # deprecated lazy connect); the private slot never does.
-        if self._transport is None:
+        if upstream.amqp_transport(self) is None:
             return None
-        count = self.bytes_recv
+        count = upstream.inbound_frame_count(self)
         if count != self._clock_count:
             self._clock_count = count
             self._clock_at = monotonic()
@@ -518,7 +484,7 @@ class GuardConnection(pyamqp.Connection):
         finally:
             self.Transport = original_factory
             self.connect_timeout = saved_connect_timeout
-            transport = self._transport  # not .transport: that one reconnects
+            transport = upstream.amqp_transport(self)  # not .transport: that one reconnects
             if transport is not None and isinstance(transport, _FrameClock):
                 transport.end_handshake()
                 sock = transport.sock
@@ -528,7 +494,7 @@ class GuardConnection(pyamqp.Connection):
                     sock.settimeout(None)
             if self.connected:
                 # The handshake's frames just arrived: start the clock now.
-                self._clock_count = self.bytes_recv
+                self._clock_count = upstream.inbound_frame_count(self)
                 self._clock_at = monotonic()
 
 
@@ -554,5 +520,5 @@ def last_inbound_frame_at(connection: Any) -> float | None:
     """
     # A kombu Connection's ``.connection`` property *connects* when closed;
     # read the private slot so that looking at the clock never dials out.
-    amqp_connection = getattr(connection, "_connection", connection)
+    amqp_connection = upstream.kombu_amqp_connection(connection)
     return getattr(amqp_connection, "last_inbound_frame_at", None)
