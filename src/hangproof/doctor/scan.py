@@ -12,7 +12,6 @@ has a hard timeout; anything we cannot read becomes a ``could_not_see`` line.
 from __future__ import annotations
 
 import os
-import re
 import shutil
 import subprocess
 import sys
@@ -20,6 +19,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
+from hangproof.credentials import mask_url
 from hangproof.doctor import sockets as live
 from hangproof.doctor.conntrack import parse_conntrack
 from hangproof.doctor.model import Finding, FloatingAddress, HostView
@@ -36,7 +36,6 @@ from hangproof.errors import HangproofError, MissingToolError
 #: slow, never make the doctor hang.
 PY_SPY_TIMEOUT = 8.0
 KEEPALIVED_DEFAULT_CONF = "/etc/keepalived/keepalived.conf"
-_CREDENTIALS = re.compile(r"(://[^:/@\s]*:)[^@\s]*@")
 
 
 @dataclass(frozen=True)
@@ -253,11 +252,27 @@ def python_stack(pid: int) -> str | None:
             )
         except (subprocess.TimeoutExpired, OSError):
             continue
-        if result.returncode == 0 and "Thread" in result.stdout:
-            lines = result.stdout.splitlines()
-            start = next((i for i, line in enumerate(lines) if line.startswith("Thread")), 0)
-            return _CREDENTIALS.sub(r"\1****@", "\n".join(lines[start:]).strip())
+        if result.returncode == 0:
+            cleaned = clean_py_spy_dump(result.stdout)
+            if cleaned is not None:
+                return cleaned
     return None
+
+
+def clean_py_spy_dump(text: str) -> str | None:
+    r"""The thread stacks of a ``py-spy dump``, or None if it holds none.
+
+    The header (``Process PID: argv``) is dropped, and URL passwords anywhere
+    are masked: argv, thread names and frames can carry broker credentials.
+
+    >>> clean_py_spy_dump("Process 1: celery -b amqp://u:pw@h//\nThread 1 (idle)\n  f (a.py:1)")
+    'Thread 1 (idle)\n  f (a.py:1)'
+    """
+    if "Thread" not in text:
+        return None
+    lines = text.splitlines()
+    start = next((i for i, line in enumerate(lines) if line.startswith("Thread")), 0)
+    return mask_url("\n".join(lines[start:]).strip())
 
 
 def run_scan(request: ScanRequest) -> ScanReport:

@@ -37,6 +37,7 @@ from typing import Any
 from prometheus_client import CollectorRegistry, Counter, Enum, Gauge, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
+from hangproof.credentials import mask_url
 from hangproof.failure import Policy
 from hangproof.guard.transport import last_inbound_frame_at
 from hangproof.guard.watchdog import Action, Decision, Detection, Observation, decide
@@ -149,6 +150,8 @@ class GuardState:
 
     def event(self, kind: str, **detail: Any) -> None:
         """Record an event with wall and monotonic time, and log it."""
+        # /healthz and the heartbeat file show these: a repr(exc) may carry the URL.
+        detail = {k: mask_url(v) if isinstance(v, str) else v for k, v in detail.items()}
         record = {"at": time.time(), "monotonic": self._clock(), "kind": kind, **detail}
         self.events.append(record)
         logger.warning("hangproof.guard: %s %s", kind, json.dumps(detail, default=str))
