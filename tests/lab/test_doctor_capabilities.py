@@ -138,5 +138,7 @@ def test_each_capability_is_needed(wedged_netns: tuple[str, int], dropped: str, 
     report = _doctor(ns, tuple(c for c in JUSTIFIED if c != dropped))
     if loses == "owner":
         assert _client_pid(report) is None, f"without {dropped} doctor still named the owner"
+        # ...and says so, rather than leaving the owner silently blank.
+        assert any("socket owners" in line for line in report["could_not_see"])
     else:
         assert {"conntrack", "iptables-save"} <= _degraded_tools(report)

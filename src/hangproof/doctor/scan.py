@@ -134,7 +134,8 @@ def collect(request: ScanRequest, timings: dict[str, float] | None = None) -> Ho
     if owner_scan.unreadable_pids:
         view.could_not_see.append(
             f"socket owners of {owner_scan.unreadable_pids} processes of other users "
-            "(/proc/PID/fd is private): run as root to name them"
+            "(/proc/PID/fd is private): run as root to name them (in a container: "
+            "CAP_DAC_READ_SEARCH and CAP_SYS_PTRACE)"
         )
     t = time.perf_counter()
     view.conntrack = _read_conntrack(netns, view)

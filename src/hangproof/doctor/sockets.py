@@ -225,9 +225,15 @@ def map_owners(
         except OSError:
             continue  # the process exited
         scan.scanned_pids += 1
+        denied = False
         for fd in fds:
             try:
                 target = os.readlink(f"{fd_dir}/{fd}")
+            except PermissionError:
+                # The directory was listable (DAC_READ_SEARCH) but its links pass
+                # the kernel's ptrace check (CAP_SYS_PTRACE for another uid).
+                denied = True
+                break
             except OSError:
                 continue
             if not target.startswith("socket:["):
@@ -238,6 +244,9 @@ def map_owners(
             if pid not in names:
                 names[pid] = process_name(pid, proc=proc) or "?"
             scan.owners.setdefault(inode, []).append(ProcessRef(pid, names[pid], int(fd)))
+        if denied:
+            scan.unreadable_pids += 1
+            scan.scanned_pids -= 1
     return scan
 
 
