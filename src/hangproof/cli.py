@@ -85,6 +85,16 @@ def main(argv: list[str] | None = None) -> int:
         # Usage errors (click's, vendored by typer >= 0.20 as typer._click)
         # arrive here in non-standalone mode; recognise them by their interface.
         if hasattr(exc, "show") and hasattr(exc, "exit_code"):
+            if "unexpected extra argument" in str(exc):
+                # Usually a URL the shell split at a space in its password: click
+                # would echo the tail of the password.
+                print(
+                    "hangproof: unexpected extra argument(s), not shown (one may be part of "
+                    "a password the shell split at a space): check the quoting; `hangproof "
+                    "probe` also reads the URL from --url-file or $HANGPROOF_URL",
+                    file=sys.stderr,
+                )
+                return EXIT_USAGE
             exc.show()
             return EXIT_USAGE
         raise

@@ -216,3 +216,16 @@ def test_doctor_py_spy_output_is_masked() -> None:
     assert cleaned is not None and cleaned.startswith("Thread 812")
     assert "p@ss" not in cleaned and "ss@rabbit" not in cleaned
     assert "amqp://bob:***@rabbit:5672//" in cleaned
+
+
+# -- the CLI's own usage errors ----------------------------------------------------
+
+
+def test_unquoted_password_with_a_space_is_not_echoed(capsys: pytest.CaptureFixture[str]) -> None:
+    # The shell split `amqp://u:pa ss@h` in two; click would echo the second word.
+    from hangproof.cli import main
+
+    assert main(["probe", "amqp://bob:s3cr", "et99@rabbit:5672/"]) == 2
+    out, err = capsys.readouterr()
+    assert "et99" not in out + err and "s3cr" not in out + err
+    assert "--url-file" in err
