@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import importlib
 import sys
+from importlib import metadata
 
 import typer
 
@@ -22,8 +23,36 @@ app = typer.Typer(
 )
 
 
+def installed_version() -> str:
+    """The installed distribution's version (pyproject), else the package's own.
+
+    >>> installed_version() == __import__("hangproof").__version__
+    True
+    """
+    try:
+        return metadata.version("hangproof")
+    except metadata.PackageNotFoundError:  # run from a source tree that is not installed
+        import hangproof
+
+        return hangproof.__version__
+
+
+def _print_version(value: bool) -> None:
+    if value:
+        print(f"hangproof {installed_version()}")
+        raise typer.Exit(0)
+
+
 @app.callback()
-def _root() -> None:
+def _root(
+    version: bool = typer.Option(
+        False,
+        "--version",
+        callback=_print_version,
+        is_eager=True,
+        help="Print the version and exit.",
+    ),
+) -> None:
     """Find, explain and prevent silent hangs of AMQP (Celery) consumers."""
     # A callback keeps `hangproof` a group even if only one part registers.
 
@@ -56,6 +85,16 @@ def main(argv: list[str] | None = None) -> int:
         # Usage errors (click's, vendored by typer >= 0.20 as typer._click)
         # arrive here in non-standalone mode; recognise them by their interface.
         if hasattr(exc, "show") and hasattr(exc, "exit_code"):
+            if "unexpected extra argument" in str(exc):
+                # Usually a URL the shell split at a space in its password: click
+                # would echo the tail of the password.
+                print(
+                    "hangproof: unexpected extra argument(s), not shown (one may be part of "
+                    "a password the shell split at a space): check the quoting; `hangproof "
+                    "probe` also reads the URL from --url-file or $HANGPROOF_URL",
+                    file=sys.stderr,
+                )
+                return EXIT_USAGE
             exc.show()
             return EXIT_USAGE
         raise

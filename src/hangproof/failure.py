@@ -109,6 +109,45 @@ class Backoff:
 
 #: The smallest heartbeat the Policy derives (seconds); see Policy's docstring.
 MIN_HEARTBEAT = 3
+#: The smallest stall_timeout a Policy accepts (seconds): TCP keepalive counts
+#: whole seconds, at least 1 each, so the fastest it can find an idle dead peer
+#: is idle 1 s + 1 probe x 1 s = 2 s (tcp(7) TCP_KEEPIDLE, TCP_KEEPINTVL, TCP_KEEPCNT).
+MIN_STALL_TIMEOUT = 2.0
+#: The kernel's limits (linux/tcp.h MAX_TCP_KEEPIDLE, MAX_TCP_KEEPINTVL,
+#: MAX_TCP_KEEPCNT): setsockopt() refuses larger values with EINVAL.
+MAX_TCP_KEEPIDLE = 32767
+MAX_TCP_KEEPINTVL = 32767
+MAX_TCP_KEEPCNT = 127
+
+
+def derive_keepalive(stall_timeout: float) -> tuple[int, int, int]:
+    """TCP keepalive (idle, interval, count) with ``idle + interval * count <= stall_timeout``.
+
+    Whole seconds, each at least 1, within the kernel's limits. ``idle`` is a
+    third of the budget and ``interval`` a third of that, with 3 probes; when
+    the budget is too small for 3 probes (stall_timeout < 4 s: at 3 s the sum
+    would be 1 + 1 x 3 = 4), fewer probes are sent rather than breaking the
+    promise. Below :data:`MIN_STALL_TIMEOUT` no integer setting can keep it.
+
+    >>> derive_keepalive(15), derive_keepalive(3), derive_keepalive(2)
+    ((5, 1, 3), (1, 1, 2), (1, 1, 1))
+    >>> derive_keepalive(1.5)
+    Traceback (most recent call last):
+    ...
+    ValueError: stall_timeout must be >= 2 s, got 1.5: TCP keepalive counts whole seconds (idle, interval and probes >= 1), so it cannot find an idle dead peer in less than 1 + 1 x 1 = 2 s
+    """
+    if not stall_timeout >= MIN_STALL_TIMEOUT:
+        raise ValueError(
+            f"stall_timeout must be >= {MIN_STALL_TIMEOUT:g} s, got {stall_timeout!r}: TCP "
+            "keepalive counts whole seconds (idle, interval and probes >= 1), so it cannot "
+            "find an idle dead peer in less than 1 + 1 x 1 = 2 s"
+        )
+    third = max(1, int(stall_timeout // 3))
+    idle = min(MAX_TCP_KEEPIDLE, third)
+    interval = min(MAX_TCP_KEEPINTVL, max(1, third // 3))
+    # stall >= 2 and idle <= stall / 3 (or 1) leave room for at least one probe.
+    count = max(1, min(3, int((stall_timeout - idle) // interval)))
+    return idle, interval, count
 
 
 @dataclass(frozen=True)
@@ -148,7 +187,13 @@ class Policy:
     - ``tcp_user_timeout_ms = stall_timeout``: unacknowledged data for longer
       than that closes the socket (RFC 5482).
     - keepalive idle/interval/count so that an idle dead peer is found within
-      ``stall_timeout`` (idle + interval * count <= stall_timeout).
+      ``stall_timeout`` (idle + interval * count <= stall_timeout), see
+      :func:`derive_keepalive`. Keepalive takes whole seconds, at least 1
+      each, so the promise cannot be kept below 2 s: a ``stall_timeout``
+      under :data:`MIN_STALL_TIMEOUT` raises ``ValueError`` rather than
+      promise what the kernel cannot do. Below 4 s fewer than 3 probes are
+      sent (stall 3: idle 1 + 1 x 2 probes). Explicit keepalive values are
+      taken as given.
     - ``read_timeout = write_timeout = stall_timeout``: the kernel-level
       SO_RCVTIMEO/SO_SNDTIMEO bound every *blocking* socket call, such as a
       synchronous ``queue_declare`` right after a reconnect; the event loop's
@@ -189,14 +234,15 @@ class Policy:
     def __post_init__(self) -> None:
         if self.stall_timeout <= 0:
             raise ValueError(f"stall_timeout must be > 0, got {self.stall_timeout!r}")
+        keepalive_idle, keepalive_interval, keepalive_count = derive_keepalive(self.stall_timeout)
         third = max(1, int(self.stall_timeout // 3))
         defaults = {
             "handshake_deadline": self.stall_timeout / 2,
             "heartbeat": max(MIN_HEARTBEAT, third),
             "tcp_user_timeout_ms": int(self.stall_timeout * 1000),
-            "keepalive_idle": third,
-            "keepalive_interval": max(1, third // 3),
-            "keepalive_count": 3,
+            "keepalive_idle": keepalive_idle,
+            "keepalive_interval": keepalive_interval,
+            "keepalive_count": keepalive_count,
             "read_timeout": float(self.stall_timeout),
             "write_timeout": float(self.stall_timeout),
             "watchdog_interval": round(min(1.0, self.stall_timeout / 10), 3),

@@ -22,7 +22,6 @@ import decimal
 import errno
 import ipaddress
 import os
-import re
 import select
 import socket
 import ssl
@@ -47,6 +46,7 @@ from hangproof.amqp import (
     State,
     TuneReceived,
 )
+from hangproof.credentials import MASK, mask_url
 from hangproof.errors import HangproofError
 from hangproof.failure import VERDICT_HINTS, Verdict
 
@@ -78,19 +78,8 @@ STAGES = (
     "tls-check",  # only after a plain-text probe was closed without a byte
 )
 
-_PASSWORD_IN_URL = re.compile(r"(?P<head>[a-zA-Z][a-zA-Z0-9+.-]*://[^:@/\s]*:)[^@/\s]*(?=@)")
-MASK = "***"
-
-
-def mask_url(url: str) -> str:
-    """``url`` with its password replaced by ``***``; works on any text.
-
-    >>> mask_url("amqp://bob:s3cret@rabbit:5672/v")
-    'amqp://bob:***@rabbit:5672/v'
-    >>> mask_url("amqp://rabbit/")
-    'amqp://rabbit/'
-    """
-    return _PASSWORD_IN_URL.sub(lambda m: m.group("head") + MASK, url)
+# mask_url and MASK come from hangproof.credentials, the package's one masker;
+# callers that import them from here keep working.
 
 
 @dataclass(frozen=True)
@@ -131,11 +120,24 @@ def parse_amqp_url(url: str) -> AmqpUrl:
     """
     expected = "(expected amqp://user:pass@host:port/vhost)"
     shown = mask_url(url)
+    text = url.strip()
+    hint = RESERVED_HINT if "@" in text else ""
     try:
-        parts = urlsplit(url.strip())
+        parts = urlsplit(text)
+        if "@" in text[len(parts.scheme) + 3 + len(parts.netloc) :]:
+            # A raw '/', '#' or '?' in the password ended the authority early:
+            # the password's tail, the '@' and the host landed in the path,
+            # query or fragment. (A vhost with '@' is written %40.)
+            raise HangproofError(
+                f"not an AMQP URL: {shown!r} ('@' after the host{hint}) {expected}"
+            )
         port = parts.port
     except ValueError as exc:
-        raise HangproofError(f"not an AMQP URL: {shown!r} ({exc}) {expected}") from None
+        # Never echo urllib's message: for "amqp://u:pa/ss@h" it quotes the
+        # password's head as the "port".
+        raise HangproofError(
+            f"not an AMQP URL: {shown!r} ({_urllib_reason(exc)}{hint}) {expected}"
+        ) from None
     scheme = parts.scheme.lower()
     if scheme not in AMQP_SCHEMES or not parts.hostname:
         raise HangproofError(f"not an AMQP URL: {shown!r} {expected}")
@@ -149,6 +151,22 @@ def parse_amqp_url(url: str) -> AmqpUrl:
         password=unquote(parts.password) if parts.password is not None else "guest",
         vhost=vhost,
     )
+
+
+#: Said whenever a URL with credentials fails to parse: the usual cause.
+RESERVED_HINT = "; percent-encode / # ? @ : in the user or password as %2F %23 %3F %40 %3A"
+
+
+def _urllib_reason(exc: ValueError) -> str:
+    """urllib's complaint in our words, without the text it quotes from the URL."""
+    message = str(exc)
+    if "out of range" in message:
+        return "the port is out of range 0-65535"
+    if "Port could not be cast" in message:
+        return "the port is not a number"
+    if "IPv6" in message:
+        return "malformed [IPv6] host"
+    return "malformed URL"
 
 
 @dataclass

@@ -2,18 +2,24 @@
 
     $ hangproof probe amqp://guest:guest@127.0.0.1:1/
     $ hangproof probe amqp://guest:guest@vip:32672/ --json --repeat 20 --interval 2
+    $ hangproof probe --url-file /etc/hangproof/broker-url     # or: ... | hangproof probe --url-file -
+    $ HANGPROOF_URL=amqp://... hangproof probe --json
 
 JSON goes to stdout, progress to stderr (ARCHITECTURE.md). Exit 0 when every
 run is ``ok``, 1 when any run found a fault, 2 for usage errors (raised as
 :class:`~hangproof.errors.HangproofError`, printed as one line by ``cli.main``).
-Passwords are masked wherever a URL is echoed.
+Passwords are masked wherever a URL is echoed (:mod:`hangproof.credentials`).
+The URL can stay off argv, which every local user can read in /proc:
+``--url-file PATH`` (``-`` for stdin) or ``$HANGPROOF_URL``.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import sys
 import time
+from collections.abc import Mapping
 from typing import Any
 
 import typer
@@ -35,6 +41,10 @@ from hangproof.probe import (
 MAX_REPEAT = 100_000
 #: The longest --interval we accept (one hour); a longer one is surely a typo.
 MAX_INTERVAL = 3600.0
+#: Where the URL comes from when neither the argument nor --url-file gives it.
+URL_ENV = "HANGPROOF_URL"
+#: A URL file holds one URL; anything this big is the wrong file.
+MAX_URL_FILE_BYTES = 64 * 1024
 
 
 def register(app: typer.Typer) -> None:
@@ -42,8 +52,18 @@ def register(app: typer.Typer) -> None:
 
     @app.command("probe")
     def probe_command(
-        url: str = typer.Argument(
-            ..., help="Broker URL, e.g. amqp://user:pass@host:5672/vhost (amqps:// for TLS)."
+        url: str | None = typer.Argument(
+            None,
+            help=(
+                "Broker URL, e.g. amqp://user:pass@host:5672/vhost (amqps:// for TLS). "
+                f"Any local user can read argv; prefer --url-file or ${URL_ENV}."
+            ),
+            show_default=False,
+        ),
+        url_file: str | None = typer.Option(
+            None,
+            "--url-file",
+            help="Read the URL from this file (first line that is not # or blank); - for stdin.",
         ),
         timeout: float = typer.Option(
             DEFAULT_TIMEOUT, "--timeout", "-t", help="Total deadline for one probe, seconds."
@@ -60,8 +80,10 @@ def register(app: typer.Typer) -> None:
         """Does this broker address really speak AMQP, and where does it stall?
 
         A staged AMQP 0-9-1 handshake (DNS, TCP, TLS, header, Start .. Open-Ok,
-        Close) under one total deadline. Exit 0 ok, 1 fault, 2 usage.
+        Close) under one total deadline. Exit 0 ok, 1 fault, 2 usage. The
+        URL comes from the argument, else --url-file, else $HANGPROOF_URL.
         """
+        url = resolve_url(url, url_file)
         parse_amqp_url(url)  # a bad URL is a usage error before anything runs
         if not 0 < timeout <= MAX_INTERVAL:
             raise HangproofError(f"--timeout must be in (0, {MAX_INTERVAL:.0f}] s, got {timeout}")
@@ -85,6 +107,59 @@ def register(app: typer.Typer) -> None:
         else:
             _print_summary(Console(highlight=False), results)
         raise typer.Exit(EXIT_OK if all(r.ok for r in results) else EXIT_FINDING)
+
+
+def resolve_url(
+    url: str | None, url_file: str | None, environ: Mapping[str, str] | None = None
+) -> str:
+    """The broker URL from argv, else ``--url-file`` (``-`` is stdin), else ``$HANGPROOF_URL``.
+
+    argv is world-readable in ``/proc/PID/cmdline``, so SRE tooling passes
+    secrets through a file or the environment (``/proc/PID/environ`` is
+    private to the user). Given both on the command line is a usage error.
+
+    >>> resolve_url(None, None, {"HANGPROOF_URL": " amqp://h/ "})
+    'amqp://h/'
+    """
+    environ = os.environ if environ is None else environ
+    if url is not None and url_file is not None:
+        raise HangproofError(
+            "give the broker URL once: as the argument or with --url-file, not both"
+        )
+    if url is not None:
+        return url
+    if url_file is not None:
+        return _read_url_file(url_file)
+    from_env = environ.get(URL_ENV, "").strip()
+    if from_env:
+        return from_env
+    raise HangproofError(
+        f"no broker URL: give it with --url-file PATH (- for stdin), in ${URL_ENV}, "
+        "or as the argument (which every local user can read in /proc)"
+    )
+
+
+def _read_url_file(path: str) -> str:
+    where = "stdin" if path == "-" else path
+    try:
+        if path == "-":
+            text = sys.stdin.read(MAX_URL_FILE_BYTES + 1)
+        else:
+            with open(path, encoding="utf-8") as f:
+                text = f.read(MAX_URL_FILE_BYTES + 1)
+    except OSError as exc:
+        raise HangproofError(f"cannot read --url-file {where}: {exc.strerror or exc}") from None
+    except UnicodeDecodeError:
+        raise HangproofError(f"--url-file {where} is not UTF-8 text") from None
+    if len(text) > MAX_URL_FILE_BYTES:
+        raise HangproofError(
+            f"--url-file {where} is larger than {MAX_URL_FILE_BYTES} bytes; put only the URL in it"
+        )
+    for line in text.splitlines():
+        line = line.strip()
+        if line and not line.startswith("#"):
+            return line
+    raise HangproofError(f"--url-file {where} holds no URL (only blank or # lines)")
 
 
 def repeat_document(results: list[ProbeResult]) -> dict[str, Any]:

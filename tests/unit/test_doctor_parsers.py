@@ -190,3 +190,27 @@ def test_keepalived_config_of_the_report() -> None:
     assert conf.notify_master == ()
     assert flushes_conntrack("/usr/sbin/conntrack -D -d 198.18.0.100")
     assert not flushes_conntrack("/usr/bin/curl 127.0.0.1:8978")
+
+
+def test_inet_diag_recorded_ipv6_dump_decodes_ipv6_and_mapped_addresses() -> None:
+    # Recorded by tests/data/doctor/record_ipv6.py in a throwaway namespace: a listener
+    # on [::1]:5672 whose accepted socket holds an unread AMQP header, and a dual-stack
+    # listener on [::]:5673 with an IPv4 client (the server's socket is IPv4-mapped).
+    chunks = [bytes.fromhex(line) for line in (DATA / "inet_diag_ipv6.hex").read_text().split()]
+    socks = inet_diag.parse_dumps(chunks)
+    v6 = [s for s in socks if ":" in s.local_addr]
+    assert v6, "the recording holds no IPv6 socket"
+    listener = next(s for s in socks if s.state == "LISTEN" and s.local_port == 5672)
+    assert listener.local == "[::1]:5672"
+    client = next(s for s in socks if s.remote_port == 5672 and s.state == "ESTABLISHED")
+    assert (client.local_addr, client.remote) == ("::1", "[::1]:5672")
+    assert client.bytes_sent == 8 and client.bytes_received == 0
+    server_side = next(s for s in socks if s.local_port == 5672 and s.state == "ESTABLISHED")
+    assert server_side.remote == f"[::1]:{client.local_port}"
+    assert server_side.recv_q == 8 and server_side.bytes_received == 8
+    assert next(s for s in socks if s.state == "LISTEN" and s.local_port == 5673).local == "*:5673"
+    mapped = next(s for s in socks if s.local_port == 5673 and s.state == "ESTABLISHED")
+    assert (mapped.local_addr, mapped.remote_addr) == ("127.0.0.1", "127.0.0.1")
+    # Each family's dump ended with its own NLMSG_DONE, and nothing was cut off.
+    assert sum(inet_diag.decode_chunk(c).done for c in chunks) == 2
+    assert not any(inet_diag.decode_chunk(c).interrupted for c in chunks)

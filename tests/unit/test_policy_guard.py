@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import pytest
-from hypothesis import given
+from hypothesis import example, given
 from hypothesis import strategies as st
 
-from hangproof.failure import MIN_HEARTBEAT, Backoff, Policy
+from hangproof.failure import MIN_HEARTBEAT, MIN_STALL_TIMEOUT, Backoff, Policy
 
 
 def test_defaults_follow_stall_timeout() -> None:
@@ -34,12 +34,28 @@ def test_rejects_non_positive(bad: float) -> None:
         Policy(stall_timeout=bad)
 
 
-@given(st.floats(min_value=1.0, max_value=3600.0))
+@given(st.floats(min_value=MIN_STALL_TIMEOUT, max_value=1e6))
+@example(2.0)
+@example(3.0)  # the old derivation gave 1 + 1 x 3 = 4 here
+@example(3.99)
 def test_idle_dead_peer_found_within_budget(stall: float) -> None:
     p = Policy(stall_timeout=stall)
     assert p.handshake_deadline is not None and p.handshake_deadline < stall
-    assert p.keepalive_idle + p.keepalive_interval * p.keepalive_count <= max(stall, 4)
+    keepalive = (p.keepalive_idle, p.keepalive_interval, p.keepalive_count)
+    # TCP_KEEPIDLE / TCP_KEEPINTVL / TCP_KEEPCNT take whole seconds (counts), at least 1,
+    # and the kernel refuses more than 32767 s / 127 probes (linux/tcp.h).
+    assert all(isinstance(v, int) and v >= 1 for v in keepalive)
+    assert p.keepalive_idle <= 32767 and p.keepalive_interval <= 32767
+    assert p.keepalive_count <= 127
+    assert p.keepalive_idle + p.keepalive_interval * p.keepalive_count <= stall
     assert 0 < p.watchdog_interval <= 1.0
+
+
+@given(st.floats(min_value=0.0, max_value=MIN_STALL_TIMEOUT, exclude_min=True, exclude_max=True))
+def test_stall_timeout_keepalive_cannot_meet_is_refused(stall: float) -> None:
+    # The fastest TCP keepalive is idle 1 s + 1 probe x 1 s: 2 s.
+    with pytest.raises(ValueError, match="keepalive"):
+        Policy(stall_timeout=stall)
 
 
 def test_backoff_is_capped() -> None:

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import io
 import json
 import socket
 import subprocess
 import sys
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
@@ -140,3 +142,84 @@ def test_mask_url() -> None:
         "see amqp://u:***@h:1/v and amqps://x:***@z/"
     )
     assert parse_amqp_url("amqp://u:pw@h/v").masked() == "amqp://u:***@h:5672/v"
+
+
+# -- the URL off argv: environment variable, --url-file, stdin ------------------
+
+
+def test_url_from_environment(
+    closed_port: int, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("HANGPROOF_URL", f"amqp://bob:env-s3cret@127.0.0.1:{closed_port}/")
+    assert main(["probe", "--json"]) == 1
+    out, err = capsys.readouterr()
+    assert json.loads(out)["url"] == f"amqp://bob:***@127.0.0.1:{closed_port}/"
+    assert "env-s3cret" not in out + err
+
+
+def test_url_from_file(
+    closed_port: int,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
+) -> None:
+    monkeypatch.setenv("HANGPROOF_URL", "amqp://wrong:wrong@127.0.0.1:1/")  # the file wins
+    url_file = tmp_path / "broker-url"
+    url_file.write_text(f"# the broker\n\namqp://bob:file-s3cret@127.0.0.1:{closed_port}/\n")
+    assert main(["probe", "--url-file", str(url_file), "--json"]) == 1
+    out, err = capsys.readouterr()
+    assert json.loads(out)["url"] == f"amqp://bob:***@127.0.0.1:{closed_port}/"
+    assert "file-s3cret" not in out + err
+
+
+def test_url_from_stdin(
+    closed_port: int, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(
+        sys, "stdin", io.StringIO(f"amqp://bob:in-s3cret@127.0.0.1:{closed_port}/\n")
+    )
+    assert main(["probe", "--url-file", "-", "--json"]) == 1
+    out, err = capsys.readouterr()
+    assert json.loads(out)["verdict"] == "refused"
+    assert "in-s3cret" not in out + err
+
+
+def test_url_from_stdin_in_a_real_process(closed_port: int) -> None:
+    proc = subprocess.run(
+        [sys.executable, "-m", "hangproof.probe", "--url-file", "-", "--json"],
+        input=f"amqp://bob:pipe-s3cret@127.0.0.1:{closed_port}/\n",
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert proc.returncode == 1, proc.stderr
+    assert json.loads(proc.stdout)["verdict"] == "refused"
+    assert "pipe-s3cret" not in proc.stdout + proc.stderr
+
+
+@pytest.mark.parametrize(
+    ("args", "file_text", "words"),
+    [
+        ([], None, "no broker URL"),
+        (["amqp://h/", "--url-file", "{file}"], "amqp://h/\n", "not both"),
+        (["--url-file", "{file}"], "# only a comment\n\n", "holds no URL"),
+        (["--url-file", "{missing}"], None, "cannot read --url-file"),
+    ],
+)
+def test_url_input_errors_are_one_line(
+    args: list[str],
+    file_text: str | None,
+    words: str,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
+) -> None:
+    monkeypatch.delenv("HANGPROOF_URL", raising=False)
+    url_file = tmp_path / "url"
+    if file_text is not None:
+        url_file.write_text(file_text)
+    argv = [a.format(file=url_file, missing=tmp_path / "nope") for a in args]
+    assert main(["probe", *argv]) == 2
+    out, err = capsys.readouterr()
+    assert out == "" and err.count("\n") == 1 and words in err, err
+    assert "Traceback" not in err

@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 import sys
 import time
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
@@ -20,6 +20,10 @@ from hangproof.errors import EXIT_FINDING, EXIT_OK, HangproofError
 
 #: A watch interval below this would make the DaemonSet a load generator.
 MIN_WATCH_SECONDS = 1.0
+#: --metrics-host when not given: every interface, as before the option existed.
+#: The endpoints expose only counts by finding kind and scan ages (no addresses,
+#: pids or credentials); the DaemonSet still binds the node's own IP.
+DEFAULT_METRICS_HOST = "0.0.0.0"
 
 
 def register(app: typer.Typer) -> None:
@@ -49,7 +53,17 @@ def doctor(
         int | None, typer.Option(help="With --watch: stop after N scans (default: until stopped).")
     ] = None,
     metrics_port: Annotated[
-        int | None, typer.Option(help="Serve Prometheus metrics on this port (with --watch).")
+        int | None,
+        typer.Option(help="Serve /metrics and /healthz (liveness) on this port (with --watch)."),
+    ] = None,
+    metrics_host: Annotated[
+        str | None,
+        typer.Option(
+            help=(
+                "Address for --metrics-port (default 0.0.0.0, every interface). In a "
+                "hostNetwork pod pass the node's IP (status.hostIP) so only it is exposed."
+            )
+        ),
     ] = None,
     stacks: Annotated[
         bool, typer.Option(help="Read wedged clients' Python stacks with py-spy.")
@@ -59,8 +73,10 @@ def doctor(
     ] = False,
 ) -> int:
     """Find wedged AMQP connections and the NodePort/VIP race hazard on this host. Read-only."""
-    from hangproof.doctor.report import render_findings, render_footer
-    from hangproof.doctor.scan import ScanRequest, run_scan
+    from hangproof.doctor import scan as doctor_scan
+    from hangproof.doctor.scan import ScanRequest
+
+    run_scan = doctor_scan.run_scan  # looked up per call, so tests can fake a failing scan
 
     if min_silence < 0:
         raise HangproofError("--min-silence must be >= 0")
@@ -70,6 +86,8 @@ def doctor(
         raise HangproofError("--count must be at least 1")
     if (count is not None or metrics_port is not None) and watch is None:
         raise HangproofError("--count and --metrics-port go with --watch S")
+    if metrics_host is not None and metrics_port is None:
+        raise HangproofError("--metrics-host goes with --metrics-port PORT (and --watch S)")
     request = ScanRequest(
         netns=netns,
         pid=pid,
@@ -79,52 +97,95 @@ def doctor(
         use_ss=use_ss,
     )
     metrics = None
+    server = None
     if metrics_port is not None:
         from hangproof.doctor.metrics import DoctorMetrics
 
+        assert watch is not None
+        host = metrics_host or DEFAULT_METRICS_HOST
         metrics = DoctorMetrics()
         try:
-            metrics.serve(metrics_port)
+            server = metrics.serve(metrics_port, host, watch=watch)
         except OSError as exc:
-            raise HangproofError(f"cannot serve metrics on port {metrics_port}: {exc}") from exc
-        print(f"serving Prometheus metrics on :{metrics_port}/metrics", file=sys.stderr)
+            raise HangproofError(
+                f"cannot serve metrics on {host}:{metrics_port}: {exc.strerror or exc}"
+            ) from exc
+        print(
+            f"serving Prometheus metrics on {host}:{metrics_port}/metrics, liveness on /healthz",
+            file=sys.stderr,
+        )
 
     scans = 1 if watch is None else count
     exit_code = EXIT_OK
     done = 0
-    while scans is None or done < scans:
-        started = time.monotonic()
-        try:
-            report = run_scan(request)
-        except HangproofError:
-            if metrics is None or done == 0:
-                raise  # a first-scan error is a usage/environment error: exit 2
-            metrics.errors.inc()
-            print("hangproof doctor: scan failed; retrying", file=sys.stderr)
-        else:
+    try:
+        while scans is None or done < scans:
+            started = time.monotonic()
+            try:
+                report = run_scan(request)
+            except HangproofError:
+                if done == 0:
+                    raise  # a first-scan error is a usage/environment error: exit 2
+                report = degraded_report(request, "scan", sys.exc_info()[1])
+            except Exception as exc:
+                # Whatever a tool or the kernel did, the watch loop goes on and
+                # says so: a finding about doctor itself, never a dead DaemonSet.
+                report = degraded_report(request, "scan", exc)
             if metrics is not None:
+                if any(f.evidence.get("tool") == "scan" for f in report.findings):
+                    metrics.errors.inc()
                 metrics.update(
                     report.findings, scanned=len(report.view.sockets), seconds=report.seconds
                 )
-            if json_output:
-                print(json.dumps(report.as_dict(), indent=None if watch else 2), flush=True)
-            else:
-                if watch is not None:
-                    print(f"--- {time.strftime('%Y-%m-%d %H:%M:%S')}", flush=True)
-                print(render_findings(report.findings), end="", flush=True)
-                print(
-                    render_footer(
-                        len(report.view.sockets),
-                        report.seconds,
-                        report.view.netns,
-                        report.view.could_not_see,
-                    ),
-                    end="",
-                    file=sys.stderr,
-                    flush=True,
-                )
+            _print_report(report, json_output=json_output, watch=watch)
             exit_code = EXIT_FINDING if report.has_problem else EXIT_OK
-        done += 1
-        if watch is not None and (scans is None or done < scans):
-            time.sleep(max(0.0, watch - (time.monotonic() - started)))
+            done += 1
+            if watch is not None and (scans is None or done < scans):
+                time.sleep(max(0.0, watch - (time.monotonic() - started)))
+    finally:
+        if server is not None:
+            server.close()
     return exit_code
+
+
+def degraded_report(request: Any, tool: str, exc: BaseException | None) -> Any:
+    """A report for a scan that raised: only the ``doctor-degraded`` finding about it."""
+    from hangproof.credentials import mask_url
+    from hangproof.doctor.model import HostView, ToolFailure
+    from hangproof.doctor.rules import diagnose
+    from hangproof.doctor.scan import ScanReport
+
+    error = mask_url(f"{type(exc).__name__}: {exc}")
+    view = HostView([], netns=request.netns, tool_failures=[ToolFailure(tool, error)])
+    view.could_not_see.append(f"the whole scan failed: {error}")
+    return ScanReport(diagnose(view), view, 0.0)
+
+
+def _print_report(report: Any, *, json_output: bool, watch: float | None) -> None:
+    from hangproof.doctor.report import render_findings, render_footer
+
+    if report.view.partial_dump:
+        # One line, whatever the output format: the findings may be incomplete.
+        print(
+            "hangproof doctor: warning: partial socket dump from the kernel; "
+            "findings may be incomplete (see doctor-degraded)",
+            file=sys.stderr,
+            flush=True,
+        )
+    if json_output:
+        print(json.dumps(report.as_dict(), indent=None if watch else 2), flush=True)
+        return
+    if watch is not None:
+        print(f"--- {time.strftime('%Y-%m-%d %H:%M:%S')}", flush=True)
+    print(render_findings(report.findings), end="", flush=True)
+    print(
+        render_footer(
+            len(report.view.sockets),
+            report.seconds,
+            report.view.netns,
+            report.view.could_not_see,
+        ),
+        end="",
+        file=sys.stderr,
+        flush=True,
+    )

@@ -21,6 +21,7 @@ from __future__ import annotations
 import socket
 import struct
 from collections.abc import Iterable
+from dataclasses import dataclass
 
 from hangproof.doctor.model import TcpSocket
 
@@ -29,6 +30,10 @@ SOCK_DIAG_BY_FAMILY = 20
 NLMSG_ERROR = 2
 NLMSG_DONE = 3
 NLM_F_REQUEST = 0x1
+NLM_F_MULTI = 0x2  # part of a multi-part reply (every dump message)
+#: The kernel's tables changed while it dumped them: the dump may miss or
+#: repeat entries (linux/netlink.h; set when the dump's sequence check fails).
+NLM_F_DUMP_INTR = 0x10
 NLM_F_DUMP = 0x300  # NLM_F_ROOT | NLM_F_MATCH
 INET_DIAG_INFO = 2  # attribute carrying struct tcp_info
 
@@ -98,34 +103,57 @@ class NetlinkError(Exception):
         self.errno = errno
 
 
-def parse_dump(data: bytes | memoryview) -> tuple[list[TcpSocket], bool]:
-    """Decode one or more netlink messages (one ``recv``) into sockets.
+@dataclass
+class DumpChunk:
+    """What one ``recv`` of a dump held: sockets, whether the dump ended, and
+    whether the kernel flagged it interrupted (``NLM_F_DUMP_INTR``)."""
 
-    Returns the sockets and whether the dump is complete (``NLMSG_DONE`` seen).
+    sockets: list[TcpSocket]
+    done: bool
+    interrupted: bool = False
+
+
+def decode_chunk(data: bytes | memoryview) -> DumpChunk:
+    """Decode one or more netlink messages (one ``recv``) into sockets and flags.
+
     Raises :class:`NetlinkError` on ``NLMSG_ERROR`` with a non-zero code.
 
-    >>> parse_dump(_NLMSGHDR.pack(20, NLMSG_DONE, 2, 1, 0) + b"\\0" * 4)
-    ([], True)
+    >>> decode_chunk(_NLMSGHDR.pack(20, NLMSG_DONE, NLM_F_MULTI | NLM_F_DUMP_INTR, 1, 0) + bytes(4))
+    DumpChunk(sockets=[], done=True, interrupted=True)
     """
     view = memoryview(data)
     out: list[TcpSocket] = []
+    interrupted = False
     offset = 0
     end = len(view)
     while offset + _NLMSGHDR.size <= end:
-        length, mtype, _flags, _seq, _pid = _NLMSGHDR.unpack_from(view, offset)
+        length, mtype, flags, _seq, _pid = _NLMSGHDR.unpack_from(view, offset)
         if length < _NLMSGHDR.size or offset + length > end:
             break  # truncated: the caller's buffer was too small; never read past it
+        interrupted = interrupted or bool(flags & NLM_F_DUMP_INTR)
         if mtype == NLMSG_DONE:
-            return out, True
+            return DumpChunk(out, True, interrupted)
         if mtype == NLMSG_ERROR:
             (code,) = struct.unpack_from("=i", view, offset + _NLMSGHDR.size)
             if code != 0:
                 raise NetlinkError(-code)
-            return out, True
+            return DumpChunk(out, True, interrupted)
         if mtype == SOCK_DIAG_BY_FAMILY and length >= _NLMSGHDR.size + _MSG_LEN:
             out.append(_parse_msg(view, offset + _NLMSGHDR.size, offset + length))
         offset += (length + 3) & ~3
-    return out, False
+    return DumpChunk(out, False, interrupted)
+
+
+def parse_dump(data: bytes | memoryview) -> tuple[list[TcpSocket], bool]:
+    """Decode one ``recv`` into sockets and whether the dump is complete (``NLMSG_DONE``).
+
+    :func:`decode_chunk` also reports ``NLM_F_DUMP_INTR``.
+
+    >>> parse_dump(_NLMSGHDR.pack(20, NLMSG_DONE, 2, 1, 0) + b"\\0" * 4)
+    ([], True)
+    """
+    chunk = decode_chunk(data)
+    return chunk.sockets, chunk.done
 
 
 def _parse_msg(view: memoryview, start: int, stop: int) -> TcpSocket:

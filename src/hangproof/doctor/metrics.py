@@ -1,7 +1,12 @@
-"""Prometheus metrics for ``doctor --watch``: findings by kind and severity.
+"""Prometheus metrics and liveness for ``doctor --watch``.
 
 A private registry keeps the exporter free of process metrics we did not ask for
 and lets tests create several exporters in one process.
+
+``/healthz`` answers from the age of the last *completed* scan, not from the
+HTTP thread: prometheus_client's server runs in its own thread, so a scan loop
+stuck in a tool would still answer ``/metrics`` and look alive. It fails (503)
+once the last scan is older than ``max(stale_scans × watch, MIN_LIVENESS_AGE)``.
 
 >>> m = DoctorMetrics()
 >>> m.update([], scanned=3, seconds=0.01)
@@ -11,21 +16,39 @@ True
 
 from __future__ import annotations
 
+import contextlib
+import ipaddress
+import json
+import socket
+import threading
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from time import monotonic
+from typing import Any
 
 from hangproof.doctor.model import Finding
 from hangproof.doctor.rules import KINDS
 from hangproof.failure import Severity
 
+#: /healthz fails after this many watch intervals without a completed scan.
+STALE_SCANS = 3
+#: ...but never sooner than this: one scan may legitimately take a while (three
+#: tools at 15 s each, plus py-spy's 30 s budget), and a restart costs more than
+#: a late scan.
+MIN_LIVENESS_AGE = 60.0
+
 
 class DoctorMetrics:
-    """Gauges updated after each scan; ``serve(port)`` exposes them over HTTP."""
+    """Gauges updated after each scan; ``serve()`` exposes ``/metrics`` and ``/healthz``."""
 
-    def __init__(self) -> None:
+    def __init__(self, *, clock: Callable[[], float] = monotonic) -> None:
         from prometheus_client import CollectorRegistry, Gauge
         from prometheus_client import Counter as PromCounter
 
+        self._clock = clock
+        self.started_at = clock()
+        self.last_scan_at: float | None = None
         self.registry = CollectorRegistry()
         self.findings = Gauge(
             "hangproof_doctor_findings",
@@ -47,6 +70,17 @@ class DoctorMetrics:
         self.errors = PromCounter(
             "hangproof_doctor_scan_errors", "Scans that failed", registry=self.registry
         )
+        self.last_scan_age = Gauge(
+            "hangproof_doctor_last_scan_age_seconds",
+            "Seconds since the last completed scan (what /healthz judges)",
+            registry=self.registry,
+        )
+        self.last_scan_age.set_function(self.scan_age)
+
+    def scan_age(self) -> float:
+        """Seconds since the last completed scan (since start, before the first)."""
+        since = self.started_at if self.last_scan_at is None else self.last_scan_at
+        return max(0.0, self._clock() - since)
 
     def update(self, findings: Sequence[Finding], *, scanned: int, seconds: float) -> None:
         """Replace the gauges with the last scan's figures (kinds absent now read 0)."""
@@ -57,6 +91,17 @@ class DoctorMetrics:
         self.scanned.set(scanned)
         self.seconds.set(seconds)
         self.scans.inc()
+        self.last_scan_at = self._clock()
+
+    def health(self, max_age: float) -> dict[str, Any]:
+        """The body of ``/healthz``."""
+        age = self.scan_age()
+        return {
+            "healthy": age <= max_age,
+            "last_scan_age": round(age, 3),
+            "max_age": max_age,
+            "scans_completed": self.last_scan_at is not None,
+        }
 
     def render(self) -> bytes:
         """The text exposition format (what /metrics serves)."""
@@ -64,8 +109,77 @@ class DoctorMetrics:
 
         return generate_latest(self.registry)
 
-    def serve(self, port: int, addr: str = "0.0.0.0") -> None:
-        """Serve /metrics on ``addr:port`` from a daemon thread."""
-        from prometheus_client import start_http_server
+    def serve(
+        self, port: int, addr: str = "0.0.0.0", *, watch: float, stale_scans: int = STALE_SCANS
+    ) -> DoctorServer:
+        """Serve ``/metrics`` and ``/healthz`` on ``addr:port`` from a daemon thread."""
+        return DoctorServer(self, addr, port, float(max(stale_scans * watch, MIN_LIVENESS_AGE)))
 
-        start_http_server(port, addr=addr, registry=self.registry)
+
+class DoctorServer:
+    """The HTTP side of :class:`DoctorMetrics`; ``close()`` stops it.
+
+    >>> server = DoctorMetrics().serve(0, "127.0.0.1", watch=30)
+    >>> server.address[0], server.max_age
+    ('127.0.0.1', 90.0)
+    >>> server.close()
+    """
+
+    def __init__(self, metrics: DoctorMetrics, host: str, port: int, max_age: float) -> None:
+        from prometheus_client.exposition import CONTENT_TYPE_LATEST
+
+        self.max_age = max_age
+
+        class Handler(BaseHTTPRequestHandler):
+            # A client that connects and never sends must not pin a thread.
+            timeout = 5
+
+            def do_GET(self) -> None:
+                path = self.path.split("?", 1)[0]
+                if path == "/metrics":
+                    self._send(200, metrics.render(), CONTENT_TYPE_LATEST)
+                elif path == "/healthz":
+                    health = metrics.health(max_age)
+                    code = 200 if health["healthy"] else 503
+                    self._send(code, json.dumps(health).encode(), "application/json")
+                else:
+                    self._send(404, b'{"error": "not found"}', "application/json")
+
+            def _send(self, code: int, body: bytes, content_type: str) -> None:
+                self.send_response(code)
+                self.send_header("Content-Type", content_type)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, format: str, *args: Any) -> None:
+                pass  # a probe every few seconds would flood doctor's output
+
+        server_class = type(
+            "DoctorHTTPServer",
+            (ThreadingHTTPServer,),
+            {"address_family": _family(host), "allow_reuse_address": True, "daemon_threads": True},
+        )
+        self.httpd = server_class((host, port), Handler)
+        self.address = tuple(self.httpd.server_address[:2])
+        self.port = int(self.address[1])
+        self._thread = threading.Thread(
+            target=self.httpd.serve_forever,
+            kwargs={"poll_interval": 0.5},
+            name="hangproof-doctor-http",
+            daemon=True,
+        )
+        self._thread.start()
+
+    def close(self) -> None:
+        with contextlib.suppress(Exception):
+            self.httpd.shutdown()
+        self.httpd.server_close()
+        self._thread.join(5)
+
+
+def _family(host: str) -> socket.AddressFamily:
+    with contextlib.suppress(ValueError):
+        if ipaddress.ip_address(host).version == 6:
+            return socket.AF_INET6
+    return socket.AF_INET

@@ -162,11 +162,28 @@ class FloatingAddress:
     conntrack_flush_on_master: bool = False
 
 
+@dataclass(frozen=True, slots=True)
+class ToolFailure:
+    """A tool or reader doctor depends on failed during a scan: the scan saw less.
+
+    ``severity`` is ``warning`` when the tool hung, crashed or a dump came back
+    partial (something is wrong on the node or in doctor), ``info`` when it is
+    missing or refused us (the environment: not root, tool not installed).
+    """
+
+    tool: str
+    error: str
+    severity: Severity = Severity.WARNING
+
+
 @dataclass
 class HostView:
     """Everything one scan saw. ``None`` means "could not look", not "empty".
 
-    ``could_not_see`` says, in one line each, what was hidden and why.
+    ``could_not_see`` says, in one line each, what was hidden and why;
+    ``tool_failures`` are the same events as data, for the ``doctor-degraded``
+    finding. ``partial_dump`` is set when the kernel's socket dump was cut off
+    or interrupted: some sockets may be missing.
     """
 
     sockets: list[TcpSocket]
@@ -176,6 +193,8 @@ class HostView:
     floating: list[FloatingAddress] = field(default_factory=list)
     netns: str | None = None
     could_not_see: list[str] = field(default_factory=list)
+    tool_failures: list[ToolFailure] = field(default_factory=list)
+    partial_dump: bool = False
 
 
 @dataclass

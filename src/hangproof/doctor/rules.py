@@ -28,7 +28,10 @@ from hangproof.failure import Severity
 HANDSHAKE_UNANSWERED = "handshake-unanswered"
 NODEPORT_VIP_RACE_HAZARD = "nodeport-vip-race-hazard"
 HALF_OPEN_SUSPECT = "half-open-suspect"
-KINDS = (HANDSHAKE_UNANSWERED, NODEPORT_VIP_RACE_HAZARD, HALF_OPEN_SUSPECT)
+#: A finding about doctor itself: a tool hung, failed or a dump came back
+#: partial, so this scan may have missed what it looks for.
+DOCTOR_DEGRADED = "doctor-degraded"
+KINDS = (HANDSHAKE_UNANSWERED, NODEPORT_VIP_RACE_HAZARD, HALF_OPEN_SUSPECT, DOCTOR_DEGRADED)
 
 #: The AMQP 0-9-1 protocol header is 8 bytes (spec §4.2.2). A client that sent
 #: a little more (a TLS ClientHello is far larger) and got nothing back is
@@ -84,6 +87,7 @@ def diagnose(view: HostView, settings: RuleSettings | None = None) -> list[Findi
     flagged = {(f.local, f.remote) for f in findings}
     findings += nodeport_vip_race_hazard(view, index)
     findings += half_open_suspect(view, index, settings, flagged)
+    findings += doctor_degraded(view)
     order = {Severity.CRITICAL: 0, Severity.WARNING: 1, Severity.INFO: 2}
     return sorted(findings, key=lambda f: order[f.severity])
 
@@ -392,3 +396,29 @@ def interesting_inodes(sockets: Iterable[TcpSocket], settings: RuleSettings) -> 
     Mapping only these keeps the /proc walk cheap on hosts with many sockets.
     """
     return {s.inode for s in sockets if s.inode and s.state in ("LISTEN", "ESTABLISHED")}
+
+
+def doctor_degraded(view: HostView) -> list[Finding]:
+    """One finding per tool that failed this scan: doctor reports on itself.
+
+    >>> from hangproof.doctor.model import ToolFailure
+    >>> [f.evidence for f in doctor_degraded(HostView([], tool_failures=[ToolFailure("ss", "timed out")]))]
+    [{'tool': 'ss', 'error': 'timed out'}]
+    """
+    return [
+        Finding(
+            kind=DOCTOR_DEGRADED,
+            severity=failure.severity,
+            summary=(
+                f"doctor could not read {failure.tool} in this scan ({failure.error}), "
+                "so it may have missed wedged connections or hazards."
+            ),
+            remedy=(
+                "Check that the tool is in doctor's image and may run (root, CAP_NET_ADMIN); "
+                "a timeout points at an overloaded node or a wedged netfilter. doctor keeps "
+                "scanning; this finding clears when the tool answers again."
+            ),
+            evidence={"tool": failure.tool, "error": failure.error},
+        )
+        for failure in view.tool_failures
+    ]

@@ -12,7 +12,6 @@ has a hard timeout; anything we cannot read becomes a ``could_not_see`` line.
 from __future__ import annotations
 
 import os
-import re
 import shutil
 import subprocess
 import sys
@@ -20,9 +19,10 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
+from hangproof.credentials import mask_url
 from hangproof.doctor import sockets as live
 from hangproof.doctor.conntrack import parse_conntrack
-from hangproof.doctor.model import Finding, FloatingAddress, HostView
+from hangproof.doctor.model import Finding, FloatingAddress, HostView, ToolFailure
 from hangproof.doctor.netfilter import (
     floating_from_ip_addr,
     flushes_conntrack,
@@ -31,12 +31,17 @@ from hangproof.doctor.netfilter import (
 )
 from hangproof.doctor.rules import HANDSHAKE_UNANSWERED, RuleSettings, diagnose
 from hangproof.errors import HangproofError, MissingToolError
+from hangproof.failure import Severity
 
 #: py-spy attaches with ptrace and walks the stack; a wedged target can make it
 #: slow, never make the doctor hang.
 PY_SPY_TIMEOUT = 8.0
+#: All py-spy reads of one scan together: many wedged clients must not hold the
+#: scan (and with it doctor's liveness) for minutes.
+STACKS_BUDGET = 30.0
+#: Each read-only tool (conntrack, iptables-save, ip) gets this long.
+TOOL_TIMEOUT = 15.0
 KEEPALIVED_DEFAULT_CONF = "/etc/keepalived/keepalived.conf"
-_CREDENTIALS = re.compile(r"(://[^:/@\s]*:)[^@\s]*@")
 
 
 @dataclass(frozen=True)
@@ -69,6 +74,7 @@ class ScanReport:
             "seconds": round(self.seconds, 4),
             "timings": {k: round(v, 4) for k, v in self.timings.items()},
             "could_not_see": list(self.view.could_not_see),
+            "partial_dump": self.view.partial_dump,
         }
 
     @property
@@ -107,14 +113,18 @@ def collect(request: ScanRequest, timings: dict[str, float] | None = None) -> Ho
     view = HostView(sockets=[], netns=request.netns or netns)
     t = time.perf_counter()
     if request.use_ss:
-        view.sockets = live.read_ss_sockets(netns)
+        view.sockets = _ss_sockets(netns, view)
     else:
         try:
-            view.sockets = live.read_tcp_sockets(netns)
+            dump = live.read_tcp_dump(netns)
         except (OSError, live.NetlinkDumpError) as exc:
             # Some sandboxes forbid NETLINK_SOCK_DIAG; ss may still work there.
             view.could_not_see.append(f"netlink inet_diag ({exc}); fell back to `ss`")
-            view.sockets = live.read_ss_sockets(netns)
+            view.sockets = _ss_sockets(netns, view)
+        else:
+            view.sockets = dump.sockets
+            if dump.partial:
+                _partial_dump(view, dump)
     timings["sockets"] = time.perf_counter() - t
 
     t = time.perf_counter()
@@ -124,7 +134,8 @@ def collect(request: ScanRequest, timings: dict[str, float] | None = None) -> Ho
     if owner_scan.unreadable_pids:
         view.could_not_see.append(
             f"socket owners of {owner_scan.unreadable_pids} processes of other users "
-            "(/proc/PID/fd is private): run as root to name them"
+            "(/proc/PID/fd is private): run as root to name them (in a container: "
+            "CAP_DAC_READ_SEARCH and CAP_SYS_PTRACE)"
         )
     t = time.perf_counter()
     view.conntrack = _read_conntrack(netns, view)
@@ -134,19 +145,55 @@ def collect(request: ScanRequest, timings: dict[str, float] | None = None) -> Ho
     return view
 
 
-def _tool_output(argv: list[str], netns: str | None, view: HostView, what: str) -> str | None:
+def _partial_dump(view: HostView, dump: live.TcpDump) -> None:
+    view.partial_dump = True
+    if not dump.complete:
+        why = f"cut off after {live.MAX_RECVS} reads without NLMSG_DONE"
+    else:
+        why = "interrupted (NLM_F_DUMP_INTR): the socket table changed during the dump"
+    error = f"partial socket dump, {why}; {len(dump.sockets)} sockets read, some may be missing"
+    view.tool_failures.append(ToolFailure("netlink inet_diag", error))
+    view.could_not_see.append(f"netlink inet_diag: {error}")
+
+
+def _ss_sockets(netns: str | None, view: HostView) -> list:
+    """``ss`` as the socket source; a hung or missing ss is a tool failure, not a crash."""
     try:
-        result = live.run_tool(argv, netns=netns, timeout=15)
+        return live.read_ss_sockets(netns)
     except MissingToolError as exc:
-        view.could_not_see.append(f"{what}: {exc}")
+        _tool_failed(view, "ss", "TCP sockets", str(exc), Severity.INFO)
+    except subprocess.TimeoutExpired as exc:
+        _tool_failed(view, "ss", "TCP sockets", f"timed out after {exc.timeout:g} s")
+    except (OSError, ValueError) as exc:
+        _tool_failed(view, "ss", "TCP sockets", f"{type(exc).__name__}: {exc}")
+    return []
+
+
+def _tool_failed(
+    view: HostView, tool: str, what: str, error: str, severity: Severity = Severity.WARNING
+) -> None:
+    error = mask_url(error)
+    view.tool_failures.append(ToolFailure(tool, error, severity))
+    view.could_not_see.append(f"{what}: `{tool}` {error}")
+
+
+def _tool_output(argv: list[str], netns: str | None, view: HostView, what: str) -> str | None:
+    tool = argv[0]
+    try:
+        result = live.run_tool(argv, netns=netns, timeout=TOOL_TIMEOUT)
+    except MissingToolError as exc:
+        _tool_failed(view, tool, what, str(exc), Severity.INFO)
         return None
     except subprocess.TimeoutExpired:
-        view.could_not_see.append(f"{what}: `{argv[0]}` did not answer within 15 s")
+        _tool_failed(view, tool, what, f"timed out after {TOOL_TIMEOUT:g} s (did not answer)")
+        return None
+    except OSError as exc:  # exists but cannot run (permissions, a broken image)
+        _tool_failed(view, tool, what, f"{type(exc).__name__}: {exc}")
         return None
     if result.returncode != 0:
         reason = (result.stderr.strip().splitlines() or ["failed"])[-1]
         hint = " (needs root / CAP_NET_ADMIN)" if os.geteuid() != 0 else ""
-        view.could_not_see.append(f"{what}: `{' '.join(argv)}` {reason}{hint}")
+        _tool_failed(view, tool, what, f"exit {result.returncode}: {reason}{hint}", Severity.INFO)
         return None
     return result.stdout
 
@@ -173,9 +220,9 @@ def _read_floating(netns: str | None, view: HostView, named_netns: bool) -> list
         except ValueError:
             view.could_not_see.append("interface addresses: `ip -j addr` printed no JSON")
         held = {f.address for f in out}
-    for path, conf_text in _keepalived_configs(netns, named_netns):
+    for path, conf_text, root in _keepalived_configs(netns, named_netns):
         conf = parse_keepalived(conf_text)
-        flush = any(flushes_conntrack(_command_text(cmd)) for cmd in conf.notify_master)
+        flush = any(flushes_conntrack(notify_command_text(cmd, root)) for cmd in conf.notify_master)
         for vip in conf.vips:
             existing = next((f for f in out if f.address == vip), None)
             if existing is not None:
@@ -187,9 +234,10 @@ def _read_floating(netns: str | None, view: HostView, named_netns: bool) -> list
     return out
 
 
-def _keepalived_configs(netns: str | None, named_netns: bool) -> list[tuple[str, str]]:
-    """keepalived configs in force here: running keepalived's ``-f`` files, and the default."""
-    paths: list[str] = []
+def _keepalived_configs(netns: str | None, named_netns: bool) -> list[tuple[str, str, str]]:
+    """keepalived configs in force here, as (path, text, root): running keepalived's
+    ``-f`` files read through ``/proc/PID/root``, and the default in our own root ("")."""
+    paths: dict[str, str] = {}
     for entry in os.listdir("/proc"):
         if not entry.isdigit():
             continue
@@ -205,27 +253,37 @@ def _keepalived_configs(netns: str | None, named_netns: bool) -> list[tuple[str,
                 conf = arg.split("=", 1)[1]
         # Read through keepalived's own root and cwd: in a DaemonSet (hostPID) the
         # host's files are not in our mount namespace, but /proc/PID/root reaches them.
-        paths.append(
-            f"/proc/{pid}/root{conf}" if conf.startswith("/") else f"/proc/{pid}/cwd/{conf}"
-        )
-    if not named_netns and KEEPALIVED_DEFAULT_CONF not in paths:
-        paths.append(KEEPALIVED_DEFAULT_CONF)
+        root = f"/proc/{pid}/root"
+        path = f"{root}{conf}" if conf.startswith("/") else f"/proc/{pid}/cwd/{conf}"
+        paths.setdefault(path, root)
+    if not named_netns:
+        paths.setdefault(KEEPALIVED_DEFAULT_CONF, "")
     out = []
-    for path in dict.fromkeys(paths):
+    for path, root in paths.items():
         try:
             with open(path, encoding="utf-8", errors="replace") as f:
-                out.append((path, f.read(1 << 20)))
+                out.append((path, f.read(1 << 20), root))
         except OSError:
             continue
     return out
 
 
-def _command_text(command: str) -> str:
-    # notify_master is usually a script path; mitigation 1 lives inside it.
+def notify_command_text(command: str, root: str) -> str:
+    """A notify_master command plus the script it runs, read under ``root``.
+
+    Mitigation 1 (``conntrack -D -d VIP``) usually lives inside the script, and
+    the script lives in keepalived's mount namespace: ``root`` is keepalived's
+    ``/proc/PID/root`` ("" for doctor's own). An absolute symlink inside that
+    tree resolves against doctor's root, so such a script is missed, not misread.
+
+    >>> notify_command_text("/nonexistent/notify.sh MASTER", "")
+    '/nonexistent/notify.sh MASTER'
+    """
     script = command.split()[0] if command.split() else ""
-    if script.startswith("/") and os.path.isfile(script):
+    path = f"{root}{script}"
+    if script.startswith("/") and os.path.isfile(path):
         try:
-            with open(script, encoding="utf-8", errors="replace") as f:
+            with open(path, encoding="utf-8", errors="replace") as f:
                 return command + "\n" + f.read(1 << 16)
         except OSError:
             pass
@@ -253,11 +311,27 @@ def python_stack(pid: int) -> str | None:
             )
         except (subprocess.TimeoutExpired, OSError):
             continue
-        if result.returncode == 0 and "Thread" in result.stdout:
-            lines = result.stdout.splitlines()
-            start = next((i for i, line in enumerate(lines) if line.startswith("Thread")), 0)
-            return _CREDENTIALS.sub(r"\1****@", "\n".join(lines[start:]).strip())
+        if result.returncode == 0:
+            cleaned = clean_py_spy_dump(result.stdout)
+            if cleaned is not None:
+                return cleaned
     return None
+
+
+def clean_py_spy_dump(text: str) -> str | None:
+    r"""The thread stacks of a ``py-spy dump``, or None if it holds none.
+
+    The header (``Process PID: argv``) is dropped, and URL passwords anywhere
+    are masked: argv, thread names and frames can carry broker credentials.
+
+    >>> clean_py_spy_dump("Process 1: celery -b amqp://u:pw@h//\nThread 1 (idle)\n  f (a.py:1)")
+    'Thread 1 (idle)\n  f (a.py:1)'
+    """
+    if "Thread" not in text:
+        return None
+    lines = text.splitlines()
+    start = next((i for i, line in enumerate(lines) if line.startswith("Thread")), 0)
+    return mask_url("\n".join(lines[start:]).strip())
 
 
 def run_scan(request: ScanRequest) -> ScanReport:
@@ -274,11 +348,20 @@ def run_scan(request: ScanRequest) -> ScanReport:
     if request.stacks:
         t = time.perf_counter()
         stacks: dict[int, str | None] = {}
+        budget_left = True
         for finding in findings:
             if finding.kind == HANDSHAKE_UNANSWERED and finding.pid is not None:
                 if finding.pid not in stacks:
+                    if time.perf_counter() - t > STACKS_BUDGET:
+                        budget_left = False
+                        continue
                     stacks[finding.pid] = python_stack(finding.pid)
                 finding.evidence["python_stack"] = stacks[finding.pid]
+        if not budget_left:
+            view.could_not_see.append(
+                f"Python stacks of some clients: py-spy's budget of {STACKS_BUDGET:g} s "
+                "per scan ran out"
+            )
         if stacks and not any(stacks.values()):
             view.could_not_see.append(
                 "Python stacks: py-spy could not read the client (not Python, py-spy "

@@ -95,10 +95,51 @@ def _setns(path: str) -> None:
         os.close(fd)
 
 
-def read_tcp_sockets(
-    netns: str | None = None, *, record: list[bytes] | None = None
-) -> list[TcpSocket]:
-    """All TCP sockets (IPv4 and IPv6) with tcp_info, through netlink inet_diag.
+@dataclass
+class TcpDump:
+    """The sockets of one inet_diag dump, and whether the kernel gave all of them.
+
+    ``complete`` is False when the dump was cut off (``MAX_RECVS`` reads without
+    ``NLMSG_DONE``); ``interrupted`` when the kernel flagged ``NLM_F_DUMP_INTR``
+    (its table changed during the dump, so entries may be missing or repeated).
+    """
+
+    sockets: list[TcpSocket] = field(default_factory=list)
+    complete: bool = True
+    interrupted: bool = False
+
+    @property
+    def partial(self) -> bool:
+        return not self.complete or self.interrupted
+
+    def add(self, other: TcpDump) -> None:
+        self.sockets.extend(other.sockets)
+        self.complete = self.complete and other.complete
+        self.interrupted = self.interrupted or other.interrupted
+
+
+def collect_dump(recv: Callable[[], bytes | memoryview], *, max_recvs: int = MAX_RECVS) -> TcpDump:
+    """Read one family's dump through ``recv`` until ``NLMSG_DONE``, at most ``max_recvs`` times.
+
+    Pure over ``recv``, so a cut-off or interrupted dump is testable on crafted bytes.
+
+    >>> collect_dump(lambda: b"", max_recvs=2).complete
+    False
+    """
+    dump = TcpDump(complete=False)
+    for _ in range(max_recvs):
+        chunk = inet_diag.decode_chunk(recv())
+        dump.sockets.extend(chunk.sockets)
+        dump.interrupted = dump.interrupted or chunk.interrupted
+        if chunk.done:
+            dump.complete = True
+            break
+    return dump
+
+
+def read_tcp_dump(netns: str | None = None, *, record: list[bytes] | None = None) -> TcpDump:
+    """All TCP sockets (IPv4 and IPv6) with tcp_info through netlink inet_diag, and
+    whether the dump was whole (see :class:`TcpDump`).
 
     ``netns`` is a namespace path (``/run/netns/NAME`` or ``/proc/PID/ns/net``).
     ``record``, if given, receives the raw netlink replies (for test fixtures).
@@ -107,32 +148,39 @@ def read_tcp_sockets(
         netns,
         lambda: socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, inet_diag.NETLINK_SOCK_DIAG),
     )
-    out: list[TcpSocket] = []
+    out = TcpDump()
     with sock:
         sock.settimeout(10)  # the kernel answers at once; this only guards a wedged read
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, RECV_BUFFER)
         sock.bind((0, 0))
         buffer = bytearray(RECV_BUFFER)
+
+        def recv() -> memoryview:
+            n = sock.recv_into(buffer)
+            chunk = memoryview(buffer)[:n]
+            if record is not None:
+                record.append(bytes(chunk))
+            return chunk
+
         for seq, family in enumerate((socket.AF_INET, socket.AF_INET6), start=1):
             sock.send(inet_diag.build_request(family, seq=seq))
-            for _ in range(MAX_RECVS):
-                n = sock.recv_into(buffer)
-                chunk = memoryview(buffer)[:n]
-                if record is not None:
-                    record.append(bytes(chunk))
-                try:
-                    found, done = inet_diag.parse_dump(chunk)
-                except inet_diag.NetlinkError as exc:
-                    if family == socket.AF_INET6:
-                        break  # IPv6 disabled: not an error for us
-                    raise NetlinkDumpError(
-                        f"netlink inet_diag refused the socket dump ({exc}); is the "
-                        "inet_diag module available (`modprobe tcp_diag`)?"
-                    ) from exc
-                out.extend(found)
-                if done:
-                    break
+            try:
+                out.add(collect_dump(recv))
+            except inet_diag.NetlinkError as exc:
+                if family == socket.AF_INET6:
+                    break  # IPv6 disabled: not an error for us
+                raise NetlinkDumpError(
+                    f"netlink inet_diag refused the socket dump ({exc}); is the "
+                    "inet_diag module available (`modprobe tcp_diag`)?"
+                ) from exc
     return out
+
+
+def read_tcp_sockets(
+    netns: str | None = None, *, record: list[bytes] | None = None
+) -> list[TcpSocket]:
+    """The sockets of :func:`read_tcp_dump` (for callers that do not need its flags)."""
+    return read_tcp_dump(netns, record=record).sockets
 
 
 def read_ss_sockets(netns: str | None = None) -> list[TcpSocket]:
@@ -177,9 +225,15 @@ def map_owners(
         except OSError:
             continue  # the process exited
         scan.scanned_pids += 1
+        denied = False
         for fd in fds:
             try:
                 target = os.readlink(f"{fd_dir}/{fd}")
+            except PermissionError:
+                # The directory was listable (DAC_READ_SEARCH) but its links pass
+                # the kernel's ptrace check (CAP_SYS_PTRACE for another uid).
+                denied = True
+                break
             except OSError:
                 continue
             if not target.startswith("socket:["):
@@ -190,6 +244,9 @@ def map_owners(
             if pid not in names:
                 names[pid] = process_name(pid, proc=proc) or "?"
             scan.owners.setdefault(inode, []).append(ProcessRef(pid, names[pid], int(fd)))
+        if denied:
+            scan.unreadable_pids += 1
+            scan.scanned_pids -= 1
     return scan
 
 

@@ -24,6 +24,7 @@ import json
 import logging
 import os
 import socket
+import tempfile
 import threading
 import time
 from collections import deque
@@ -37,6 +38,7 @@ from typing import Any
 from prometheus_client import CollectorRegistry, Counter, Enum, Gauge, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
+from hangproof.credentials import mask_url
 from hangproof.failure import Policy
 from hangproof.guard import upstream
 from hangproof.guard.transport import last_inbound_frame_at
@@ -150,6 +152,8 @@ class GuardState:
 
     def event(self, kind: str, **detail: Any) -> None:
         """Record an event with wall and monotonic time, and log it."""
+        # /healthz and the heartbeat file show these: a repr(exc) may carry the URL.
+        detail = {k: mask_url(v) if isinstance(v, str) else v for k, v in detail.items()}
         record = {"at": time.time(), "monotonic": self._clock(), "kind": kind, **detail}
         self.events.append(record)
         logger.warning("hangproof.guard: %s %s", kind, json.dumps(detail, default=str))
@@ -323,10 +327,33 @@ class Watchdog:
 
 
 def write_heartbeat_file(path: Path, health: dict[str, Any]) -> None:
-    """Atomically replace ``path``; its mtime is what check-worker reads."""
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(health, default=str))
-    os.replace(tmp, path)
+    """Atomically replace ``path``; its mtime is what check-worker reads.
+
+    The data goes to a fresh private file in the same directory
+    (``mkstemp``: O_CREAT|O_EXCL, mode 0600, an unguessable name), then is
+    renamed over ``path``, so a reader sees the old file or the new one, whole.
+    No fsync, on purpose: the file only matters while this process lives (a
+    crash that loses it also ends the worker), and an fsync on a slow or hung
+    disk would block the watchdog thread this very file reports on. A fixed ``<path>.tmp`` name let anyone who can
+    write the directory plant a symlink there and have the worker overwrite
+    the file it points to; rename() replaces a symlink at ``path`` itself
+    rather than following it. Keep the file in a directory only the worker
+    can write (an emptyDir volume, ``/run/<app>``), not ``/tmp``.
+
+    >>> import tempfile; d = Path(tempfile.mkdtemp())
+    >>> write_heartbeat_file(d / "worker.hb", {"healthy": True}); (d / "worker.hb").read_text()
+    '{"healthy": true}'
+    """
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(json.dumps(health, default=str))
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
 
 
 class LivenessServer:

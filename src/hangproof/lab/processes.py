@@ -15,6 +15,8 @@ import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
+from hangproof.credentials import mask_argv
+
 #: How long a process gets between SIGTERM and SIGKILL.
 STOP_GRACE_SECONDS = 10.0
 
@@ -145,12 +147,23 @@ def run(
     if env:
         full_env = dict(os.environ)
         full_env.update(env)
-    return subprocess.run(
-        [*netns_prefix(netns), *argv],
-        input=input,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        check=check,
-        env=full_env,
-    )
+    full = [*netns_prefix(netns), *argv]
+    try:
+        return subprocess.run(
+            full,
+            input=input,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            check=check,
+            env=full_env,
+        )
+    except subprocess.TimeoutExpired as exc:
+        # str() of these exceptions is the whole argv: `rabbitmqctl add_user bob PASSWORD`.
+        raise subprocess.TimeoutExpired(
+            mask_argv(full), exc.timeout, exc.output, exc.stderr
+        ) from None
+    except subprocess.CalledProcessError as exc:
+        raise subprocess.CalledProcessError(
+            exc.returncode, mask_argv(full), exc.output, exc.stderr
+        ) from None

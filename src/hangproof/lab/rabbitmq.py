@@ -21,6 +21,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from hangproof.credentials import mask_argv
 from hangproof.errors import HangproofError, require_tools
 from hangproof.lab import processes
 
@@ -244,7 +245,7 @@ class RabbitNode:
         )
         if result.returncode != 0:
             raise HangproofError(
-                f"rabbitmqctl {' '.join(args)} on {self.nodename} failed: "
+                f"rabbitmqctl {' '.join(mask_argv(args))} on {self.nodename} failed: "
                 f"{(result.stderr or result.stdout).strip().splitlines()[-1:] or ['?']}"
             )
         return result.stdout

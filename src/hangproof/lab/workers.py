@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from hangproof.credentials import mask_url
 from hangproof.errors import HangproofError
 from hangproof.lab import processes
 from hangproof.lab.celery_app import POOLS, PROFILES
@@ -208,7 +209,7 @@ def _last_error(log: Path, max_bytes: int = 65536) -> str | None:
         return None
     for line in reversed(lines):
         if "Error" in line or "error" in line:
-            return line.strip()[-300:]
+            return mask_url(line.strip())[-300:]
     return None
 
 
@@ -220,4 +221,4 @@ def python_stack(pid: int) -> str:
         result = processes.run(argv, timeout=PY_SPY_TIMEOUT, check=False)
     except (subprocess.TimeoutExpired, FileNotFoundError) as exc:
         return f"py-spy failed: {exc}"
-    return result.stdout or result.stderr
+    return mask_url(result.stdout or result.stderr)  # its header line is the argv
