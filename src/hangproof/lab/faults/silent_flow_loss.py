@@ -8,9 +8,11 @@ a new connection gets a fresh entry and works at once. The client notices
 only by missed heartbeats, reconnects fine, and then must not block on the
 old connections: a graceful close, ``basic_cancel`` or the flush of a pooled
 producer on a dead flow waits for a reply (Close-Ok, Cancel-Ok) that can
-never come. Upstream reports of that hazard: kombu#670 (hangs forever in
-``basic_cancel``), pika#764 (``close()`` blocks), celery#1503 and celery#2236
-(tasks lost behind an ELB), py-amqp#101.
+never come. Upstream reports of that hazard: kombu#670 (a consumer whose
+heartbeat is missed cannot stop: ``basic_cancel`` waits forever for
+Cancel-Ok), celery#975 (stop/restart hangs in ``basic_cancel``), pika#764
+(``channel.close()`` blocks forever), celery#1503 and celery#2236 (tasks
+lost behind an ELB), py-amqp#101.
 
 Injected on real kernel state in the broker's own namespace:
 
@@ -27,7 +29,8 @@ Injected on real kernel state in the broker's own namespace:
   never remembers it): the marked flows stay dead, new ones keep working.
   ``close()`` deletes the rules.
 
-``detail["flows"]`` counts the flows that were cut.
+``detail["flows"]`` counts the conntrack entries marked: the open flows, plus
+closed ones still in the table (a reused bed keeps earlier cells' entries).
 """
 
 from __future__ import annotations
