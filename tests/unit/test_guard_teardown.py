@@ -189,3 +189,23 @@ def test_teardown_leaves_the_per_frame_path_stock() -> None:
             assert conn.sock.gettimeout() is None  # py-amqp's blocking mode, restored
         finally:
             conn.close()
+
+
+def test_guard_state_marks_older_connections_on_link_faults_only() -> None:
+    """A link fault makes older connections abandon on close; ResourceLocked does not."""
+    from hangproof.failure import Policy
+    from hangproof.guard.runtime import GuardState
+    from hangproof.guard.watchdog import Detection
+
+    state = GuardState(Policy(stall_timeout=3))
+    older = GuardConnection(host="127.0.0.1:1")
+    older.connected_at = time.monotonic()
+    time.sleep(0.01)
+    state.on_connection_error(OSError("405"), Detection.RESOURCE_LOCKED)
+    assert not older.may_be_dead()
+    state.on_connection_error(OSError("missed"), Detection.HEARTBEAT_MISSED)
+    assert older.may_be_dead()
+    newer = GuardConnection(host="127.0.0.1:1")
+    time.sleep(0.01)
+    newer.connected_at = time.monotonic()
+    assert not newer.may_be_dead()
