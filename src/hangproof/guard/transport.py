@@ -164,6 +164,17 @@ def note_path_fault(reason: str = "") -> None:
     logger.debug("hangproof.guard: path fault noted (%s)", reason)
 
 
+def _amqp_transport(connection: Any) -> Any:
+    """A py-amqp connection's transport, or None; never connects.
+
+    The one read of py-amqp's private ``Connection._transport`` that the
+    teardown code makes (``.transport`` would dial). For the lead: once
+    guard/upstream.py is merged, this body becomes
+    ``return upstream.amqp_transport(connection)``.
+    """
+    return connection._transport  # an AttributeError, never a silent None
+
+
 def last_path_fault_at() -> float | None:
     """Monotonic time of the last :func:`note_path_fault` (None if none yet)."""
     return _path_fault_at
@@ -335,7 +346,7 @@ class GuardChannel(pyamqp.Channel):
         if connection is not None and connection.blocked_reason is not None:
             self.collect()
             return None
-        if connection is None or not self.is_open or connection._transport is None:
+        if connection is None or not self.is_open or _amqp_transport(connection) is None:
             return super().close(*args, **kwargs)  # nothing on the wire: returns at once
         if connection.may_be_dead():
             # No Channel.Close on a flow that may be dead: the whole
@@ -352,7 +363,7 @@ class GuardChannel(pyamqp.Channel):
         consumer of a closed connection) and :class:`TeardownTimeout` raised.
         """
         connection = self.connection
-        if connection is None or nowait or connection._transport is None:
+        if connection is None or nowait or _amqp_transport(connection) is None:
             return super().basic_cancel(consumer_tag, nowait, argsig)
         if connection.abandoned:
             raise TeardownTimeout("basic_cancel on an abandoned connection")
@@ -540,7 +551,7 @@ class GuardConnection(pyamqp.Connection):
         Never waits: ``shutdown()`` first makes every later read return EOF and
         every write fail at once (a TLS close_notify included).
         """
-        if self._transport is None:
+        if _amqp_transport(self) is None:
             return
         logger.info("hangproof.guard: teardown: abandoning %s (%s)", self.host, why or "dropped")
         self.abandon()
@@ -570,7 +581,7 @@ class GuardConnection(pyamqp.Connection):
         otherwise :class:`TeardownTimeout` is raised.
         """
         outer = self._teardown_at is None
-        transport = self._transport
+        transport = _amqp_transport(self)
         sock = getattr(transport, "sock", None)
         if outer:
             # kombu closes the default channel, then the connection: both
@@ -604,7 +615,7 @@ class GuardConnection(pyamqp.Connection):
             if outer:
                 self._teardown_at = None
                 self.__dict__.pop("drain_events", None)
-            if sock is not None and self._transport is transport and not self.abandoned:
+            if sock is not None and _amqp_transport(self) is transport and not self.abandoned:
                 with contextlib.suppress(OSError):
                     sock.settimeout(saved_timeout)
 
@@ -632,7 +643,7 @@ class GuardConnection(pyamqp.Connection):
         if self.blocked_reason is not None and self._transport is not None:
             self.collect()
             return None
-        if self._transport is None:
+        if _amqp_transport(self) is None:
             return super().close(*args, **kwargs)
         if self.may_be_dead():
             self.drop("closing a connection that may be dead")
