@@ -70,6 +70,8 @@ def transport_options(policy: Policy) -> dict[str, Any]:
         # with BrokerBlocked / PublishTimeout instead of hanging or lying.
         "confirm_publish": True,
         "publish_timeout": policy.publish_timeout,
+        # Close-Ok / Cancel-Ok waits on a possibly dead connection (guard transport).
+        "teardown_timeout": policy.teardown_timeout,
         "socket_settings": socket_settings(policy),
         "read_timeout": policy.read_timeout,
         "write_timeout": policy.write_timeout,

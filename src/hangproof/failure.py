@@ -75,6 +75,7 @@ class FaultClass(StrEnum):
     VIP_FAILOVER = "vip-failover"
     HEAL_AFTER_HALF_OPEN = "heal-after-half-open"
     MEMORY_ALARM = "memory-alarm"
+    SILENT_FLOW_LOSS = "silent-flow-loss"
 
 
 class Severity(StrEnum):
@@ -169,6 +170,8 @@ class Policy:
     (7.5, 4)
     >>> Policy(stall_timeout=15, publish_timeout=2).publish_timeout
     2
+    >>> p.teardown_timeout, Policy(stall_timeout=4).teardown_timeout
+    (1.5, 0.4)
 
     Derivation (each can be overridden by passing it explicitly):
     - ``handshake_deadline = stall_timeout / 2``: one total deadline over
@@ -215,6 +218,22 @@ class Policy:
       forced reconnect) before its liveness turns unhealthy, so that
       Kubernetes restarts it. Long enough for a few backoff rounds against a
       cluster whose members are all restarting.
+    - ``teardown_timeout = stall_timeout / 10``: the longest any teardown
+      call on a connection may wait for the broker (channel or connection
+      Close-Ok, Cancel-Ok), all of one connection's calls together; then the
+      socket is abandoned (shutdown + close, no Close-Ok). A healthy broker
+      answers in milliseconds; one that does not may be behind a dead flow,
+      where the graceful close would wait ``read_timeout`` per call
+      (measured: 2 x 15 s closing the event dispatcher's old connection
+      while the new one missed its heartbeats). Why a tenth: recovery must
+      fit in what is left of the budget after detection (heartbeats notice
+      within ``2 * heartbeat``, about 2/3 of ``stall_timeout``), and a
+      reconnect may close three or so old connections (consumer, event
+      dispatcher, a pooled producer): 3 x 1/10 stays under the remaining
+      third. It is also far below the broker's heartbeat timeout of the
+      *new* connection (``2 * heartbeat``), whose heartbeats nobody sends
+      while the loop is busy tearing down. A connection that shares a path
+      the guard has just seen fail is abandoned at once, with no wait at all.
     """
 
     stall_timeout: float = 15.0
@@ -229,6 +248,7 @@ class Policy:
     watchdog_interval: float | None = None
     recover_timeout: float | None = None
     publish_timeout: float | None = None
+    teardown_timeout: float | None = None
     backoff: Backoff = field(default_factory=Backoff)
 
     def __post_init__(self) -> None:
@@ -247,6 +267,7 @@ class Policy:
             "write_timeout": float(self.stall_timeout),
             "watchdog_interval": round(min(1.0, self.stall_timeout / 10), 3),
             "recover_timeout": 4.0 * self.stall_timeout,
+            "teardown_timeout": round(self.stall_timeout / 10, 3),
         }
         for name, value in defaults.items():
             if getattr(self, name) is None:

@@ -41,7 +41,7 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from hangproof.credentials import mask_url
 from hangproof.failure import Policy
 from hangproof.guard import upstream
-from hangproof.guard.transport import last_inbound_frame_at
+from hangproof.guard.transport import last_inbound_frame_at, note_path_fault
 from hangproof.guard.watchdog import Action, Decision, Detection, Observation, decide
 
 logger = logging.getLogger("hangproof.guard")
@@ -196,6 +196,10 @@ class GuardState:
     def on_connection_error(self, exc: BaseException, detection: Detection) -> None:
         """Celery is about to recover from ``exc``; count how it was detected."""
         forced = self.forced_reconnect_at is not None
+        if detection is not Detection.RESOURCE_LOCKED:
+            # The connections opened before now may share the dead path:
+            # their teardown abandons the socket instead of waiting.
+            note_path_fault(detection.value)
         if not forced:  # the watchdog already counted the stall it forced
             self.m_stalls.labels(detection=detection.value).inc()
         if detection is Detection.RESOURCE_LOCKED:
@@ -250,6 +254,7 @@ class GuardState:
                 reason=decision.reason,
                 action="force-reconnect",
             )
+            note_path_fault(decision.detection.value)
             force_reconnect(self.connection)
         if self.last_decision is None or self.last_decision.healthy != decision.healthy:
             if not decision.healthy:

@@ -35,6 +35,21 @@ A publish cannot hang either, and cannot pretend to succeed:
   and one that is blocked while it waits for its confirm raises it as soon as
   the notification arrives. Unblocked clears the state.
 
+Tearing down cannot block recovery either (docs/guard.md, "Teardown"):
+
+- every call that waits for the broker while a channel or connection is
+  being torn down (channel and connection Close-Ok, Cancel-Ok) shares one
+  deadline per connection, ``teardown_timeout`` (default
+  ``Policy().teardown_timeout``, stall_timeout / 10), writes included; when
+  it passes, the socket is abandoned (shutdown + close, no Close-Ok) and the
+  close counts as done;
+- a connection established before the guard last saw the broker path fail
+  (:func:`note_path_fault`: missed heartbeats, a silent link, a publish that
+  timed out) is abandoned at once when it is closed, without any wait: it
+  may sit on a flow a middle box dropped, where a graceful close waits
+  ``read_timeout`` per call (measured: 2 x 15 s in Celery's event dispatcher
+  restart, while the new connection missed its heartbeats).
+
 Use it by import path, anywhere kombu takes a transport::
 
     >>> from kombu import Connection
@@ -82,6 +97,50 @@ class HandshakeDeadlineExceeded(socket.timeout):
     A ``socket.timeout`` (so an ``OSError``), hence in kombu's and Celery's
     recoverable connection errors: they retry with backoff.
     """
+
+
+class TeardownTimeout(socket.timeout):
+    """A teardown call (Close-Ok, Cancel-Ok) missed ``teardown_timeout``; the socket was abandoned.
+
+    A ``socket.timeout`` (so an ``OSError``): kombu and Celery treat it as a
+    connection error, which is what it is now.
+    """
+
+
+#: When the guard last saw the broker path fail in this process (monotonic
+#: seconds; None: never). Connections established before it may sit on a
+#: dead flow: closing them abandons the socket instead of waiting.
+_path_fault_at: float | None = None
+
+
+def note_path_fault(reason: str = "") -> None:
+    """Record that the broker path just failed (missed heartbeats, silent link, ...).
+
+    Every guarded connection established before now is then closed by
+    abandoning its socket (no Close-Ok wait); connections made afterwards
+    close gracefully, within ``teardown_timeout``.
+
+    >>> note_path_fault("doctest"); last_path_fault_at() is not None
+    True
+    """
+    global _path_fault_at
+    _path_fault_at = monotonic()
+    logger.debug("hangproof.guard: path fault noted (%s)", reason)
+
+
+def _amqp_transport(connection: Any) -> Any:
+    """A py-amqp connection's transport, or None; never connects.
+
+    The one read of py-amqp's private ``Connection._transport`` that the
+    teardown code makes (``.transport`` would dial), through
+    :mod:`hangproof.guard.upstream` like every other private name.
+    """
+    return upstream.amqp_transport(connection)
+
+
+def last_path_fault_at() -> float | None:
+    """Monotonic time of the last :func:`note_path_fault` (None if none yet)."""
+    return _path_fault_at
 
 
 #: Called with (event, reason, connection id) on every connection.blocked
@@ -248,7 +307,29 @@ class GuardChannel(pyamqp.Channel):
         if connection is not None and connection.blocked_reason is not None:
             self.collect()
             return None
-        return super().close(*args, **kwargs)
+        if connection is None or not self.is_open or _amqp_transport(connection) is None:
+            return super().close(*args, **kwargs)  # nothing on the wire: returns at once
+        if connection.may_be_dead():
+            # No Channel.Close on a flow that may be dead: the whole
+            # connection goes (the broker closes its channels with it).
+            connection.drop("channel close on a connection that may be dead")
+            return None
+        with connection.teardown_bound(swallow=True):
+            return super().close(*args, **kwargs)
+
+    def basic_cancel(self, consumer_tag: str, nowait: bool = False, argsig: str = "sb") -> Any:
+        """Cancel a consumer, waiting for Cancel-Ok at most ``teardown_timeout`` (kombu#670).
+
+        On a miss the connection is abandoned (the broker cancels every
+        consumer of a closed connection) and :class:`TeardownTimeout` raised.
+        """
+        connection = self.connection
+        if connection is None or nowait or _amqp_transport(connection) is None:
+            return super().basic_cancel(consumer_tag, nowait, argsig)
+        if connection.abandoned:
+            raise TeardownTimeout("basic_cancel on an abandoned connection")
+        with connection.teardown_bound(swallow=False, closing=False):
+            return super().basic_cancel(consumer_tag, nowait, argsig)
 
     def basic_publish(self, *args: Any, **kwargs: Any) -> Any:
         """Stock publish (no confirms), refused at once while the broker blocks us."""
@@ -288,6 +369,7 @@ class GuardChannel(pyamqp.Channel):
             # The write timed out: part of a frame may be on the wire, so the
             # connection is unusable; drop it so the next publish reconnects.
             connection.abandon()
+            note_path_fault("publish not written within publish_timeout")
             raise PublishTimeout(
                 f"publish not written within {limit:.1f} s (broker not reading); connection dropped"
             ) from exc
@@ -297,6 +379,7 @@ class GuardChannel(pyamqp.Channel):
             remaining = at - monotonic()
             if remaining <= 0:
                 connection.abandon()
+                note_path_fault("no publisher confirm within publish_timeout")
                 raise PublishTimeout(
                     f"no publisher confirm from the broker within {limit:.1f} s; the message "
                     "may or may not be queued; connection dropped"
@@ -338,6 +421,15 @@ class GuardConnection(pyamqp.Connection):
     blocked_reason: str | None = None
     blocked_since: float | None = None
 
+    #: When the handshake completed (monotonic), and whether the guard gave
+    #: up on the socket (no more waiting for the broker on it).
+    connected_at: float | None = None
+    abandoned: bool = False
+    #: The deadline of the teardown in progress (None: not tearing down),
+    #: and the one the first close of this connection armed.
+    _teardown_at: float | None = None
+    _closing_deadline: float | None = None
+
     def __init__(
         self,
         *args: Any,
@@ -347,6 +439,7 @@ class GuardConnection(pyamqp.Connection):
         refuse_when_blocked: bool = True,
         on_blocked: Callable[[str], Any] | None = None,
         on_unblocked: Callable[[], Any] | None = None,
+        teardown_timeout: float | None = None,
         **kwargs: Any,
     ) -> None:
         # Fail closed: a py-amqp/kombu that renamed what the guard relies on
@@ -360,6 +453,9 @@ class GuardConnection(pyamqp.Connection):
         )
         self.publish_timeout: float = float(
             publish_timeout if publish_timeout is not None else Policy().publish_timeout or 7.5
+        )
+        self.teardown_timeout: float = float(
+            teardown_timeout if teardown_timeout is not None else Policy().teardown_timeout or 1.5
         )
         #: False for a worker's own consumer connection: its control messages
         #: (mingle, pidbox replies) must not turn a broker alarm into a crash.
@@ -407,18 +503,126 @@ class GuardConnection(pyamqp.Connection):
 
     def abandon(self) -> None:
         """Drop a connection a publish gave up on, so the next use reconnects."""
+        self.abandoned = True
         transport = upstream.amqp_transport(self)
         sock = getattr(transport, "sock", None)
         if sock is not None:
             with contextlib.suppress(OSError):
                 sock.shutdown(socket.SHUT_RDWR)
 
+    def drop(self, why: str = "") -> None:
+        """Abandon the socket and release everything: shutdown + close, no Close-Ok.
+
+        Never waits: ``shutdown()`` first makes every later read return EOF and
+        every write fail at once (a TLS close_notify included).
+        """
+        if _amqp_transport(self) is None:
+            return
+        logger.info("hangproof.guard: teardown: abandoning %s (%s)", self.host, why or "dropped")
+        self.abandon()
+        self.collect()
+
+    def may_be_dead(self) -> bool:
+        """True if this connection may sit on a dead flow: abandoned, or older than the last path fault.
+
+        >>> GuardConnection(host="127.0.0.1:1").may_be_dead()
+        False
+        """
+        if self.abandoned:
+            return True
+        fault_at = _path_fault_at
+        return (
+            fault_at is not None and self.connected_at is not None and self.connected_at <= fault_at
+        )
+
+    @contextlib.contextmanager
+    def teardown_bound(self, *, swallow: bool, closing: bool = True) -> Any:
+        """Bound every read and write inside by one deadline, ``teardown_timeout`` from the first.
+
+        Nested uses share the outer deadline, and every close of one
+        connection (``closing``: its channels' and its own) shares the first
+        close's. On a miss the connection is dropped; then
+        ``swallow`` makes the call return (a close is done either way),
+        otherwise :class:`TeardownTimeout` is raised.
+        """
+        outer = self._teardown_at is None
+        transport = _amqp_transport(self)
+        sock = getattr(transport, "sock", None)
+        if outer:
+            # kombu closes the default channel, then the connection: both
+            # share the deadline the first close armed.
+            if closing and self._closing_deadline is None:
+                self._closing_deadline = monotonic() + self.teardown_timeout
+            self._teardown_at = self._closing_deadline or monotonic() + self.teardown_timeout
+            # Only while tearing down: the per-frame path stays stock.
+            self.drain_events = self._drain_events_before_teardown_deadline  # type: ignore[method-assign]
+        saved_timeout = sock.gettimeout() if sock is not None else None
+        try:
+            if sock is not None:
+                # Writes too: a full send buffer (broker not reading) would
+                # otherwise wait write_timeout.
+                sock.settimeout(max(0.001, self._teardown_at - monotonic()))
+            yield
+        except OSError as exc:
+            # socket.timeout (our deadline), or a socket the kernel already
+            # gave up on: nothing more to wait for on it.
+            timed_out = isinstance(exc, TimeoutError)
+            why = f"no answer within {self.teardown_timeout:.1f} s" if timed_out else repr(exc)
+            self.drop(f"teardown: {why}")
+            if not swallow:
+                if timed_out and not isinstance(exc, TeardownTimeout):
+                    raise TeardownTimeout(
+                        f"no answer from {self.host} within teardown_timeout "
+                        f"{self.teardown_timeout:.1f} s; connection abandoned"
+                    ) from exc
+                raise
+        finally:
+            if outer:
+                self._teardown_at = None
+                self.__dict__.pop("drain_events", None)
+            if sock is not None and _amqp_transport(self) is transport and not self.abandoned:
+                with contextlib.suppress(OSError):
+                    sock.settimeout(saved_timeout)
+
+    def _drain_events_before_teardown_deadline(self, timeout: float | None = None) -> None:
+        # py-amqp's wait() reads frame by frame with one per-read timeout;
+        # here the reads share what is left of the teardown deadline, so
+        # frames that keep arriving (heartbeats) cannot stretch it.
+        at = self._teardown_at
+        while True:
+            remaining = None if at is None else at - monotonic()
+            if remaining is not None and remaining <= 0:
+                raise TeardownTimeout(f"teardown_timeout {self.teardown_timeout:.1f} s exceeded")
+            if timeout is not None:
+                remaining = timeout if remaining is None else min(timeout, remaining)
+            if self.blocking_read(remaining):
+                return
+
     def close(self, *args: Any, **kwargs: Any) -> Any:
-        """Close; a blocked connection is dropped (the broker would not read Close)."""
+        """Close, never waiting longer than ``teardown_timeout``.
+
+        A blocked connection is dropped (the broker would not read Close); so
+        is one that may be dead (:meth:`may_be_dead`); otherwise the graceful
+        close gets ``teardown_timeout`` in all, then the socket is abandoned.
+        """
         if self.blocked_reason is not None and upstream.amqp_transport(self) is not None:
             self.collect()
             return None
-        return super().close(*args, **kwargs)
+        if _amqp_transport(self) is None:
+            return super().close(*args, **kwargs)
+        if self.may_be_dead():
+            self.drop("closing a connection that may be dead")
+            return None
+        with self.teardown_bound(swallow=True):
+            return super().close(*args, **kwargs)
+
+    def heartbeat_tick(self, rate: int = 2) -> Any:
+        """py-amqp's heartbeat check; a miss is also a path fault (see :func:`note_path_fault`)."""
+        try:
+            return super().heartbeat_tick(rate)
+        except amqp.exceptions.ConnectionForced:
+            note_path_fault(f"heartbeats missed on {self.host}")
+            raise
 
     def collect(self) -> None:
         self._clear_blocked("connection closed while blocked")
@@ -496,6 +700,9 @@ class GuardConnection(pyamqp.Connection):
                 # The handshake's frames just arrived: start the clock now.
                 self._clock_count = upstream.inbound_frame_count(self)
                 self._clock_at = monotonic()
+                self.connected_at = self._clock_at
+                self.abandoned = False
+                self._closing_deadline = None
 
 
 class Transport(pyamqp.Transport):
@@ -503,7 +710,8 @@ class Transport(pyamqp.Transport):
 
     Transport options: ``handshake_deadline`` (seconds; default
     ``Policy().handshake_deadline``), ``publish_timeout`` (seconds; default
-    ``Policy().publish_timeout``), ``confirm_publish`` (default True),
+    ``Policy().publish_timeout``), ``teardown_timeout`` (seconds; default
+    ``Policy().teardown_timeout``), ``confirm_publish`` (default True),
     ``refuse_when_blocked`` (default True: raise :class:`BrokerBlocked`
     while the broker blocks publishing).
     """

@@ -33,6 +33,7 @@ FAULTS: dict[str, str] = {
     FaultClass.HEAL_AFTER_HALF_OPEN.value: "heal_after_half_open",
     FaultClass.HEARTBEAT_ONLY_HANDSHAKE.value: "heartbeat_only_handshake",
     FaultClass.MEMORY_ALARM.value: "memory_alarm",
+    FaultClass.SILENT_FLOW_LOSS.value: "silent_flow_loss",
     FaultClass.VIP_RACE.value: "vip_race",
     FaultClass.VIP_FAILOVER.value: "vip_failover",
 }

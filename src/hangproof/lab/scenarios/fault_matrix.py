@@ -101,6 +101,9 @@ DEFAULT_HOLD = {
     # Nothing to heal: resume counts from the end of inject().
     "vip-race": 0.0,
     "vip-failover": 0.0,
+    # The open flows stay dead (heal brings nothing back): resume counts from
+    # the end of inject(), i.e. fault -> first new task executed.
+    "silent-flow-loss": 0.0,
 }
 #: Faults whose detection counts from the end of inject() (see the module doc).
 DETECT_FROM_END_OF_INJECT = frozenset({"vip-race"})
