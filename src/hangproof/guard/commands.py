@@ -29,26 +29,50 @@ import typer
 
 from hangproof.errors import EXIT_FINDING, EXIT_OK, EXIT_USAGE, HangproofError
 
+#: Whoever writes the verdict first (the probe itself or a deadline net) holds
+#: this, so stdout carries exactly one JSON line.
+_VERDICT = threading.Lock()
+
 
 def _arm_deadline(seconds: float, as_json: bool) -> threading.Event:
-    """End the process with exit 1 after ``seconds``, even if the main thread is stuck."""
+    """End the process with exit 1 after ``seconds``, even if the main thread is stuck.
+
+    Two independent nets, each writing the same one-line verdict before
+    ``os._exit`` (a probe's caller must always get its JSON): a thread at
+    ``seconds``, and SIGALRM 1.5 s later in case the thread cannot run.
+    The normal path's socket timeouts end earlier (:func:`socket_budget`), so
+    under load the nets fire only when something really hangs.
+    """
     done = threading.Event()
 
-    def expire() -> None:
-        if done.wait(seconds):
-            return
+    def expire_now() -> None:
+        if not _VERDICT.acquire(blocking=False):
+            return  # the other net is already writing
         if as_json:
             os.write(1, json.dumps({"healthy": False, "reason": "deadline exceeded"}).encode())
             os.write(1, b"\n")
         os.write(2, f"hangproof: check-worker: no answer within {seconds:g} s\n".encode())
         os._exit(EXIT_FINDING)  # no cleanup can be allowed to block here
 
+    def expire() -> None:
+        if not done.wait(seconds):
+            expire_now()
+
     threading.Thread(target=expire, name="check-worker-deadline", daemon=True).start()
     if hasattr(signal, "SIGALRM"):
         # Independent of the thread: fires even if the GIL holder never yields.
-        signal.signal(signal.SIGALRM, lambda *_: os._exit(EXIT_FINDING))
+        signal.signal(signal.SIGALRM, lambda *_: expire_now())
         signal.alarm(max(1, int(seconds + 1.5)))
     return done
+
+
+def socket_budget(timeout: float) -> float:
+    """The socket deadline inside a ``timeout``-second probe: it ends before the hard nets.
+
+    >>> socket_budget(3.0), socket_budget(0.4)
+    (2.5, 0.3)
+    """
+    return round(max(timeout * 0.75, timeout - 0.5), 3)
 
 
 def check_http(host: str, port: int, path: str, timeout: float) -> dict[str, Any]:
@@ -145,12 +169,14 @@ def register(app: typer.Typer) -> None:
                 path=path,
                 heartbeat_file=heartbeat_file,
                 max_age=max_age,
-                timeout=timeout,
+                timeout=socket_budget(timeout),
             )
         finally:
             done.set()
             with contextlib.suppress(Exception):
                 signal.alarm(0)
+        if not _VERDICT.acquire(timeout=5):
+            time.sleep(5)  # a deadline net is writing its verdict and exiting
         if as_json:
             print(json.dumps(result, default=str))
         else:
