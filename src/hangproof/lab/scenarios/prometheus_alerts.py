@@ -255,6 +255,16 @@ def planned_seconds(time_scale: float) -> float:
     return max(phases, hazard, storm_resolved) + 60 + 4 * SLACK
 
 
+def _versions() -> dict[str, str]:
+    from importlib.metadata import PackageNotFoundError, version
+
+    out = {}
+    for dist in ("hangproof", "celery", "kombu", "amqp", "prometheus_client"):
+        with contextlib.suppress(PackageNotFoundError):
+            out[dist] = version(dist)
+    return out
+
+
 def _hangproof_argv() -> list[str]:
     script = Path(sys.executable).with_name("hangproof")
     return [str(script)] if script.exists() else [sys.executable, "-m", "hangproof.cli"]
@@ -314,6 +324,7 @@ def run_alerts(
         )
         .strip()
         .splitlines()[:1],
+        "versions": _versions(),
         "work": str(work),
     }
     bed = FaultBed(work / "bed", prefix)
