@@ -284,17 +284,17 @@ def run_alerts(
     say = progress or (lambda msg: None)
     if time_scale <= 0:
         raise HangproofError("--time-scale must be > 0")
-    for tool in (PROMETHEUS, PROMTOOL):
-        if not os.path.exists(tool):
-            raise HangproofError(f"{tool} missing: apt-get install prometheus (scripts/setup.sh)")
-    if shutil.which("curl") is None:
-        raise HangproofError("curl missing: apt-get install curl")
     needed = planned_seconds(time_scale)
     if needed > max_seconds:
         raise HangproofError(
             f"prometheus-alerts at --time-scale {time_scale:g} needs up to {needed:.0f} s; "
             f"pass --max-seconds {needed:.0f} (or a smaller --time-scale)"
         )
+    for tool in (PROMETHEUS, PROMTOOL):
+        if not os.path.exists(tool):
+            raise HangproofError(f"{tool} missing: apt-get install prometheus (scripts/setup.sh)")
+    if shutil.which("curl") is None:
+        raise HangproofError("curl missing: apt-get install curl")
     started = time.monotonic()
     hard_deadline = started + max_seconds
     work = state_root() / f"{prefix}run-{time.strftime('%Y%m%dT%H%M%S')}"
