@@ -691,10 +691,26 @@ def rendered_files(time_scale: float = 1.0) -> dict[Path, str]:
     }
 
 
+def markdown_table() -> str:
+    """The alerts as the markdown table of docs/alerting.md (name, for:, severity, expr).
+
+    >>> markdown_table().splitlines()[0]
+    '| alert | for: | severity | expression | runbook |'
+    """
+    rows = ["| alert | for: | severity | expression | runbook |", "|---|---|---|---|---|"]
+    for alert in ALERTS:
+        rule = scaled(alert)
+        expr = rule["expr"].replace("|", "\\|")
+        rows.append(
+            f"| `{alert.name}` | {rule['for']} | {alert.severity} | `{expr}` | {alert.runbook} |"
+        )
+    return "\n".join(rows) + "\n"
+
+
 def main(argv: list[str] | None = None) -> int:
-    """``write DIR`` | ``rules`` | ``prometheusrule`` | ``dashboard`` (``--time-scale``)."""
+    """``write DIR`` | ``rules`` | ``prometheusrule`` | ``dashboard`` | ``table``."""
     parser = argparse.ArgumentParser(prog="python -m hangproof.alerting")
-    parser.add_argument("what", choices=("write", "rules", "prometheusrule", "dashboard"))
+    parser.add_argument("what", choices=("write", "rules", "prometheusrule", "dashboard", "table"))
     parser.add_argument("directory", nargs="?", default="deploy")
     parser.add_argument("--time-scale", type=float, default=1.0)
     args = parser.parse_args(argv)
@@ -702,6 +718,9 @@ def main(argv: list[str] | None = None) -> int:
         print("--time-scale must be > 0", file=sys.stderr)
         return 2
     files = rendered_files(args.time_scale)
+    if args.what == "table":
+        sys.stdout.write(markdown_table())
+        return 0
     if args.what == "write":
         if args.time_scale != 1.0:
             print("write renders the shipped files: --time-scale must be 1", file=sys.stderr)

@@ -588,3 +588,30 @@ def summary(result: dict[str, Any]) -> str:
     if result.get("unexpected_firing"):
         rows.append(f"  unexpected firing: {result['unexpected_firing']}")
     return "\n".join(rows)
+
+
+def markdown(result: dict[str, Any]) -> str:
+    """The measured delays as the markdown table of docs/alerting.md.
+
+    ``python -m hangproof.lab.scenarios.prometheus_alerts docs/alerting-run.json``
+    """
+    rows = [
+        "| alert | fault | for: | fault -> pending | fault -> firing | bound | resolved | met |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for r in result["results"]:
+        if r.get("firing_to_resolved_s") is not None:
+            resolved = f"{r['firing_to_resolved_s']} s after firing (window)"
+        else:
+            resolved = f"{r['heal_to_resolved_s']} s after heal"
+        met = "yes" if r["fired_within_bound"] and r["resolved"] else "NO: " + "; ".join(r["notes"])
+        rows.append(
+            f"| `{r['alert']}` | {r['phase']} | {r['for_s']:g} s | {r['fault_to_pending_s']} s "
+            f"| {r['fault_to_firing_s']} s | {r['bound_s']} s | {resolved} | {met} |"
+        )
+    return "\n".join(rows) + "\n"
+
+
+if __name__ == "__main__":
+    with open(sys.argv[1]) as f:
+        sys.stdout.write(markdown(json.load(f)))
