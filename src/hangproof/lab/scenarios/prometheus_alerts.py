@@ -272,7 +272,8 @@ def _hangproof_argv() -> list[str]:
 
 def run(lab: Lab | None, options: RunOptions) -> dict[str, Any]:
     """Scenario entry point; ``options.extra["time_scale"]`` (default 1), ``max_seconds``."""
-    time_scale = float(options.extra.get("time_scale") or 1.0)
+    given = options.extra.get("time_scale")
+    time_scale = 1.0 if given is None else float(given)
     progress = options.extra.get("progress_line") or (lambda msg: print(msg, file=sys.stderr))
     return run_alerts(time_scale, options.max_seconds, progress=progress)
 
