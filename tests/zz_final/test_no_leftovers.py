@@ -24,6 +24,7 @@ TEST_PREFIXES = (
     "hpprobe-",
     "hpguard-",
     "hpfault-",
+    "hpalrt-",
     "hpfv",
 )
 
