@@ -14,7 +14,7 @@ import pytest
 
 from hangproof import alerting
 from hangproof.lab import processes
-from hangproof.lab.scenarios.prometheus_alerts import PREFIX, run_alerts
+from hangproof.lab.scenarios.prometheus_alerts import PREFIX, run_alerts, run_vip_race
 
 pytestmark = pytest.mark.lab
 
@@ -38,3 +38,20 @@ def test_each_alert_fires_during_its_fault_and_resolves_after_heal() -> None:
     assert not any(processes.pid_alive(pid) for pid in report["pids"].values())
     names = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
     assert PREFIX not in names
+
+
+@pytest.mark.timeout(600)
+def test_the_reports_wedge_fires_handshake_unanswered_on_the_seed_lab() -> None:
+    """vip-race wedges a seed-like stock worker on the port holder; doctor's alert fires."""
+    report = run_vip_race(0.1, 600.0)
+    (r,) = report["results"]
+    assert r["alert"] == "HangproofHandshakeUnanswered"
+    assert report["fault_detail"].get("wedged_sport") is not None, report["fault_detail"]
+    assert r["fault_to_firing_s"] is not None and r["fault_to_firing_s"] <= r["bound_s"], r
+    assert r["resolved"], r
+    assert report["outcome"] == "passed"
+    # The report's evidence: nothing received, the port holder owns the peer, no DNAT.
+    ev = report["evidence"]
+    assert ev["client_socket"]["bytes_received"] == 0
+    assert ev["listener_owner"] == "kube-proxy"
+    assert not any(processes.pid_alive(pid) for pid in report["pids"].values())

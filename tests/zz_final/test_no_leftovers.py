@@ -25,6 +25,7 @@ TEST_PREFIXES = (
     "hpguard-",
     "hpfault-",
     "hpalrt-",
+    "hpalv-",
     "hpfv",
 )
 

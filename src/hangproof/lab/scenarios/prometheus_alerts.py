@@ -199,18 +199,23 @@ def _wait(predicate: Any, bound: float, step: float = 1.0) -> bool:
     return bool(predicate())
 
 
-def prometheus_config(rules: Path) -> str:
-    """prometheus.yml: both hangproof targets every second, our rules."""
-    return (
+def prometheus_config(rules: Path, *, guard: bool = True) -> str:
+    """prometheus.yml: the hangproof targets every second (doctor; the guard unless
+    ``guard`` is False), our rules."""
+    text = (
         f"global:\n  scrape_interval: {INTERVAL}s\n  scrape_timeout: {INTERVAL}s\n"
         f"  evaluation_interval: {INTERVAL}s\n"
         f"rule_files:\n  - {rules}\n"
         "scrape_configs:\n"
-        f"  - job_name: hangproof-guard\n    static_configs:\n"
-        f"      - targets: ['127.0.0.1:{WORKER_PORT}']\n"
         f"  - job_name: hangproof-doctor\n    static_configs:\n"
         f"      - targets: ['127.0.0.1:{DOCTOR_PORT}']\n"
     )
+    if guard:
+        text += (
+            f"  - job_name: hangproof-guard\n    static_configs:\n"
+            f"      - targets: ['127.0.0.1:{WORKER_PORT}']\n"
+        )
+    return text
 
 
 def bounds(time_scale: float) -> dict[str, tuple[str, float, float]]:
@@ -275,6 +280,14 @@ def run(lab: Lab | None, options: RunOptions) -> dict[str, Any]:
     given = options.extra.get("time_scale")
     time_scale = 1.0 if given is None else float(given)
     progress = options.extra.get("progress_line") or (lambda msg: print(msg, file=sys.stderr))
+    faults = options.extra.get("faults") or "testbed"
+    if faults == "vip-race":
+        return run_vip_race(time_scale, options.max_seconds, progress=progress)
+    if faults != "testbed":
+        raise HangproofError(
+            f"prometheus-alerts --faults {faults!r}: choose testbed (the default: hazard, storm, "
+            "broker-freeze, memory-alarm) or vip-race (the seed lab's race, doctor's alert)"
+        )
     return run_alerts(time_scale, options.max_seconds, progress=progress)
 
 
@@ -501,6 +514,168 @@ def run_alerts(
                     fault.heal()
         for proc in procs.values():
             processes.stop_pid(proc.pid, grace=5)
+        bed.close()
+        (work / "report.json").write_text(json.dumps(report, indent=2, default=str))
+
+
+#: The seed-lab variant's own lab name (namespaces hpalv-*).
+SEED_LAB_NAME = "hpalv"
+SEED_WAIT_READY = 120.0
+
+
+def run_vip_race(
+    time_scale: float, max_seconds: float, *, progress: Any = None, name: str = SEED_LAB_NAME
+) -> dict[str, Any]:
+    """The report's own wedge -> ``HangproofHandshakeUnanswered``, on the seed lab.
+
+    The seed lab (3 nodes, kube-proxy 1.9 rules and port holders, VIP on n2,
+    broker in n1's pod); in n1's namespace a seed-like stock Celery worker
+    (``broker_connection_timeout=None``) dialling VIP:32672, doctor and
+    Prometheus. The vip-race fault lands the VIP on n1 while the worker's
+    reconnect SYN is in flight: the retransmitted SYN reaches the port holder
+    and the worker waits for Connection.Start forever. Nothing heals that by
+    itself, so the heal is the runbook's: the wedged worker is stopped (by pid).
+    Fault time is the end of ``inject()`` (the VIP landing), as in the fault matrix.
+    """
+    from hangproof.lab.faults import close_fault, prepare_fault
+    from hangproof.lab.faults.seed_bed import SeedBed
+
+    say = progress or (lambda msg: None)
+    if time_scale <= 0:
+        raise HangproofError("--time-scale must be > 0")
+    alert_name = "HangproofHandshakeUnanswered"
+    for_s = next(a.for_seconds for a in alerting.ALERTS if a.name == alert_name) * time_scale
+    bound = for_s + DOCTOR_MIN_SILENCE + 2 * DOCTOR_WATCH
+    needed = SEED_WAIT_READY + 90 + bound + 4 * SLACK
+    if needed > max_seconds:
+        raise HangproofError(
+            f"prometheus-alerts --faults vip-race at --time-scale {time_scale:g} needs up to "
+            f"{needed:.0f} s; pass --max-seconds {needed:.0f}"
+        )
+    for tool in (PROMETHEUS, PROMTOOL):
+        if not os.path.exists(tool):
+            raise HangproofError(f"{tool} missing: apt-get install prometheus (scripts/setup.sh)")
+    started = time.monotonic()
+    hard_deadline = started + max_seconds
+    work = state_root() / f"{PREFIX}vip-race-{time.strftime('%Y%m%dT%H%M%S')}"
+    work.mkdir(parents=True, exist_ok=True)
+    rules = work / "hangproof-alerts.yml"
+    rules.write_text(alerting.render_rules(time_scale))
+    (work / "prometheus.yml").write_text(prometheus_config(rules, guard=False))
+    report: dict[str, Any] = {
+        "scenario": NAME,
+        "faults": "vip-race",
+        "time_scale": time_scale,
+        "override": None
+        if time_scale == 1.0
+        else f"every for: and window x {time_scale:g} (hangproof.alerting --time-scale)",
+        "scrape_interval_s": INTERVAL,
+        "evaluation_interval_s": INTERVAL,
+        "doctor": {"watch_s": DOCTOR_WATCH, "min_silence_s": DOCTOR_MIN_SILENCE},
+        "versions": _versions(),
+        "work": str(work),
+    }
+    life = max(60, int(max_seconds))
+    bed = SeedBed(name, progress=lambda msg: say(f"seed lab: {msg}"))
+    procs: dict[str, subprocess.Popen[bytes]] = {}
+    watch: AlertWatch | None = None
+    fault = None
+
+    def bounded(argv: list[str]) -> list[str]:
+        return ["timeout", "-k", "5", str(life), *argv]
+
+    def remaining() -> float:
+        return max(0.0, hard_deadline - time.monotonic())
+
+    try:
+        say("building the seed lab (3 nodes, kube-proxy rules, port holders, broker in n1's pod)")
+        bed.up()
+        ns = bed.client_netns
+        fault = make_fault("vip-race", bed.target)
+        prepare_fault(fault)  # the VIP on n2: the worker connects through n2's DNAT
+        worker_log = work / "worker.log"
+        procs["worker"] = processes.spawn(
+            bounded([sys.executable, "-m", "celery", "-A", "hangproof.lab.matrix_celery", "worker",
+                     "-P", "prefork", "-c", "2", "-Q", QUEUE, "-n", "seed@%h", "--loglevel=INFO",
+                     "--without-mingle", "--without-gossip"]),
+            netns=ns, log=worker_log,
+            env={"HANGPROOF_BROKER_URL": bed.client_url, "HANGPROOF_GUARD": "0",
+                 "HANGPROOF_CONNECTION_TIMEOUT": "none"},
+        )  # fmt: skip
+        procs["doctor"] = processes.spawn(
+            bounded([*_hangproof_argv(), "doctor", "--watch", str(DOCTOR_WATCH),
+                     "--metrics-port", str(DOCTOR_PORT), "--min-silence", str(DOCTOR_MIN_SILENCE),
+                     "--no-stacks"]),
+            netns=ns, log=work / "doctor.log",
+        )  # fmt: skip
+        procs["prometheus"] = processes.spawn(
+            bounded([PROMETHEUS, f"--config.file={work / 'prometheus.yml'}",
+                     f"--storage.tsdb.path={work / 'prometheus-data'}",
+                     f"--web.listen-address=127.0.0.1:{PROMETHEUS_PORT}",
+                     "--storage.tsdb.retention.time=2h", "--log.level=warn"]),
+            netns=ns, log=work / "prometheus.log",
+        )  # fmt: skip
+        report["pids"] = {k: p.pid for k, p in procs.items()}
+        base = f"http://127.0.0.1:{PROMETHEUS_PORT}/api/v1"
+
+        def ready() -> bool:
+            if " ready." not in (worker_log.read_text() if worker_log.exists() else ""):
+                return False
+            with contextlib.suppress(Exception):
+                data = prom_get(ns, f"{base}/query?query=up")["data"]["result"]
+                return len(data) == 1 and data[0]["value"][1] == "1"
+            return False
+
+        say("waiting for the stock worker, doctor and Prometheus")
+        if not _wait(ready, min(SEED_WAIT_READY, remaining())):
+            raise HangproofError(f"worker/doctor/Prometheus not ready within 120 s; see {work}")
+        watch = AlertWatch(ns, PROMETHEUS_PORT)
+        watch.start()
+        time.sleep(3 * INTERVAL)
+        say("vip-race: the VIP leaves n2, the broker drops the worker, the VIP lands on n1 mid-SYN")
+        fault.inject()
+        fault_at = time.time()
+        report["fault_detail"] = dict(getattr(fault, "detail", {}) or {})
+        fired = _wait(
+            lambda: watch is not None and watch.firing_since(alert_name, fault_at) is not None,
+            min(bound + SLACK, remaining()),
+        )
+        report["evidence"] = fault.evidence() if fired else {}
+        say("healing the runbook's way: the wedged worker is stopped")
+        processes.stop_pid(procs.pop("worker").pid, grace=5)
+        heal_at = time.time()
+        _wait(
+            lambda: (
+                watch is not None
+                and (ep := watch.firing_since(alert_name, fault_at)) is not None
+                and ep["resolved_at"] is not None
+            ),
+            min(DOCTOR_WATCH + 3.0 + 2 * SLACK, remaining()),
+        )
+        phase_at = {"vip-race": {"fault": fault_at, "heal": heal_at}}
+        b = {alert_name: ("vip-race", bound, DOCTOR_WATCH + 3.0)}
+        report["results"] = [asdict(r) for r in _results(watch, b, phase_at, time_scale)]
+        report["phases"] = phase_at
+        hazard = watch.episodes.get("HangproofNodePortVipRaceHazard") or []
+        # The VIP now on n1 makes the hazard true here too (pending; its for: is 10m x scale).
+        report["hazard_pending_after_fault_s"] = (
+            round(float(hazard[0]["pending_at"]) - fault_at, 1)
+            if hazard and hazard[0]["pending_at"] is not None
+            else None
+        )
+        report["poll_errors"] = watch.errors
+        report["elapsed_s"] = round(time.monotonic() - started, 1)
+        ok = all(r["fired_within_bound"] and r["resolved"] for r in report["results"])
+        report["outcome"] = "passed" if ok else "failed"
+        return report
+    finally:
+        if watch is not None:
+            watch.stop()
+        for proc in procs.values():
+            processes.stop_pid(proc.pid, grace=5)
+        if fault is not None:
+            with contextlib.suppress(Exception):
+                close_fault(fault)
         bed.close()
         (work / "report.json").write_text(json.dumps(report, indent=2, default=str))
 
