@@ -219,7 +219,10 @@ def run(
     ] = True,
     faults: Annotated[
         str | None,
-        typer.Option(help="fault-matrix: comma-separated faults (default: all)."),
+        typer.Option(
+            help="fault-matrix: comma-separated faults (default: all); "
+            "prometheus-alerts: testbed (default) or vip-race."
+        ),
     ] = None,
     profiles: Annotated[
         str | None,

@@ -31,9 +31,13 @@ and whether it met it.
 
 ``time_scale`` (``--time-scale``) multiplies every ``for:`` and window (the
 documented lab override of :mod:`hangproof.alerting`); 1 runs the shipped rules
-as they are and takes about 13 minutes.
+as they are and takes about 11 minutes (``--max-seconds 900``).
+
+``--faults vip-race`` runs :func:`run_vip_race` instead: the report's own
+wedge on the seed lab, for doctor's ``HangproofHandshakeUnanswered``.
 
     hangproof lab run prometheus-alerts --time-scale 0.1 --json
+    hangproof lab run prometheus-alerts --faults vip-race --json
 """
 
 from __future__ import annotations
