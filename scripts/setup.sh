@@ -4,7 +4,9 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-APT_PACKAGES=(iproute2 iptables conntrack keepalived rabbitmq-server curl procps make)
+# prometheus: promtool for the alert rules' unit tests, and the real Prometheus of the
+# prometheus-alerts lab scenario (its Debian service never starts: policy-rc.d below).
+APT_PACKAGES=(iproute2 iptables conntrack keepalived rabbitmq-server curl procps make prometheus)
 VENV=${HANGPROOF_VENV:-.venv}
 
 missing=()

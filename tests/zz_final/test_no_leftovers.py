@@ -24,6 +24,8 @@ TEST_PREFIXES = (
     "hpprobe-",
     "hpguard-",
     "hpfault-",
+    "hpalrt-",
+    "hpalv-",
     "hpfv",
 )
 

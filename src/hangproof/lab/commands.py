@@ -185,7 +185,9 @@ def race(
 
 @lab_app.command("run")
 def run(
-    scenario: Annotated[str, typer.Argument(help="Scenario name: seed-loop or fault-matrix.")],
+    scenario: Annotated[
+        str, typer.Argument(help="Scenario name: seed-loop, fault-matrix or prometheus-alerts.")
+    ],
     profile: Annotated[
         str, typer.Option(help="Client profile: seed, stock or gevent (see celery_app.PROFILES).")
     ] = "seed",
@@ -217,7 +219,10 @@ def run(
     ] = True,
     faults: Annotated[
         str | None,
-        typer.Option(help="fault-matrix: comma-separated faults (default: all)."),
+        typer.Option(
+            help="fault-matrix: comma-separated faults (default: all); "
+            "prometheus-alerts: testbed (default) or vip-race."
+        ),
     ] = None,
     profiles: Annotated[
         str | None,
@@ -230,6 +235,14 @@ def run(
     hang_bound: Annotated[
         float | None,
         typer.Option("--hang-bound", help="fault-matrix: seconds after heal before HANG (300)."),
+    ] = None,
+    time_scale: Annotated[
+        float | None,
+        typer.Option(
+            "--time-scale",
+            help="prometheus-alerts: multiply every alert's for: and window (lab override; "
+            "1 = the shipped rules).",
+        ),
     ] = None,
     name: NameOpt = "hplab",
     json_out: JsonOpt = False,
@@ -258,6 +271,7 @@ def run(
             "profiles": profiles,
             "stall_timeout": stall_timeout,
             "hang_bound": hang_bound,
+            "time_scale": time_scale,
             "progress": lambda cell: progress(
                 f"cell {cell.fault} x {cell.profile}: {cell.resume_s}"
             ),
@@ -268,7 +282,7 @@ def run(
         _emit_json(result)
     else:
         typer.echo(scenario_summary(scenario, result))
-    return EXIT_FINDING if result.get("outcome") not in (None, "survived") else EXIT_OK
+    return EXIT_FINDING if result.get("outcome") not in (None, "survived", "passed") else EXIT_OK
 
 
 def _shared_lab(name: str, progress: Any) -> Lab:

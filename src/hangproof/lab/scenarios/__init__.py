@@ -10,7 +10,7 @@ beds).
 Adding a scenario touches one new module and one line in :data:`SCENARIOS`.
 
     >>> sorted(SCENARIOS)
-    ['fault-matrix', 'seed-loop']
+    ['fault-matrix', 'prometheus-alerts', 'seed-loop']
     >>> run_scenario("seed-loop", lab, RunOptions(cycles=3))  # doctest: +SKIP
     {'outcome': 'wedged', 'cycles': 1, ...}
 """
@@ -33,6 +33,7 @@ if TYPE_CHECKING:
 SCENARIOS: dict[str, str] = {
     "seed-loop": "seed_loop",
     "fault-matrix": "fault_matrix",
+    "prometheus-alerts": "prometheus_alerts",
 }
 
 
