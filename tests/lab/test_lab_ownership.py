@@ -100,7 +100,7 @@ def test_down_all_cleans_a_crashed_fault_bed(tmp_path: Path) -> None:
         pids = [bed.node.pid, bed.node.epmd_pid]
         assert all(p is not None and processes.pid_alive(p) for p in pids)
         # The matrix run "crashes" here: no close(). Only the state file is left.
-        assert LabState.load("hpfault-o") is not None
+        assert LabState.load(bed.state.name) is not None  # "hpfaulto"
         result = lab_down_all()
         assert result.returncode == 0, result.stderr
         present = network.existing_namespaces()

@@ -124,16 +124,26 @@ def test_lab_down_refuses_a_runtime_name_in_one_line(capsys: pytest.CaptureFixtu
 
 # -- 3. the Erlang cookie ---------------------------------------------------------
 class OpenRecorder:
-    """Every open() of a path under ``root`` (builtin or os.open), via the audit hook."""
+    """Every open() and chmod() under ``root`` (builtin, os, pathlib), via audit hooks.
+
+    The audit event of ``os.open`` carries the flags but not the creation mode,
+    so "0400 from creation" is proven as: created with O_CREAT|O_EXCL, never
+    chmodded afterwards (by path or by fd), and 0400 in the end under umask 0.
+    """
 
     def __init__(self) -> None:
         self.root: str | None = None
-        self.events: list[tuple[str, object, int]] = []
+        self.events: list[tuple[str, int]] = []
+        self.chmods: list[object] = []
 
     def __call__(self, event: str, args: tuple[object, ...]) -> None:
-        if event == "open" and self.root is not None and isinstance(args[0], str | Path):
+        if self.root is None:
+            return
+        if event == "open" and isinstance(args[0], str | Path):
             if str(args[0]).startswith(self.root):
-                self.events.append((str(args[0]), args[1], int(args[2])))  # type: ignore[call-overload]
+                self.events.append((str(args[0]), int(args[2])))  # type: ignore[call-overload]
+        elif event == "os.chmod":
+            self.chmods.append(args[0])
 
 
 _RECORDER = OpenRecorder()
@@ -142,7 +152,7 @@ sys.addaudithook(_RECORDER)  # audit hooks cannot be removed; inert while root i
 
 @pytest.fixture
 def opens(tmp_path: Path) -> Iterator[OpenRecorder]:
-    _RECORDER.root, _RECORDER.events = str(tmp_path), []
+    _RECORDER.root, _RECORDER.events, _RECORDER.chmods = str(tmp_path), [], []
     old = os.umask(0)  # a creation mode of 0400 must not depend on the umask
     try:
         yield _RECORDER
@@ -159,13 +169,14 @@ def assert_private(path: Path) -> None:
 
 
 def assert_created_private(opens: OpenRecorder, path: Path) -> None:
-    writes = [e for e in opens.events if e[0] == str(path)]
-    assert writes, f"{path} was never opened"
-    for _, mode, flags in writes:
-        if flags & (os.O_WRONLY | os.O_RDWR):
-            assert flags & os.O_CREAT and flags & os.O_EXCL, "cookie not created with O_EXCL"
-            assert flags & os.O_NOFOLLOW, "cookie creation follows symlinks"
-            assert mode == 0o400, f"cookie created with mode {mode!r}, readable before chmod"
+    writes = [flags for p, flags in opens.events if p == str(path) and flags & os.O_ACCMODE]
+    assert writes, f"{path} was never written"
+    for flags in writes:
+        assert flags & os.O_CREAT and flags & os.O_EXCL, "cookie not created with O_EXCL"
+        assert flags & os.O_NOFOLLOW, "cookie creation follows symlinks"
+    late = [c for c in opens.chmods if isinstance(c, int) or str(c) == str(path)]
+    assert late == [], "cookie chmodded after creation: it had another mode for a while"
+    assert_private(path)  # and 0400 under umask 0: the mode it was created with
 
 
 def test_node_cookie_is_random_and_private_from_creation(
