@@ -20,7 +20,7 @@ import pytest
 from hangproof.cli import main
 from hangproof.lab import processes
 from hangproof.lab.cookie import lab_cookie, write_cookie
-from hangproof.lab.lab import Lab
+from hangproof.lab.lab import Lab, teardown
 from hangproof.lab.rabbitmq import RabbitNode
 from hangproof.lab.state import DEFAULT_STATE_ROOT, LabState, state_root
 from hangproof.lab.topology import Topology, TopologyError
@@ -253,3 +253,17 @@ def test_one_cookie_per_lab_shared_by_its_cluster_nodes(
         assert_private(path)
         assert_created_private(opens, path)
     assert lab_cookie(one.state.directory) == n1.cookie
+
+
+def test_cookies_do_not_outlive_the_lab(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("HANGPROOF_STATE_DIR", str(tmp_path))
+    lab = Lab(Topology.seed("hpgone"))
+    state = LabState("hpgone", lab.topo.to_dict())
+    state.save()
+    node = lab.broker("n1")
+    node.prepare()
+    cookies = [state.directory / "erlang.cookie", node.home / ".erlang.cookie"]
+    assert all(c.exists() for c in cookies)
+    teardown(state)
+    assert not any(c.exists() for c in cookies)
+    assert LabState.load("hpgone") is None

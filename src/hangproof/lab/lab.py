@@ -16,7 +16,7 @@ from typing import Any
 
 from hangproof.errors import HangproofError, require_root, require_tools
 from hangproof.lab import hooks, kube_proxy, network, processes
-from hangproof.lab.cookie import lab_cookie
+from hangproof.lab.cookie import LAB_COOKIE_FILE, lab_cookie
 from hangproof.lab.rabbitmq import RabbitNode
 from hangproof.lab.state import LabState, known_labs
 from hangproof.lab.topology import Topology
@@ -52,8 +52,18 @@ def teardown(state: LabState, progress: Progress = quiet) -> list[str]:
             progress(f"stopping {p.role} on {p.node} (pid {p.pid})")
         p.stop(grace=5.0, progress=progress)
     removed = network.destroy_namespaces(state, progress)
+    # The Erlang cookies (the lab's and each node's copy) must not outlive the
+    # lab; logs and data stay for a post-mortem.
+    for cookie in (
+        state.directory / LAB_COOKIE_FILE,
+        *state.directory.glob("*/home/.erlang.cookie"),
+    ):
+        with contextlib.suppress(FileNotFoundError):
+            cookie.unlink()
     with contextlib.suppress(FileNotFoundError):
         state.path.unlink()
+    with contextlib.suppress(OSError):
+        state.directory.rmdir()  # only if nothing else is in it
     return removed
 
 
