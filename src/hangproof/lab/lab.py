@@ -12,6 +12,7 @@ import sys
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 from typing import Any
 
 from hangproof.errors import HangproofError, require_root, require_tools
@@ -21,6 +22,8 @@ from hangproof.lab.rabbitmq import RabbitNode
 from hangproof.lab.state import LabState, known_labs
 from hangproof.lab.topology import Topology
 
+#: Where hangproof kept lab state before it moved to /run (issue 9): never acted on.
+LEGACY_STATE_ROOT = Path("/var/lib/hangproof")
 LAB_TOOLS = ("ip", "iptables-restore", "iptables-save", "conntrack", "ss", "epmd", "sysctl")
 
 Progress = Callable[[str], None]
@@ -239,6 +242,13 @@ class Lab:
             state = LabState.load(name)
             if state is not None:
                 removed += teardown(state, progress)
+        legacy = sorted(p.parent.name for p in LEGACY_STATE_ROOT.glob("*/state.json"))
+        if legacy:
+            progress(
+                f"state of an older hangproof in {LEGACY_STATE_ROOT} (labs {', '.join(legacy)}) "
+                "was left alone: its pids and namespaces cannot be proven the lab's; "
+                "check them by hand (`ip netns list`), then remove that directory"
+            )
         return removed
 
     # -- status -----------------------------------------------------------
