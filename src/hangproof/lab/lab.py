@@ -51,7 +51,7 @@ def teardown(state: LabState, progress: Progress = quiet) -> list[str]:
     Returns the namespaces deleted.
     """
     for p in reversed(state.processes):
-        if processes.pid_alive(p.pid):
+        if p.alive():  # a pid that is not ours gets its own line from stop()
             progress(f"stopping {p.role} on {p.node} (pid {p.pid})")
         p.stop(grace=5.0, progress=progress)
     removed = network.destroy_namespaces(state, progress)
