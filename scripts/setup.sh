@@ -19,15 +19,36 @@ if [ ${#missing[@]} -gt 0 ]; then
     exit 2
   fi
   echo "setup: installing ${missing[*]}" >&2
+  # -- policy-rc.d, removed on every exit (issue 9) ---------------------------
   # The package's own service must not start in the root namespace: the lab
-  # starts its brokers itself, by pid, inside namespaces.
-  policy=/usr/sbin/policy-rc.d
+  # starts its brokers itself, by pid, inside namespaces. policy-rc.d (exit
+  # 101) blocks every service start on the host, so it must never outlive this
+  # script: a trap removes it on any exit (a failed apt-get under set -e
+  # included), and only if we wrote it. Our file carries a marker line, so one
+  # left by a killed run (SIGKILL runs no trap) is recognised and removed too.
+  # HANGPROOF_POLICY_RC relocates it (tests; never set it in production).
+  policy=${HANGPROOF_POLICY_RC:-/usr/sbin/policy-rc.d}
+  policy_marker="# written by hangproof scripts/setup.sh; removed when it exits"
   created_policy=0
-  if [ ! -e "$policy" ]; then printf '#!/bin/sh\nexit 101\n' > "$policy"; chmod +x "$policy"; created_policy=1; fi
+  if [ -e "$policy" ] && grep -qxF "$policy_marker" "$policy" 2>/dev/null; then
+    created_policy=1 # ours, left by a killed run: reuse it, remove it below
+  fi
+  remove_policy() { if [ "$created_policy" = 1 ]; then rm -f "$policy"; fi; }
+  trap remove_policy EXIT
+  trap 'exit 130' INT
+  trap 'exit 143' TERM
+  if [ ! -e "$policy" ]; then
+    created_policy=1
+    printf '#!/bin/sh\n%s\nexit 101\n' "$policy_marker" > "$policy"
+    chmod +x "$policy"
+  fi
   export DEBIAN_FRONTEND=noninteractive
   apt-get update -qq
   apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
-  [ "$created_policy" = 1 ] && rm -f "$policy"
+  remove_policy
+  created_policy=0
+  trap - EXIT INT TERM
+  # -- end policy-rc.d ----------------------------------------------------------
 fi
 
 if [ ! -x "$VENV/bin/python" ]; then

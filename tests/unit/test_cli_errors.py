@@ -55,6 +55,6 @@ def test_race_without_a_lab(
     if os.geteuid() != 0:
         pytest.skip("the root check comes first without root")
     monkeypatch.setenv("HANGPROOF_STATE_DIR", str(tmp_path))
-    assert main(["lab", "race", "--name", "nolab"]) == 2
+    assert main(["lab", "race", "--name", "hpnolab"]) == 2
     err = capsys.readouterr().err
     assert "is not up" in err and "hangproof lab up" in err

@@ -25,9 +25,9 @@ def test_round_trip_through_dict() -> None:
 
 def test_yaml_overrides(tmp_path: Path) -> None:
     f = tmp_path / "t.yaml"
-    f.write_text("name: mylab\nvip: 198.18.0.200\nbrokers: [n1, n2, n3]\nkube_proxy: modern\n")
+    f.write_text("name: hpmylab\nvip: 198.18.0.200\nbrokers: [n1, n2, n3]\nkube_proxy: modern\n")
     topo = Topology.load(f)
-    assert topo.name == "mylab" and topo.vip == "198.18.0.200"
+    assert topo.name == "hpmylab" and topo.vip == "198.18.0.200"
     assert topo.brokers == ("n1", "n2", "n3") and topo.kube_proxy == "modern"
     assert len(topo.nodes) == 3
 

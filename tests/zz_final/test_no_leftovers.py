@@ -1,6 +1,10 @@
 """Runs last (directories are collected in name order): nothing of the lab is left.
 
 Every lab test cleans up in finalizers; this proves it, after the whole suite.
+Lab state is read where the lab keeps it (``$HANGPROOF_STATE_DIR``, default
+/run/hangproof); a process counts as left only if it is still the one the lab
+started (same boot id and start time), and a namespace counts as left if it has
+a test prefix or carries any lab's mark (the alias on its loopback).
 """
 
 from __future__ import annotations
@@ -9,7 +13,7 @@ import subprocess
 
 import pytest
 
-from hangproof.lab import processes
+from hangproof.lab import network
 from hangproof.lab.state import LabState, known_labs
 
 pytestmark = pytest.mark.lab
@@ -28,16 +32,23 @@ TEST_PREFIXES = (
     "hpalv-",
     "hpfv",
 )
+#: What every namespace a lab made carries on its loopback (hangproof.lab.network.owner_mark).
+MARK = "hangproof-lab "
 
 
 def test_no_namespace_process_or_conntrack_entry_is_left() -> None:
     out = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True, check=True).stdout
-    left = [line.split()[0] for line in out.splitlines() if line.startswith(TEST_PREFIXES)]
+    names = [line.split()[0] for line in out.splitlines() if line.strip()]
+    left = [
+        n
+        for n in names
+        if n.startswith(TEST_PREFIXES) or (network.namespace_mark(n) or "").startswith(MARK)
+    ]
     assert left == [], f"namespaces left behind: {left}"
     for name in known_labs():
         state = LabState.load(name)
         assert state is not None
-        alive = [p for p in state.processes if processes.pid_alive(p.pid)]
+        alive = [p for p in state.processes if p.alive()]
         assert alive == [], f"lab {name}: processes left running: {alive}"
     # The root namespace never carried lab traffic, so it has no lab flows.
     ct = subprocess.run(

@@ -72,10 +72,18 @@ def down(
     json_out: JsonOpt = False,
 ) -> int:
     """Stop what the lab started (by pid) and delete its namespaces. Idempotent."""
+    from hangproof.lab.lab import teardown
+    from hangproof.lab.state import LabState
+    from hangproof.lab.topology import check_lab_name
+
+    check_lab_name(name)  # before root: `--name cni` is refused in one line anywhere
     require_root("hangproof lab down")
     progress = stderr_progress()
+    state = None if all_labs else LabState.load(name)
     if all_labs:
         removed = Lab.down_all(progress)
+    elif state is not None and not state.topology:  # a fault bed's state
+        removed = teardown(state, progress)
     else:
         removed = Lab(_topology_of(name), progress).down()
     if json_out:

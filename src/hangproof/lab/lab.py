@@ -12,14 +12,18 @@ import sys
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 from typing import Any
 
 from hangproof.errors import HangproofError, require_root, require_tools
 from hangproof.lab import hooks, kube_proxy, network, processes
+from hangproof.lab.cookie import LAB_COOKIE_FILE, lab_cookie
 from hangproof.lab.rabbitmq import RabbitNode
 from hangproof.lab.state import LabState, known_labs
 from hangproof.lab.topology import Topology
 
+#: Where hangproof kept lab state before it moved to /run (issue 9): never acted on.
+LEGACY_STATE_ROOT = Path("/var/lib/hangproof")
 LAB_TOOLS = ("ip", "iptables-restore", "iptables-save", "conntrack", "ss", "epmd", "sysctl")
 
 Progress = Callable[[str], None]
@@ -37,6 +41,33 @@ def stderr_progress(prefix: str = "lab") -> Progress:
 
 def quiet(_: str) -> None:
     """A progress callback that says nothing."""
+
+
+def teardown(state: LabState, progress: Progress = quiet) -> list[str]:
+    """Stop ``state``'s processes that are still ours, delete its marked namespaces.
+
+    Shared by labs and fault beds (whose state has no topology). The state
+    file is removed afterwards: what it listed is gone or provably not ours.
+    Returns the namespaces deleted.
+    """
+    for p in reversed(state.processes):
+        if p.alive():  # a pid that is not ours gets its own line from stop()
+            progress(f"stopping {p.role} on {p.node} (pid {p.pid})")
+        p.stop(grace=5.0, progress=progress)
+    removed = network.destroy_namespaces(state, progress)
+    # The Erlang cookies (the lab's and each node's copy) must not outlive the
+    # lab; logs and data stay for a post-mortem.
+    for cookie in (
+        state.directory / LAB_COOKIE_FILE,
+        *state.directory.glob("*/home/.erlang.cookie"),
+    ):
+        with contextlib.suppress(FileNotFoundError):
+            cookie.unlink()
+    with contextlib.suppress(FileNotFoundError):
+        state.path.unlink()
+    with contextlib.suppress(OSError):
+        state.directory.rmdir()  # only if nothing else is in it
+    return removed
 
 
 class Lab:
@@ -72,6 +103,7 @@ class Lab:
             self.down()
         state = LabState(self.topo.name, self.topo.to_dict())
         state.save()
+        lab_cookie(state.directory, renew=True)  # a fresh Erlang cookie for every lab up
         try:
             network.build(self.topo, state, self.progress)
             for node in self.topo.nodes:
@@ -121,7 +153,7 @@ class Lab:
     def stop_port_holder(self, node: str) -> None:
         state = self.state
         for p in state.find("port-holder", node):
-            processes.stop_pid(p.pid)
+            p.stop(grace=processes.STOP_GRACE_SECONDS, progress=self.progress)
             state.untrack(p.pid)
 
     def broker(self, node: str) -> RabbitNode:
@@ -135,6 +167,7 @@ class Lab:
             amqp_port=self.topo.target_port,
             netns=self.topo.pod_ns(node),
             peers=peers,
+            cookie=lab_cookie(self.state.directory),  # one per lab: its nodes cluster
         )
 
     def start_brokers(self, state: LabState) -> None:
@@ -194,32 +227,28 @@ class Lab:
         """Stop tracked processes by pid, delete the lab's namespaces. Idempotent."""
         require_root("hangproof lab down")
         state = LabState.load(self.topo.name)
-        removed: list[str] = []
-        if state is not None:
-            for p in reversed(state.processes):
-                if processes.pid_alive(p.pid):
-                    self.progress(f"stopping {p.role} on {p.node} (pid {p.pid})")
-                processes.stop_pid(p.pid, grace=5.0)
-            removed += network.destroy_namespaces(state.namespaces, self.progress)
-        # Anything with our prefix that the state file missed (crash mid-write).
-        removed += network.destroy_namespaces(network.leftovers(self.topo.name), self.progress)
-        if state is not None:
-            with contextlib.suppress(FileNotFoundError):
-                state.path.unlink()
-        return removed
+        return teardown(state, self.progress) if state is not None else []
 
     @staticmethod
     def down_all(progress: Progress = quiet) -> list[str]:
-        """``lab down --all``: every lab with a state file, plus the default prefix."""
+        """``lab down --all``: every lab (and fault bed) with a state file.
+
+        Only what a state file lists and proves ours is touched: a namespace
+        merely named like a lab's, or a pid that is now another process, is
+        left alone with one line saying so.
+        """
         removed: list[str] = []
-        for name in sorted({*known_labs(), "hplab"}):
+        for name in known_labs():
             state = LabState.load(name)
-            topo = (
-                Topology.from_dict(state.topology)
-                if state and state.topology
-                else Topology.seed(name)
+            if state is not None:
+                removed += teardown(state, progress)
+        legacy = sorted(p.parent.name for p in LEGACY_STATE_ROOT.glob("*/state.json"))
+        if legacy:
+            progress(
+                f"state of an older hangproof in {LEGACY_STATE_ROOT} (labs {', '.join(legacy)}) "
+                "was left alone: its pids and namespaces cannot be proven the lab's; "
+                "check them by hand (`ip netns list`), then remove that directory"
             )
-            removed += Lab(topo, progress).down()
         return removed
 
     # -- status -----------------------------------------------------------
@@ -229,7 +258,7 @@ class Lab:
             return False
         present = set(network.existing_namespaces())
         return all(ns in present for ns in state.namespaces) and all(
-            processes.pid_alive(p.pid) for p in state.processes
+            p.alive() for p in state.processes
         )
 
     def status(self) -> dict[str, Any]:
@@ -258,7 +287,7 @@ class Lab:
             "topology": self.topo.to_dict(),
             "namespaces": {ns: ns in present for ns in state.namespaces},
             "processes": [
-                {"role": p.role, "node": p.node, "pid": p.pid, "alive": processes.pid_alive(p.pid)}
+                {"role": p.role, "node": p.node, "pid": p.pid, "alive": p.alive()}
                 for p in state.processes
             ],
             "brokers": brokers,

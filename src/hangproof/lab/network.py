@@ -3,14 +3,24 @@
 Nothing here touches the root namespace's network configuration: the bridge
 lives in its own ``<lab>-sw`` namespace and every veth is created with both
 ends already inside lab namespaces (``ip -n A link add ... peer ... netns B``).
+
+Ownership: a namespace is the lab's only if the state file lists it *and* its
+loopback carries the lab's mark, an interface alias ``hangproof-lab <lab>
+<token>`` with the lab's random token, set right after ``ip netns add``.
+A namespace that merely has the lab's name (a container runtime's, another
+tool's, one re-created under the same name) has no such alias and is never
+deleted, nor are its processes signalled. Names are written to the state file
+*before* the namespace is created, so a crash can never leave one unlisted.
 """
 
 from __future__ import annotations
 
 import contextlib
+import json
 import subprocess
 from collections.abc import Callable
 
+from hangproof.errors import HangproofError
 from hangproof.lab import processes
 from hangproof.lab.state import LabState
 from hangproof.lab.topology import Topology
@@ -37,16 +47,58 @@ def existing_namespaces() -> list[str]:
     return [line.split()[0] for line in out.stdout.splitlines() if line.strip()]
 
 
+def owner_mark(state: LabState) -> str:
+    """The alias the lab puts on each of its namespaces' loopback."""
+    return f"hangproof-lab {state.name} {state.owner_token}"
+
+
+def namespace_mark(name: str) -> str | None:
+    """The alias of ``lo`` in namespace ``name`` (None if unset or no such namespace)."""
+    result = subprocess.run(
+        ["ip", "-n", name, "-j", "link", "show", "dev", "lo"],
+        capture_output=True,
+        text=True,
+        timeout=10,
+    )
+    if result.returncode != 0:
+        return None
+    try:
+        return json.loads(result.stdout)[0].get("ifalias") or None
+    except (ValueError, IndexError, AttributeError):
+        return None
+
+
+def add_owned_namespace(state: LabState, name: str) -> None:
+    """Create namespace ``name`` for ``state``'s lab: listed first, then made, then marked.
+
+    Refuses (one line) a namespace that already exists: it is not ours to adopt.
+    """
+    if name in existing_namespaces():
+        raise HangproofError(
+            f"namespace {name} already exists and is not one this lab made; "
+            f"remove it (`ip netns delete {name}`) or pick another lab --name"
+        )
+    if name not in state.namespaces:
+        state.namespaces.append(name)
+        state.save()
+    subprocess.run(["ip", "netns", "add", name], check=True, timeout=10)
+    subprocess.run(
+        ["ip", "-n", name, "link", "set", "dev", "lo", "alias", owner_mark(state)],
+        check=True,
+        timeout=10,
+    )
+
+
+def owned(state: LabState, name: str) -> bool:
+    """True if namespace ``name`` is listed by ``state`` and carries its mark."""
+    return name in state.namespaces and namespace_mark(name) == owner_mark(state)
+
+
 def build(topo: Topology, state: LabState, progress: Progress) -> None:
-    """Create the namespaces and links; record each in ``state`` as it is made."""
-    present = set(existing_namespaces())
+    """Create the namespaces and links; record each in ``state`` before it is made."""
 
     def add_ns(name: str) -> None:
-        if name not in present:
-            subprocess.run(["ip", "netns", "add", name], check=True, timeout=10)
-        if name not in state.namespaces:
-            state.namespaces.append(name)
-            state.save()
+        add_owned_namespace(state, name)
 
     sw = topo.switch_ns
     bridge = f"{topo.name}-br"
@@ -113,14 +165,26 @@ def build(topo: Topology, state: LabState, progress: Progress) -> None:
             ip_batch(topo.ns(node.name), routes)
 
 
-def destroy_namespaces(names: list[str], progress: Progress) -> list[str]:
-    """Delete the given namespaces that exist (reverse order). Returns those deleted."""
+def destroy_namespaces(state: LabState, progress: Progress) -> list[str]:
+    """Delete ``state``'s namespaces that exist and carry its mark (reverse order).
+
+    Returns those deleted. A listed namespace without the lab's mark is left
+    alone, with one line saying so.
+    """
     present = set(existing_namespaces())
     deleted = []
-    for name in reversed(names):
+    for name in reversed(state.namespaces):
+        if name not in present:
+            continue
+        if not owned(state, name):
+            progress(
+                f"namespace {name} left alone: it does not carry lab {state.name}'s mark "
+                "(not made by this lab)"
+            )
+            continue
         if name in present:
             # Processes can keep a namespace alive; stop those still inside
-            # (they can only be ours: the namespace is the lab's).
+            # (they can only be ours: the namespace is provably the lab's).
             for pid in namespace_pids(name):
                 processes.stop_pid(pid, grace=3.0)
             with contextlib.suppress(subprocess.SubprocessError):
@@ -136,5 +200,5 @@ def namespace_pids(name: str) -> list[int]:
 
 
 def leftovers(lab_name: str) -> list[str]:
-    """Namespaces that carry this lab's prefix (left by a crash)."""
+    """Namespaces named with this lab's prefix (reported by ``lab status``, never deleted)."""
     return [n for n in existing_namespaces() if n.startswith(f"{lab_name}-")]

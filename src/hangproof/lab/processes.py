@@ -3,22 +3,36 @@
 Each process gets its own session (so its process group id is its pid). Stopping
 sends SIGTERM to that group, waits a bounded time, then SIGKILL. We never look
 processes up by name or pattern: only what we started, by its pid.
+
+A pid written to a state file is only a number: after a reboot or a pid
+wrap-around it names someone else's process. So the lab records each process's
+identity, the boot id and the process's start time (field 22 of
+``/proc/PID/stat``, in clock ticks since boot), and :func:`stop_if_ours`
+signals only while both still match. Every process we spawn also carries a
+token in its environment (:data:`SPAWN_TOKEN_ENV`), which its children inherit:
+when the group leader is gone, only group members carrying the leader's token
+are signalled.
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
+import secrets
 import signal
 import subprocess
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 from hangproof.credentials import mask_argv
 
 #: How long a process gets between SIGTERM and SIGKILL.
 STOP_GRACE_SECONDS = 10.0
+#: Environment variable carrying the random token of each process we spawn.
+SPAWN_TOKEN_ENV = "HANGPROOF_SPAWN_TOKEN"
+#: Token of each pid spawned by this Python process (read by LabState.track).
+_spawn_tokens: dict[int, str] = {}
 
 
 def netns_prefix(netns: str | None) -> list[str]:
@@ -42,6 +56,8 @@ def spawn(
     full_env = dict(os.environ)
     if env:
         full_env.update(env)
+    token = secrets.token_hex(8)
+    full_env[SPAWN_TOKEN_ENV] = token
     out: int | object
     if log is not None:
         log.parent.mkdir(parents=True, exist_ok=True)
@@ -49,7 +65,7 @@ def spawn(
     else:
         out = subprocess.DEVNULL if stdout is None else stdout
     try:
-        return subprocess.Popen(
+        proc = subprocess.Popen(
             [*netns_prefix(netns), *argv],
             env=full_env,
             stdin=subprocess.DEVNULL,
@@ -58,9 +74,119 @@ def spawn(
             cwd=cwd,
             start_new_session=True,
         )
+        _spawn_tokens[proc.pid] = token
+        return proc
     finally:
         if log is not None:
             out.close()  # type: ignore[union-attr]
+
+
+def spawn_token(pid: int) -> str | None:
+    """The environment token of a process this Python process spawned, if any."""
+    return _spawn_tokens.get(pid)
+
+
+def boot_id() -> str:
+    """This boot's id: it changes on every reboot, so old pids are recognisably old."""
+    return Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+
+
+def _stat_fields(pid: int) -> list[bytes] | None:
+    # comm (field 2) may contain spaces and parentheses: split after the last ")".
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            return f.read().rsplit(b")", 1)[1].split()
+    except (FileNotFoundError, ProcessLookupError, IndexError):
+        return None
+
+
+def start_time(pid: int) -> int | None:
+    """Field 22 of /proc/PID/stat: when ``pid`` started, in clock ticks since boot."""
+    fields = _stat_fields(pid)
+    return int(fields[19]) if fields and len(fields) > 19 else None
+
+
+_boot_id, _start_time = boot_id, start_time  # the names is_ours's keywords shadow
+
+
+def is_ours(pid: int, *, start_time: int | None, boot_id: str | None) -> str | None:
+    """None if ``pid`` is still the process recorded with this identity, else why not.
+
+    >>> is_ours(1, start_time=None, boot_id=None)
+    'no start time or boot id was recorded for it'
+    """
+    if start_time is None or boot_id is None:
+        return "no start time or boot id was recorded for it"
+    if boot_id != _boot_id():
+        return "it was recorded before a reboot"
+    now = _start_time(pid)
+    if now is None:
+        return None  # gone; its group is checked member by member
+    if now != start_time:
+        return f"it is now another process (started at tick {now}, not {start_time})"
+    return None
+
+
+def stop_if_ours(
+    pid: int,
+    *,
+    start_time: int | None,
+    boot_id: str | None,
+    token: str | None = None,
+    grace: float = STOP_GRACE_SECONDS,
+    progress: Callable[[str], None] = lambda _: None,
+) -> bool:
+    """Stop ``pid``'s group only if it is still the process the lab started.
+
+    Returns True if it was ours (now stopped, or already gone). Otherwise
+    nothing is signalled and ``progress`` gets one line saying why.
+
+    >>> stop_if_ours(p.pid, start_time=st, boot_id=boot_id())  # doctest: +SKIP
+    True
+    """
+    why = is_ours(pid, start_time=start_time, boot_id=boot_id)
+    if why is not None:
+        progress(f"pid {pid} not signalled: {why}")
+        return False
+    if pid_alive(pid) or _leader_exited(pid):
+        stop_pid(pid, grace=grace)
+        return True
+    # The leader is gone. Its group may linger, but the pid number may also
+    # have been reused as another group's id: signal only members carrying
+    # the leader's token (inherited through the environment).
+    members = [m for m in _group_members(pid) if token is not None and _has_token(m, token)]
+    strangers = [m for m in _group_members(pid) if m not in members]
+    for m in members:
+        stop_pid(m, grace=grace)
+    if strangers:
+        progress(
+            f"pid {pid}: group members {strangers} not signalled: they do not carry the lab's token"
+        )
+    return True
+
+
+def _leader_exited(pid: int) -> bool:
+    # A zombie that is our own child: the pid is still held, so it is ours.
+    fields = _stat_fields(pid)
+    return bool(fields) and fields[0] in (b"Z", b"X")  # type: ignore[index]
+
+
+def _group_members(pgid: int) -> list[int]:
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            fields = _stat_fields(int(entry.name))
+            if fields and len(fields) > 2 and int(fields[2]) == pgid:  # field 5: pgrp
+                found.append(int(entry.name))
+    return found
+
+
+def _has_token(pid: int, token: str) -> bool:
+    try:
+        environ = Path(f"/proc/{pid}/environ").read_bytes()
+    except OSError:
+        return False
+    return f"{SPAWN_TOKEN_ENV}={token}".encode() in environ.split(b"\0")
 
 
 def pid_alive(pid: int) -> bool:

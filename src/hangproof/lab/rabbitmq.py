@@ -24,12 +24,12 @@ from pathlib import Path
 from hangproof.credentials import mask_argv
 from hangproof.errors import HangproofError, require_tools
 from hangproof.lab import processes
+from hangproof.lab.cookie import node_cookie
 
 RABBITMQ_BIN = Path("/usr/lib/rabbitmq/bin")
 #: A fresh node on 2 cores takes 5-15 s to boot; a cluster join adds more.
 DEFAULT_START_TIMEOUT = 90.0
 AMQP_HEADER = b"AMQP\x00\x00\x09\x01"
-DEFAULT_COOKIE = "HANGPROOFLABCOOKIE"
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -51,7 +51,8 @@ class RabbitNode:
     host: str = "127.0.0.1"
     amqp_port: int | None = None
     netns: str | None = None
-    cookie: str = DEFAULT_COOKIE
+    #: Erlang cookie; None: the node's own random one (hangproof.lab.cookie). Never shown.
+    cookie: str | None = field(default=None, repr=False)
     epmd_port: int | None = None
     dist_port: int | None = None
     pid: int | None = None
@@ -134,9 +135,8 @@ class RabbitNode:
         (d / "advanced.config").write_text("[].\n")
         (d / "enabled_plugins").write_text("[].\n")
         (d / "rabbitmq-env.conf").write_text("")
-        cookie = self.home / ".erlang.cookie"
-        cookie.write_text(self.cookie)
-        cookie.chmod(0o400)
+        # Random, created 0400 with O_EXCL in a 0700 $HOME (rabbitmqctl reads it there).
+        self.cookie = node_cookie(self.home / ".erlang.cookie", self.cookie)
 
     def _peer_discovery_config(self) -> dict[str, str]:
         # classic_config joins the first reachable peer on a blank node's first

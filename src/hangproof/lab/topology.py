@@ -25,14 +25,40 @@ LAB_RANGE = ipaddress.ip_network("198.18.0.0/15")
 NODE_RANGE = ipaddress.ip_network("198.18.0.0/24")
 POD_RANGE = ipaddress.ip_network("198.19.0.0/16")
 #: Linux interface names are at most 15 bytes (IFNAMSIZ 16 with the NUL);
-#: "<lab>-<node>" must fit, so the lab name is short.
-LAB_NAME_RE = re.compile(r"^[a-z][a-z0-9]{0,7}$")
+#: "<lab>-<node>" must fit, so the lab name is short. Every lab name starts with
+#: the reserved prefix "hp", so a lab's namespaces ("<lab>-...") can never be
+#: named like a container runtime's ("cni-...", "docker-...").
+LAB_NAME_PREFIX = "hp"
+LAB_NAME_RE = re.compile(r"^hp[a-z0-9]{0,6}$")
+#: Namespace name prefixes of common runtimes; named in the refusal, for a clear line.
+RUNTIME_NAMES = ("cni", "docker", "containerd", "crio", "podman", "k8s", "kube", "lxc", "netns")
 NODE_NAME_RE = re.compile(r"^[a-z][a-z0-9]{0,3}$")
 KUBE_PROXY_MODES = ("legacy", "modern")  # legacy: 1.9 with port holders; modern: none
 
 
 class TopologyError(HangproofError):
     """A topology file that does not describe a valid lab. Names the field."""
+
+
+def check_lab_name(name: str) -> str:
+    """``name`` if it is a valid lab name, else :class:`TopologyError` (one line).
+
+    >>> check_lab_name("hplab")
+    'hplab'
+    """
+    if any(name.startswith(r) for r in RUNTIME_NAMES):
+        raise TopologyError(
+            f"name: {name!r} collides with a container runtime's namespaces "
+            f"({', '.join(RUNTIME_NAMES)}); lab names start with {LAB_NAME_PREFIX!r}, "
+            f"e.g. {LAB_NAME_PREFIX}{name[:6]!s}"
+        )
+    if not LAB_NAME_RE.match(name):
+        raise TopologyError(
+            f"name: {name!r} must be {LAB_NAME_PREFIX!r} then up to 6 lowercase letters/digits, "
+            "e.g. hplab (the prefix is reserved for the lab; interface names are limited "
+            "to 15 bytes)"
+        )
+    return name
 
 
 @dataclass(frozen=True)
@@ -98,11 +124,7 @@ class Topology:
     # -- validation -------------------------------------------------------
     def validated(self) -> Topology:
         """Return self if valid, else raise :class:`TopologyError` naming the field."""
-        if not LAB_NAME_RE.match(self.name):
-            raise TopologyError(
-                f"name: {self.name!r} must be 1-8 lowercase letters/digits starting with a "
-                "letter (interface names are limited to 15 bytes)"
-            )
+        check_lab_name(self.name)
         if not self.nodes:
             raise TopologyError("nodes: at least one node is needed")
         seen: set[str] = set()

@@ -10,6 +10,11 @@ root namespace changes. Deleting the namespaces removes the veth and both
 namespaces' conntrack tables. The broker runs in its namespace, so iptables
 faults act on real kernel state.
 
+The bed keeps a lab state file like ``lab up`` does (named after the prefix
+without dashes, e.g. ``hpfault``): namespaces marked as the lab's, broker and
+epmd with their identity. A matrix run that crashes leaves nothing that
+``hangproof lab down --all`` (or ``--name hpfault``) cannot remove.
+
     >>> with FaultBed(Path("/tmp/hpfault")) as bed:  # doctest: +SKIP
     ...     bed.node.url
     'amqp://guest:guest@198.18.200.1:5672/'
@@ -18,13 +23,14 @@ faults act on real kernel state.
 from __future__ import annotations
 
 import contextlib
-import subprocess
 from pathlib import Path
 
 from hangproof.errors import HangproofError
-from hangproof.lab import processes
+from hangproof.lab import network, processes
 from hangproof.lab.faults import FaultTarget
+from hangproof.lab.lab import teardown
 from hangproof.lab.rabbitmq import RabbitNode
+from hangproof.lab.state import LabState
 
 PREFIX = "hpfault-"
 BROKER_NETNS = "hpfault-b"
@@ -49,6 +55,8 @@ class FaultBed:
         self.node = RabbitNode(
             "fault", self.state_dir / "rabbit", host=BROKER_IP, netns=self.broker_netns
         )
+        #: The bed's lab state (``lab down`` reads it); no topology: not a Lab.
+        self.state = LabState(prefix.replace("-", ""))
 
     @property
     def target(self) -> FaultTarget:
@@ -69,22 +77,42 @@ class FaultBed:
         """The broker runs and answers AMQP; if not, it is restarted (a cell killed it)."""
         if processes.pid_alive(self.node.pid or -1) and self.node.answers_amqp(5):
             return True
-        self.node.stop()
-        self.node.start(timeout=120)
+        self._stop_broker()
+        self._start_broker()
         return self.node.answers_amqp(5)
+
+    def _start_broker(self) -> None:
+        try:
+            self.node.start(timeout=120)
+        finally:  # tracked even if it never answered: close() or lab down stops it
+            for role, pid in (("epmd", self.node.epmd_pid), ("rabbitmq", self.node.pid)):
+                if pid is not None:
+                    self.state.track(role, "broker", pid, self.broker_netns)
+
+    def _stop_broker(self) -> None:
+        pids = [self.node.pid, self.node.epmd_pid]
+        self.node.stop()
+        for pid in pids:
+            if pid is not None:
+                self.state.untrack(pid)
 
     def up(self) -> None:
         """Create namespaces and link, then start the broker (bounded by its timeout)."""
-        existing = subprocess.run(
-            ["ip", "netns", "list"], capture_output=True, text=True, check=True
-        ).stdout.split()
+        existing = network.existing_namespaces()
         if self.broker_netns in existing or self.client_netns in existing:
             raise HangproofError(
-                f"{self.broker_netns}/{self.client_netns} already exist (another fault run?)"
+                f"{self.broker_netns}/{self.client_netns} already exist (another fault run, "
+                f"or a crashed one: `hangproof lab down --name {self.state.name}` removes it)"
             )
+        if LabState.load(self.state.name) is not None:
+            raise HangproofError(
+                f"fault bed {self.state.name} has a state file (another fault run?); "
+                f"`hangproof lab down --name {self.state.name}` removes it"
+            )
+        self.state.save()
         try:
             for ns in (self.broker_netns, self.client_netns):
-                _ip("netns", "add", ns)
+                network.add_owned_namespace(self.state, ns)
                 _ip("link", "set", "lo", "up", netns=ns)
             _ip(
                 "link", "add", BROKER_IFACE, "netns", self.broker_netns,
@@ -96,7 +124,7 @@ class FaultBed:
             ):
                 _ip("addr", "add", f"{addr}/30", "dev", iface, netns=ns)
                 _ip("link", "set", iface, "up", netns=ns)
-            self.node.start(timeout=120)
+            self._start_broker()
         except BaseException:
             self.close()
             raise
@@ -104,9 +132,10 @@ class FaultBed:
     def close(self) -> None:
         """Stop the broker by pid, then delete our namespaces (idempotent)."""
         with contextlib.suppress(Exception):
-            self.node.stop()
-        for ns in (self.client_netns, self.broker_netns):
-            subprocess.run(["ip", "netns", "del", ns], capture_output=True, check=False)
+            self._stop_broker()
+        state = LabState.load(self.state.name)
+        if state is not None and state.owner_token == self.state.owner_token:
+            teardown(state)
 
     def __enter__(self) -> FaultBed:
         self.up()
