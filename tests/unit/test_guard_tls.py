@@ -288,3 +288,75 @@ def test_tls_files_keys_are_private(tls_files: TlsFiles) -> None:
     for key in (tls_files.ca_key, tls_files.server_key, tls_files.client_key):
         assert key.stat().st_mode & 0o777 == 0o600, key
     assert Path(tls_files.directory).stat().st_mode & 0o077 == 0
+
+
+# -- harden(): TLS wherever the user asked for it ------------------------------
+
+
+def _hardened(broker: object, **conf: object):  # type: ignore[no-untyped-def]
+    from celery import Celery
+
+    from hangproof.celery import harden
+    from hangproof.failure import Policy
+
+    app = Celery("tls", broker=broker, set_as_current=False)
+    app.conf.update(conf)
+    harden(app, Policy(stall_timeout=3))
+    return app
+
+
+def test_harden_keeps_amqps_tls() -> None:
+    """Was: harden() left ssl=False, so the worker spoke plain TCP to the TLS port."""
+    conn = _hardened("amqps://guest:guest@mq.example.com//").connection_for_read()
+    assert conn.transport.client.ssl is True
+    assert conn.transport.Connection is GuardConnection
+    assert conn.transport.default_connection_params["port"] == 5671
+
+
+def test_harden_keeps_broker_use_ssl_dict_and_true() -> None:
+    options = {"ca_certs": "/etc/ca.pem", "cert_reqs": ssl.CERT_REQUIRED}
+    conn = _hardened("amqp://guest:guest@mq:5671//", broker_use_ssl=options).connection_for_read()
+    assert conn.ssl == options and conn.transport.Connection is GuardConnection
+    conn = _hardened("amqp://guest:guest@mq:5671//", broker_use_ssl=True).connection_for_read()
+    assert conn.ssl is True
+
+
+def test_harden_failover_alternates_keep_their_tls() -> None:
+    from kombu import Connection
+
+    urls = "amqps://u:p@a:5671//;amqp://u:p@b:5672//;amqps://u:p@c//"
+    app = _hardened(urls)
+    assert app.conf.broker_url.split(";") == [
+        "hangproofs://u:p@a:5671//",
+        "hangproof://u:p@b:5672//",
+        "hangproofs://u:p@c//",
+    ]
+
+    def walk(conn: Connection) -> list[tuple[str, bool, int]]:
+        seen = []
+        for _ in range(3):
+            seen.append((conn.hostname, bool(conn.transport.client.ssl), conn.port))
+            conn.maybe_switch_next()
+        return seen
+
+    guarded, stock = walk(app.connection_for_read()), walk(Connection(urls))
+    # Each alternate gets exactly what stock kombu gives it (TLS, port), on the guard.
+    assert guarded == stock, (guarded, stock)
+    assert [tls for _, tls, _ in guarded] == [True, False, True]
+    conn = app.connection_for_read()
+    for _ in range(3):
+        assert conn.transport.Connection is GuardConnection
+        conn.maybe_switch_next()
+
+
+@pytest.mark.timeout(30)
+def test_harden_amqps_speaks_tls_with_the_deadline(tls_files: TlsFiles) -> None:
+    """Against a TLS peer that never finishes AMQP: TLS completes, the deadline ends it."""
+    with tls_peer(tls_files, "drip") as host:
+        app = _hardened(f"amqps://guest:guest@{host}//", broker_use_ssl=_verified(tls_files))
+        conn = app.connection_for_read()
+        started = time.monotonic()
+        with pytest.raises(HandshakeDeadlineExceeded):
+            conn.transport.establish_connection()
+        elapsed = time.monotonic() - started
+    assert elapsed <= 1.5 + SLACK  # Policy(stall_timeout=3).handshake_deadline
