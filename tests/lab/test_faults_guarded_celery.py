@@ -5,6 +5,10 @@ namespaces ``hpfault-tb``/``hpfault-tc``, 198.18.200.0/30) and asserts the
 guard's promise: the worker notices within ``stall_timeout``, resumes within
 ``stall_timeout`` plus reconnect time after heal, and loses no task.
 Everything is stopped by pid and the namespaces deleted in finalizers.
+
+Over TLS: blackhole always also runs on a TLS bed (CI's TLS subset: the worker
+dials amqps:// verified against the lab CA, the fault drops the TLS port);
+``HANGPROOF_LAB_TLS=1`` runs every cell over TLS.
 """
 
 from __future__ import annotations
@@ -13,6 +17,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from guard_workers import LAB_TLS
 
 from hangproof.lab.faults.testbed import FaultBed
 from hangproof.lab.scenarios.fault_matrix import run_cell
@@ -29,8 +34,12 @@ DETECT_SLACK = 4.0
 
 
 @pytest.fixture(scope="module")
-def bed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FaultBed]:
-    bed = FaultBed(tmp_path_factory.mktemp("faultbed"), prefix="hpfault-t")
+def bed(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[FaultBed]:
+    """The faults' testbed; ``tls`` (indirect parameter): clients dial its TLS listener."""
+    tls = request.param == "tls"
+    bed = FaultBed(tmp_path_factory.mktemp("faultbed"), prefix="hpfault-t", tls=tls)
     try:
         bed.up()
         yield bed
@@ -38,15 +47,19 @@ def bed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FaultBed]:
         bed.close()
 
 
-@pytest.mark.parametrize(
-    ("fault", "hold"),
-    [
-        ("blackhole", 12.0),
-        ("broker-freeze", 12.0),
-        ("heal-after-half-open", 12.0),
-        ("heartbeat-only-handshake", 12.0),
-    ],
-)
+CELLS = [
+    ("blackhole", 12.0),
+    ("broker-freeze", 12.0),
+    ("heal-after-half-open", 12.0),
+    ("heartbeat-only-handshake", 12.0),
+]
+TRANSPORT = "tls" if LAB_TLS else "tcp"
+PARAMS = [(fault, hold, TRANSPORT) for fault, hold in CELLS]
+if not LAB_TLS:
+    PARAMS.append(("blackhole", 12.0, "tls"))
+
+
+@pytest.mark.parametrize(("fault", "hold", "bed"), PARAMS, indirect=["bed"])
 def test_guarded_celery_recovers_without_loss(
     bed: FaultBed, tmp_path: Path, fault: str, hold: float
 ) -> None:

@@ -231,6 +231,10 @@ def run(
         float | None,
         typer.Option("--hang-bound", help="fault-matrix: seconds after heal before HANG (300)."),
     ] = None,
+    tls: Annotated[
+        bool,
+        typer.Option("--tls", help="fault-matrix: every client over TLS (amqps://, lab CA)."),
+    ] = False,
     name: NameOpt = "hplab",
     json_out: JsonOpt = False,
 ) -> int:
@@ -258,6 +262,7 @@ def run(
             "profiles": profiles,
             "stall_timeout": stall_timeout,
             "hang_bound": hang_bound,
+            "tls": tls,
             "progress": lambda cell: progress(
                 f"cell {cell.fault} x {cell.profile}: {cell.resume_s}"
             ),

@@ -36,6 +36,13 @@ is the set-up, the wedged reconnect is the fault.
 
 Stock cells are measured like the others, never assumed.
 
+``--tls`` runs every testbed cell over TLS: the broker gets a TLS listener
+(certificates made at run time, :mod:`hangproof.lab.tls`), every client of
+every profile dials ``amqps://`` verified against the lab CA, and the link
+faults act on the TLS port. The seed-lab faults (vip-race, vip-failover) dial
+VIP:NodePort through the emulated kube-proxy, which has no TLS NodePort: they
+are not run with ``--tls`` (a clear error if asked for by name).
+
     >>> report = run_matrix(["blackhole"], ["celery-prefork"], Path("/tmp/fm"))  # doctest: +SKIP
     >>> print(format_table(report))  # doctest: +SKIP
 
@@ -221,10 +228,13 @@ def _wait(predicate: Any, bound: float, step: float = 0.25) -> bool:
     return bool(predicate())
 
 
-def _worker_env(url: str, profile: Profile, stall: float, ledger: Path) -> dict[str, str]:
+def _worker_env(
+    url: str, profile: Profile, stall: float, ledger: Path, ssl: dict[str, Any] | None = None
+) -> dict[str, str]:
     guarded = profile.guarded
     env = {
         "HANGPROOF_BROKER_URL": url,
+        "HANGPROOF_BROKER_USE_SSL": json.dumps(ssl) if ssl else "",
         "HANGPROOF_GUARD": "1" if guarded else "0",
         "HANGPROOF_STALL_TIMEOUT": str(stall),
         "HANGPROOF_LEDGER": str(ledger),
@@ -237,7 +247,18 @@ def _worker_env(url: str, profile: Profile, stall: float, ledger: Path) -> dict[
     return env
 
 
-def _consumer_argv(profile: Profile, url: str, queue: str, ledger: Path, stall: float) -> list[str]:
+def _tls_args(ssl: dict[str, Any] | None) -> list[str]:
+    return ["--cafile", str(ssl["ca_certs"])] if ssl else []
+
+
+def _consumer_argv(
+    profile: Profile,
+    url: str,
+    queue: str,
+    ledger: Path,
+    stall: float,
+    ssl: dict[str, Any] | None = None,
+) -> list[str]:
     """The consumer process of ``profile``: a Celery worker or a matrix client."""
     if profile.kind == "celery":
         argv = [sys.executable, "-m", "celery", "-A", "hangproof.lab.matrix_celery", "worker"]
@@ -245,6 +266,7 @@ def _consumer_argv(profile: Profile, url: str, queue: str, ledger: Path, stall: 
         argv += ["-n", f"{queue}@%h", "-Q", queue, "--loglevel=INFO"]
         return [*argv, "--without-mingle", "--without-gossip"]
     argv = [sys.executable, "-m", CLIENTS_MODULE, "consume", profile.kind, url, queue, str(ledger)]
+    argv += _tls_args(ssl)
     return argv + ["--stall", str(stall)] + (["--guard"] if profile.guarded else [])
 
 
@@ -255,6 +277,7 @@ def _publish_once(
     if profile.kind != "celery":
         argv = [sys.executable, "-m", CLIENTS_MODULE, "publish", profile.kind, bed.client_url]
         argv += [queue, key, "--stall", str(stall)] + (["--guard"] if profile.guarded else [])
+        argv += _tls_args(getattr(bed, "client_ssl", None))
         return processes.spawn(argv, netns=bed.client_netns, env=env, stdout=-1)
     code = (
         "import sys,time\n"
@@ -293,8 +316,9 @@ def run_cell(
     published_file, stop_file = work / f"{queue}.published", work / f"{queue}.stop"
     for p in (ledger, published_file, stop_file):
         p.unlink(missing_ok=True)
-    env = _worker_env(bed.client_url, prof, stall_timeout, ledger)
-    argv = _consumer_argv(prof, bed.client_url, queue, ledger, stall_timeout)
+    ssl = getattr(bed, "client_ssl", None)  # TLS beds only
+    env = _worker_env(bed.client_url, prof, stall_timeout, ledger, ssl)
+    argv = _consumer_argv(prof, bed.client_url, queue, ledger, stall_timeout, ssl)
     fault = make_fault(fault_name, bed.target)
     worker = producer = probe = None
     try:
@@ -401,11 +425,13 @@ def run_matrix(
     progress: Any = None,
     prefix: str = PREFIX,
     lab_name: str = SEED_LAB_PREFIX,
+    tls: bool = False,
 ) -> dict[str, Any]:
     """Measure every cell, one bed at a time: the testbed, then the seed lab.
 
     Each bed is built only if one of ``faults`` needs it, and removed (in a
     finalizer) before the next is built, so only one RabbitMQ runs at a time.
+    ``tls``: every client dials the broker's TLS listener (testbed faults only).
     """
     unknown = [f for f in faults if f not in FAULTS] + [p for p in profiles if p not in PROFILES]
     if unknown:
@@ -413,13 +439,21 @@ def run_matrix(
             f"unknown fault or profile {unknown[0]!r}; faults: {', '.join(sorted(FAULTS))}; "
             f"profiles: {', '.join(PROFILES)}"
         )
+    no_tls = [f for f in faults if fault_bed(f) == SEED_LAB]
+    if tls and no_tls:
+        raise HangproofError(
+            f"--tls: {', '.join(no_tls)} run on the seed lab, whose emulated kube-proxy has no "
+            "TLS NodePort; leave them out (--faults) or run them without --tls"
+        )
     work.mkdir(parents=True, exist_ok=True)
     cells: list[Cell] = []
     for bed_kind in ("testbed", SEED_LAB):
         bed_faults = [f for f in faults if fault_bed(f) == bed_kind]
         if not bed_faults:
             continue
-        bed: Bed = SeedBed(lab_name) if bed_kind == SEED_LAB else FaultBed(work / "bed", prefix)
+        bed: Bed = (
+            SeedBed(lab_name) if bed_kind == SEED_LAB else FaultBed(work / "bed", prefix, tls=tls)
+        )
         try:
             bed.up()  # type: ignore[attr-defined]
             for fault_name in bed_faults:
@@ -440,6 +474,7 @@ def run_matrix(
             bed.close()
     return {
         "scenario": NAME,
+        "tls": tls,
         "stall_timeout": stall_timeout,
         "hang_bound": hang_bound,
         "producer_rate": PRODUCER_RATE,
@@ -487,24 +522,35 @@ def run(lab: Lab | None, options: RunOptions) -> dict[str, Any]:
     """Scenario entry point; ``lab`` is unused (:data:`NEEDS_LAB` is False: it builds its beds).
 
     ``options.extra`` may carry ``faults`` and ``profiles`` (lists or
-    comma-separated), ``stall_timeout``, ``hang_bound``, ``work``.
+    comma-separated), ``stall_timeout``, ``hang_bound``, ``work``, ``tls``.
     """
     extra = options.extra
-    faults = _names(extra.get("faults"), sorted(FAULTS))
+    tls = bool(extra.get("tls"))
+    faults = _names(extra.get("faults"), tls_faults() if tls else sorted(FAULTS))
     profiles = _names(extra.get("profiles"), DEFAULT_PROFILES)
     work = Path(extra.get("work") or tempfile.mkdtemp(prefix="hpfault-"))
     return run_matrix(
         faults, profiles, work,
         stall_timeout=float(extra.get("stall_timeout") or DEFAULT_STALL_TIMEOUT),
         hang_bound=float(extra.get("hang_bound") or DEFAULT_HANG_BOUND),
-        progress=extra.get("progress"),
+        progress=extra.get("progress"), tls=tls,
     )  # fmt: skip
+
+
+def tls_faults() -> list[str]:
+    """The faults that can run over TLS: every one on the testbed.
+
+    >>> "blackhole" in tls_faults(), "vip-race" in tls_faults()
+    (True, False)
+    """
+    return [f for f in sorted(FAULTS) if fault_bed(f) != SEED_LAB]
 
 
 def summary(result: dict[str, Any]) -> str:
     """The human output of ``hangproof lab run fault-matrix``: the table and its settings."""
     return (
-        f"fault-matrix: stall_timeout {result['stall_timeout']} s, HANG bound "
+        f"fault-matrix{' over TLS' if result.get('tls') else ''}: "
+        f"stall_timeout {result['stall_timeout']} s, HANG bound "
         f"{result['hang_bound']} s, producer {result['producer_rate']}/s\n" + format_table(result)
     )
 
@@ -539,12 +585,13 @@ def main(argv: list[str] | None = None) -> int:
     for name in ("url", "queue", "published", "stop", "rate"):
         p.add_argument(name)
     r = sub.add_parser("run")
-    r.add_argument("--faults", default=",".join(sorted(FAULTS)))
+    r.add_argument("--faults", default=None, help="default: all (all testbed faults with --tls)")
     r.add_argument("--profiles", default=",".join(DEFAULT_PROFILES))
     r.add_argument("--stall-timeout", type=float, default=DEFAULT_STALL_TIMEOUT)
     r.add_argument("--hang-bound", type=float, default=DEFAULT_HANG_BOUND)
     r.add_argument("--work", default=None)
     r.add_argument("--json", action="store_true")
+    r.add_argument("--tls", action="store_true", help="every client over TLS (testbed faults)")
     r.add_argument("--prefix", default=PREFIX, help="testbed namespace prefix (hpfault-...)")
     r.add_argument("--lab-name", default=SEED_LAB_PREFIX, help="seed lab name (hpfv...)")
     args = parser.parse_args(argv)
@@ -552,8 +599,11 @@ def main(argv: list[str] | None = None) -> int:
         produce(args.url, args.queue, Path(args.published), Path(args.stop), float(args.rate))
         return 0
     work = Path(args.work or tempfile.mkdtemp(prefix="hpfault-"))
+    faults = (
+        args.faults.split(",") if args.faults else (tls_faults() if args.tls else sorted(FAULTS))
+    )
     report = run_matrix(
-        args.faults.split(","), args.profiles.split(","), work,
+        faults, args.profiles.split(","), work, tls=args.tls,
         stall_timeout=args.stall_timeout, hang_bound=args.hang_bound, prefix=args.prefix,
         lab_name=args.lab_name,
         progress=None if args.json else lambda c: print(json.dumps(asdict(c)), flush=True),
