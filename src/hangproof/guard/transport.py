@@ -241,6 +241,10 @@ class GuardSSLTransport(_FrameClock, amqp.transport.SSLTransport):
             # SSLTransport._setup_transport, py-amqp 5.x): give it what is left.
             if self.connect_timeout is None or self.connect_timeout > remaining:
                 self.connect_timeout = remaining
+            # And the plain socket, whose timeout the SSL socket inherits when
+            # wrapped: bounded even if a later py-amqp stops setting its own.
+            if self.sock is not None:
+                self.sock.settimeout(remaining)
         try:
             super()._setup_transport()
         except ssl.SSLCertVerificationError as exc:
