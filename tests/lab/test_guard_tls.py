@@ -224,9 +224,10 @@ def test_silent_tls_port_fails_within_handshake_deadline(
         thawed = time.monotonic()
         wait_for(lambda: health(port, "/readyz")[0] == 200, 60, "worker ready after thaw")
         report["hardened worker ready after thaw"] = f"{time.monotonic() - thawed:.1f} s"
-        from hangproof.guard.sample_app import app
+        from celery import Celery
 
-        app.conf.broker_url, app.conf.broker_use_ssl = rabbit.tls_url, options
+        app = Celery("silent-producer", broker=rabbit.tls_url, set_as_current=False)
+        app.conf.broker_use_ssl = options
         app.send_task("hangproof.record", args=("after-thaw",), queue="silent")
         wait_for(lambda: ledger.exists() and "after-thaw" in ledger.read_text(), 30, "task ran")
     finally:

@@ -360,3 +360,87 @@ def test_harden_amqps_speaks_tls_with_the_deadline(tls_files: TlsFiles) -> None:
             conn.transport.establish_connection()
         elapsed = time.monotonic() - started
     assert elapsed <= 1.5 + SLACK  # Policy(stall_timeout=3).handshake_deadline
+
+
+# -- teardown over TLS: nothing blocks, nothing crashes the reader -------------
+
+
+@contextlib.contextmanager
+def tls_session(files: TlsFiles) -> Iterator[ssl.SSLSocket]:
+    """A client SSLSocket whose peer completed TLS and then goes silent (never closes)."""
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(1)
+    server_context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    server_context.load_cert_chain(files.server_cert, files.server_key)
+    held: list[socket.socket] = []
+
+    def accept() -> None:
+        conn, _ = listener.accept()
+        conn.settimeout(5)
+        held.append(server_context.wrap_socket(conn, server_side=True))
+
+    thread = threading.Thread(target=accept, daemon=True)
+    thread.start()
+    client_context = ssl.create_default_context(cafile=str(files.ca_certs))
+    raw = socket.create_connection(listener.getsockname(), timeout=5)
+    client = client_context.wrap_socket(raw, server_hostname="127.0.0.1")
+    thread.join(5)
+    try:
+        yield client
+    finally:
+        for sock in (client, *held, listener):
+            with contextlib.suppress(OSError):
+                sock.close()
+
+
+@pytest.mark.timeout(30)
+def test_shutdown_socket_leaves_the_tls_reader_an_oserror(tls_files: TlsFiles) -> None:
+    """The watchdog's forced reconnect: was ValueError in the reader, and the worker died."""
+    from hangproof.guard.transport import shutdown_socket
+
+    with tls_session(tls_files) as client:
+        client.settimeout(None)
+        outcome: list[object] = []
+
+        def read() -> None:
+            try:
+                outcome.append(client.read(1))  # blocked: the peer sends nothing
+                outcome.append(client.read(1))  # and the next read on the same socket
+            except Exception as exc:
+                outcome.append(exc)
+
+        reader = threading.Thread(target=read, daemon=True)
+        reader.start()
+        time.sleep(0.3)
+        shutdown_socket(client)  # from another thread, as the watchdog does
+        reader.join(5)
+    assert not reader.is_alive()
+    assert not any(isinstance(o, ValueError) for o in outcome), outcome
+    assert all(o == b"" or isinstance(o, OSError) for o in outcome), outcome
+
+
+@pytest.mark.timeout(30)
+def test_tls_close_does_not_wait_for_a_silent_peers_close_notify(tls_files: TlsFiles) -> None:
+    import amqp.transport
+
+    from hangproof.guard.transport import GuardSSLTransport
+
+    for cls, limit in ((GuardSSLTransport, 0.5), (amqp.transport.SSLTransport, 3.0)):
+        with tls_session(tls_files) as client:
+            transport = cls.__new__(cls)
+            transport.sock, transport.connected = client, True
+            client.settimeout(None)  # Celery under gevent: connect_timeout=None
+            closer = threading.Thread(target=transport.close, daemon=True)
+            started = time.monotonic()
+            closer.start()
+            closer.join(limit)
+            elapsed = time.monotonic() - started
+            still_closing = closer.is_alive()
+            if still_closing:
+                socket.socket.shutdown(client, socket.SHUT_RDWR)  # let it go
+                closer.join(5)
+        if cls is GuardSSLTransport:
+            assert not still_closing and elapsed < limit, elapsed
+        else:  # the control: stock py-amqp waits for the peer's close_notify
+            assert still_closing, f"stock close returned after {elapsed:.2f} s"

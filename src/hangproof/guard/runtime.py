@@ -23,7 +23,6 @@ import contextlib
 import json
 import logging
 import os
-import socket
 import threading
 import time
 from collections import deque
@@ -38,7 +37,7 @@ from prometheus_client import CollectorRegistry, Counter, Enum, Gauge, generate_
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 from hangproof.failure import Policy
-from hangproof.guard.transport import last_inbound_frame_at
+from hangproof.guard.transport import last_inbound_frame_at, shutdown_socket
 from hangproof.guard.watchdog import Action, Decision, Detection, Observation, decide
 
 logger = logging.getLogger("hangproof.guard")
@@ -290,7 +289,7 @@ def force_reconnect(connection: Any) -> bool:
     if sock is None:
         return False
     try:
-        sock.shutdown(socket.SHUT_RDWR)
+        shutdown_socket(sock)  # TLS: an SSLSocket's own shutdown() would crash the reader
     except OSError:
         return False
     return True

@@ -268,6 +268,37 @@ class GuardSSLTransport(_FrameClock, amqp.transport.SSLTransport):
     def _where(self) -> str:
         return f"{self.host}:{self.port}"
 
+    def _shutdown_transport(self) -> None:
+        """Send TLS close_notify, without waiting for the peer's (a dead peer never sends it).
+
+        py-amqp unwraps the socket here: CPython's ``unwrap()`` sends
+        close_notify, then *reads* until the peer's close_notify arrives,
+        bounded only by the socket's timeout: ``connect_timeout`` (None under
+        gevent: forever) against a frozen broker or a silent path. Waiting is
+        not required (RFC 8446 §6.1, RFC 5246 §7.2.1: the initiator may close
+        its read side without the reply), so the alert is sent non-blocking
+        and the socket is closed by py-amqp right after.
+        """
+        sock = self.sock
+        if not isinstance(sock, ssl.SSLSocket):
+            return
+        with contextlib.suppress(OSError, ValueError):
+            sock.settimeout(0)
+            sock.unwrap()
+
+
+def shutdown_socket(sock: socket.socket) -> None:
+    """``shutdown(SHUT_RDWR)`` that is safe from another thread, TLS included.
+
+    ``ssl.SSLSocket.shutdown()`` also drops the socket's SSL object, so the
+    next read on the reading thread raises ``ValueError("Read on closed or
+    unwrapped SSL socket")``, which Celery does not take for a connection
+    error: the worker died ("Unrecoverable error", measured on the TLS fault
+    bed). Shutting the file descriptor down underneath leaves the SSL object
+    in place: the reader sees EOF, an ``OSError``, and Celery reconnects.
+    """
+    socket.socket.shutdown(sock, socket.SHUT_RDWR)
+
 
 def tls_verify_message(
     exc: ssl.SSLCertVerificationError, sslopts: dict[str, Any] | None, where: str
@@ -565,7 +596,7 @@ class GuardConnection(pyamqp.Connection):
         sock = getattr(transport, "sock", None)
         if sock is not None:
             with contextlib.suppress(OSError):
-                sock.shutdown(socket.SHUT_RDWR)
+                shutdown_socket(sock)  # TLS: keeps the reader's error an OSError
 
     def close(self, *args: Any, **kwargs: Any) -> Any:
         """Close; a blocked connection is dropped (the broker would not read Close)."""
