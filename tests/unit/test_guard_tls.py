@@ -444,3 +444,21 @@ def test_tls_close_does_not_wait_for_a_silent_peers_close_notify(tls_files: TlsF
             assert not still_closing and elapsed < limit, elapsed
         else:  # the control: stock py-amqp waits for the peer's close_notify
             assert still_closing, f"stock close returned after {elapsed:.2f} s"
+
+
+@pytest.mark.timeout(30)
+def test_hardened_delay_with_a_wrong_ca_fails_in_bounded_time_with_the_line(
+    tls_files: TlsFiles, other_ca: TlsFiles
+) -> None:
+    """A web request's delay(): the publish retry policy (3 retries), then the same one line."""
+    from kombu.exceptions import OperationalError
+
+    with tls_peer(tls_files, "drip") as host:
+        app = _hardened(f"amqps://guest:guest@{host}//", broker_use_ssl=_verified(other_ca))
+        started = time.monotonic()
+        with pytest.raises(OperationalError) as raised:
+            app.send_task("shop.charge", args=("order-1",))
+        elapsed = time.monotonic() - started
+    assert "not trusted by the CA in broker_use_ssl['ca_certs']" in str(raised.value)
+    # Policy(stall_timeout=3): retries after 0, 0.5 and 1.0 s.
+    assert elapsed < 1.5 + 3 * SLACK, elapsed
