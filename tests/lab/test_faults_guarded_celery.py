@@ -33,18 +33,37 @@ RECONNECT = 20.0
 DETECT_SLACK = 4.0
 
 
+class Beds:
+    """At most one testbed at a time, rebuilt only when the transport changes."""
+
+    def __init__(self, factory: pytest.TempPathFactory) -> None:
+        self.factory = factory
+        self.current: FaultBed | None = None
+        self.tls: bool | None = None
+
+    def get(self, tls: bool) -> FaultBed:
+        if self.current is not None and self.tls == tls:
+            return self.current
+        self.close()  # one broker at a time on 2 cores
+        bed = FaultBed(self.factory.mktemp("faultbed"), prefix="hpfault-t", tls=tls)
+        bed.up()  # removes what it built if it fails
+        self.current, self.tls = bed, tls
+        return bed
+
+    def close(self) -> None:
+        if self.current is not None:
+            self.current.close()
+            self.current = None
+
+
 @pytest.fixture(scope="module")
-def bed(
-    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[FaultBed]:
-    """The faults' testbed; ``tls`` (indirect parameter): clients dial its TLS listener."""
-    tls = request.param == "tls"
-    bed = FaultBed(tmp_path_factory.mktemp("faultbed"), prefix="hpfault-t", tls=tls)
+def beds(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Beds]:
+    """The faults' testbed, plain or TLS (clients dial amqps://, faults act on 5671)."""
+    beds = Beds(tmp_path_factory)
     try:
-        bed.up()
-        yield bed
+        yield beds
     finally:
-        bed.close()
+        beds.close()
 
 
 CELLS = [
@@ -59,10 +78,11 @@ if not LAB_TLS:
     PARAMS.append(("blackhole", 12.0, "tls"))
 
 
-@pytest.mark.parametrize(("fault", "hold", "bed"), PARAMS, indirect=["bed"])
+@pytest.mark.parametrize(("fault", "hold", "transport"), PARAMS)
 def test_guarded_celery_recovers_without_loss(
-    bed: FaultBed, tmp_path: Path, fault: str, hold: float
+    beds: Beds, tmp_path: Path, fault: str, hold: float, transport: str
 ) -> None:
+    bed = beds.get(tls=transport == "tls")  # TLS cells come last: one switch
     cell = run_cell(
         bed, fault, "celery-prefork+harden", tmp_path, stall_timeout=STALL, hang_bound=60, hold=hold
     )
