@@ -220,6 +220,13 @@ class GuardTCPTransport(_FrameClock, amqp.transport.TCPTransport):
     """py-amqp's TCP transport with the frame clock and handshake deadline."""
 
 
+#: OpenSSL's reasons when the peer's first bytes are not a TLS record: a plain
+#: AMQP port answers a ClientHello with its "AMQP" header (AMQP 0-9-1 §4.2.2).
+_NOT_TLS_REASONS = frozenset(
+    {"WRONG_VERSION_NUMBER", "RECORD_LAYER_FAILURE", "PACKET_LENGTH_TOO_LONG", "UNKNOWN_PROTOCOL"}
+)
+
+
 class GuardSSLTransport(_FrameClock, amqp.transport.SSLTransport):
     """py-amqp's TLS transport with the frame clock and handshake deadline.
 
@@ -258,10 +265,15 @@ class GuardSSLTransport(_FrameClock, amqp.transport.SSLTransport):
                 f"TLS handshake with {self._where} got no answer (TCP accepted, no ServerHello)"
             ) from exc
         except ssl.SSLError as exc:
+            if exc.reason in _NOT_TLS_REASONS:
+                hint = "is this the plain-text AMQP port? amqps:// usually listens on 5671"
+            else:
+                hint = (
+                    "check broker_use_ssl (certfile/keyfile if the broker requires a client "
+                    "certificate, tls_minimum_version, ciphers)"
+                )
             raise TLSHandshakeFailed(
-                exc.errno,
-                f"TLS handshake with {self._where} failed ({exc.reason or exc}): "
-                "is this the plain-text AMQP port? amqps:// usually listens on 5671",
+                exc.errno, f"TLS handshake with {self._where} failed ({exc.reason or exc}): {hint}"
             ) from exc
 
     @property
