@@ -4,7 +4,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-APT_PACKAGES=(iproute2 iptables conntrack keepalived rabbitmq-server curl procps make)
+APT_PACKAGES=(iproute2 iptables conntrack keepalived rabbitmq-server curl procps make openssl)
 VENV=${HANGPROOF_VENV:-.venv}
 
 missing=()
