@@ -78,11 +78,12 @@ def test_tls_cells_give_every_client_the_lab_ca(tmp_path: object) -> None:
     assert plain["HANGPROOF_BROKER_USE_SSL"] == ""
 
 
-def test_tls_matrix_refuses_seed_lab_faults_before_any_bed(tmp_path: object) -> None:
-    from pathlib import Path
+def test_tls_seed_bed_forwards_the_nodeport_to_the_tls_listener() -> None:
+    from hangproof.lab.faults.seed_bed import SeedBed
 
-    from hangproof.lab.scenarios.fault_matrix import tls_faults
-
-    with pytest.raises(HangproofError, match="no TLS NodePort"):
-        run_matrix(["vip-race"], ["kombu"], Path(str(tmp_path)), tls=True)
-    assert "vip-race" not in tls_faults() and "blackhole" in tls_faults()
+    bed = SeedBed("hpfvx", tls=True)
+    assert bed.client_url == "amqps://guest:guest@198.18.0.100:32672/"
+    node = bed.node
+    assert (node.tls, node.tls_port, node.amqp_port) == (True, 5671, 5672)
+    assert bed.lab.topo.broker_endpoints()[0][1] == 5671  # kube-proxy DNATs to TLS
+    assert SeedBed("hpfvx").client_url.startswith("amqp://")

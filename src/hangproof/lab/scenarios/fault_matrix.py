@@ -36,12 +36,11 @@ is the set-up, the wedged reconnect is the fault.
 
 Stock cells are measured like the others, never assumed.
 
-``--tls`` runs every testbed cell over TLS: the broker gets a TLS listener
+``--tls`` runs every cell over TLS: the brokers get a TLS listener
 (certificates made at run time, :mod:`hangproof.lab.tls`), every client of
-every profile dials ``amqps://`` verified against the lab CA, and the link
-faults act on the TLS port. The seed-lab faults (vip-race, vip-failover) dial
-VIP:NodePort through the emulated kube-proxy, which has no TLS NodePort: they
-are not run with ``--tls`` (a clear error if asked for by name).
+every profile dials ``amqps://`` verified against the lab CA, the link faults
+act on the TLS port, and on the seed lab the NodePort forwards to the pods'
+TLS listener (so the port holder is a TLS port that never answers).
 
     >>> report = run_matrix(["blackhole"], ["celery-prefork"], Path("/tmp/fm"))  # doctest: +SKIP
     >>> print(format_table(report))  # doctest: +SKIP
@@ -431,19 +430,13 @@ def run_matrix(
 
     Each bed is built only if one of ``faults`` needs it, and removed (in a
     finalizer) before the next is built, so only one RabbitMQ runs at a time.
-    ``tls``: every client dials the broker's TLS listener (testbed faults only).
+    ``tls``: every client dials the brokers' TLS listener (both beds).
     """
     unknown = [f for f in faults if f not in FAULTS] + [p for p in profiles if p not in PROFILES]
     if unknown:
         raise HangproofError(
             f"unknown fault or profile {unknown[0]!r}; faults: {', '.join(sorted(FAULTS))}; "
             f"profiles: {', '.join(PROFILES)}"
-        )
-    no_tls = [f for f in faults if fault_bed(f) == SEED_LAB]
-    if tls and no_tls:
-        raise HangproofError(
-            f"--tls: {', '.join(no_tls)} run on the seed lab, whose emulated kube-proxy has no "
-            "TLS NodePort; leave them out (--faults) or run them without --tls"
         )
     work.mkdir(parents=True, exist_ok=True)
     cells: list[Cell] = []
@@ -452,7 +445,9 @@ def run_matrix(
         if not bed_faults:
             continue
         bed: Bed = (
-            SeedBed(lab_name) if bed_kind == SEED_LAB else FaultBed(work / "bed", prefix, tls=tls)
+            SeedBed(lab_name, tls=tls)
+            if bed_kind == SEED_LAB
+            else FaultBed(work / "bed", prefix, tls=tls)
         )
         try:
             bed.up()  # type: ignore[attr-defined]
@@ -526,7 +521,7 @@ def run(lab: Lab | None, options: RunOptions) -> dict[str, Any]:
     """
     extra = options.extra
     tls = bool(extra.get("tls"))
-    faults = _names(extra.get("faults"), tls_faults() if tls else sorted(FAULTS))
+    faults = _names(extra.get("faults"), sorted(FAULTS))
     profiles = _names(extra.get("profiles"), DEFAULT_PROFILES)
     work = Path(extra.get("work") or tempfile.mkdtemp(prefix="hpfault-"))
     return run_matrix(
@@ -535,15 +530,6 @@ def run(lab: Lab | None, options: RunOptions) -> dict[str, Any]:
         hang_bound=float(extra.get("hang_bound") or DEFAULT_HANG_BOUND),
         progress=extra.get("progress"), tls=tls,
     )  # fmt: skip
-
-
-def tls_faults() -> list[str]:
-    """The faults that can run over TLS: every one on the testbed.
-
-    >>> "blackhole" in tls_faults(), "vip-race" in tls_faults()
-    (True, False)
-    """
-    return [f for f in sorted(FAULTS) if fault_bed(f) != SEED_LAB]
 
 
 def summary(result: dict[str, Any]) -> str:
@@ -585,7 +571,7 @@ def main(argv: list[str] | None = None) -> int:
     for name in ("url", "queue", "published", "stop", "rate"):
         p.add_argument(name)
     r = sub.add_parser("run")
-    r.add_argument("--faults", default=None, help="default: all (all testbed faults with --tls)")
+    r.add_argument("--faults", default=",".join(sorted(FAULTS)))
     r.add_argument("--profiles", default=",".join(DEFAULT_PROFILES))
     r.add_argument("--stall-timeout", type=float, default=DEFAULT_STALL_TIMEOUT)
     r.add_argument("--hang-bound", type=float, default=DEFAULT_HANG_BOUND)
@@ -599,11 +585,8 @@ def main(argv: list[str] | None = None) -> int:
         produce(args.url, args.queue, Path(args.published), Path(args.stop), float(args.rate))
         return 0
     work = Path(args.work or tempfile.mkdtemp(prefix="hpfault-"))
-    faults = (
-        args.faults.split(",") if args.faults else (tls_faults() if args.tls else sorted(FAULTS))
-    )
     report = run_matrix(
-        faults, args.profiles.split(","), work, tls=args.tls,
+        args.faults.split(","), args.profiles.split(","), work, tls=args.tls,
         stall_timeout=args.stall_timeout, hang_bound=args.hang_bound, prefix=args.prefix,
         lab_name=args.lab_name,
         progress=None if args.json else lambda c: print(json.dumps(asdict(c)), flush=True),
