@@ -276,3 +276,18 @@ def test_wrong_hostname_one_clear_line(rabbit: RabbitNode) -> None:
     message = str(raised.value)
     assert "does not name broker_use_ssl['server_hostname'] 'mq.example.com'" in message, message
     assert "\n" not in message and time.monotonic() - started < DEADLINE
+    # The control: a name the certificate has (SNI + hostname check), with a
+    # client certificate (mutual TLS), connects.
+    good = {
+        **rabbit.tls_files.client_options(with_client_cert=True),
+        "server_hostname": "localhost",
+    }
+    conn = GuardConnection(
+        host=f"{rabbit.host}:{rabbit.tls_port}", ssl=good, handshake_deadline=DEADLINE
+    )
+    conn.connect()
+    try:
+        assert conn.connected and conn.transport.sock.server_hostname == "localhost"
+        assert conn.transport.sock.getpeercert()["subjectAltName"]
+    finally:
+        conn.close()
