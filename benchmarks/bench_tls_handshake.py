@@ -26,6 +26,7 @@ import contextlib
 import json
 import os
 import platform
+import shutil
 import signal
 import socket
 import statistics
@@ -163,6 +164,7 @@ def run(connects: int, silent_watch: float) -> dict[str, Any]:
             if beam:
                 os.kill(beam, signal.SIGCONT)
         node.stop()
+        shutil.rmtree(state, ignore_errors=True)  # the broker's data and the lab CA's keys
 
 
 def _rabbit_version(node: RabbitNode) -> str:
