@@ -6,7 +6,7 @@ cd "$(dirname "$0")/.."
 
 # prometheus: promtool for the alert rules' unit tests, and the real Prometheus of the
 # prometheus-alerts lab scenario (its Debian service never starts: policy-rc.d below).
-APT_PACKAGES=(iproute2 iptables conntrack keepalived rabbitmq-server curl procps make prometheus)
+APT_PACKAGES=(iproute2 iptables conntrack keepalived rabbitmq-server curl procps make prometheus openssl)
 VENV=${HANGPROOF_VENV:-.venv}
 
 missing=()

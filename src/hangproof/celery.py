@@ -30,7 +30,12 @@ from hangproof.guard.celery_steps import (
     guard_consumer_class,
 )
 from hangproof.guard.runtime import LivenessConfig
-from hangproof.guard.transport import TRANSPORT_ALIAS, TRANSPORT_PATH
+from hangproof.guard.transport import (
+    SSL_TRANSPORT_ALIAS,
+    SSL_TRANSPORT_PATH,
+    TRANSPORT_ALIAS,
+    TRANSPORT_PATH,
+)
 
 __all__ = ["harden", "socket_settings", "transport_options"]
 
@@ -82,13 +87,44 @@ def transport_options(policy: Policy) -> dict[str, Any]:
     }
 
 
+#: URL schemes (and ``broker_transport`` names) that mean TLS, as kombu reads them.
+TLS_SCHEMES = ("amqps", SSL_TRANSPORT_ALIAS)
+
+
 def _guard_url(url: str) -> str:
+    """The URL with its scheme set to the guard's alias (TLS kept: amqps -> hangproofs).
+
+    >>> _guard_url("amqp://h//"), _guard_url("amqps://h//"), _guard_url("redis://h")
+    ('hangproof://h//', 'hangproofs://h//', 'redis://h')
+    """
     # kombu re-parses failover alternates with parse_url(), which takes the
     # transport from the URL scheme and so would fall back to stock py-amqp;
-    # the registered alias keeps the guard transport on every alternate.
-    if url.startswith("amqp://") or url.startswith("pyamqp://"):
-        return TRANSPORT_ALIAS + url[url.index("://") :]
+    # the registered aliases keep the guard transport on every alternate, and
+    # TLS on those that asked for it.
+    scheme, sep, rest = url.partition("://")
+    if not sep:
+        return url
+    if scheme in ("amqp", "pyamqp"):
+        return f"{TRANSPORT_ALIAS}://{rest}"
+    if scheme == "amqps":
+        return f"{SSL_TRANSPORT_ALIAS}://{rest}"
     return url
+
+
+def _wants_tls(url: object, transport: object) -> bool:
+    """Whether the first broker URL (or an explicit ``broker_transport``) asks for TLS.
+
+    >>> _wants_tls("amqps://h//", None), _wants_tls(["amqp://a", "amqps://b"], None)
+    (True, False)
+    """
+    if isinstance(url, list | tuple):
+        url = url[0] if url else None
+    if isinstance(url, str) and ";" in url:
+        url = url.split(";", 1)[0]
+    scheme = url.partition("://")[0] if isinstance(url, str) and "://" in url else None
+    if scheme in TLS_SCHEMES:
+        return True
+    return scheme is None and transport in TLS_SCHEMES
 
 
 def harden(
@@ -105,7 +141,9 @@ def harden(
     - connection settings from ``policy`` (see docs/guard.md);
     - the broker transport becomes ``hangproof.kombu:Transport`` (total
       handshake deadline, also under gevent/eventlet where Celery sets
-      ``broker_connection_timeout=None``);
+      ``broker_connection_timeout=None``), or ``hangproof.kombu:SSLTransport``
+      for an ``amqps://`` URL; ``broker_use_ssl`` is kept as it is, and
+      failover alternates keep their own scheme's TLS (``hangproofs://``);
     - a consumer bootstep watchdog, and a consumer subclass that survives
       ``ResourceLocked`` on reconnect;
     - broker connections that reconnect with the policy's backoff (a kombu
@@ -132,8 +170,12 @@ def harden(
     conf = app.conf
     backoff = policy.backoff
 
-    conf.broker_transport = TRANSPORT_PATH
     broker_url = conf.broker_url
+    # TLS wherever the user asked for it: an amqps:// URL (kombu's amqps
+    # transport sets ssl=True) or broker_use_ssl (passed on as ``ssl``, True or
+    # a dict, to every connection, as stock Celery does).
+    tls = _wants_tls(broker_url, conf.broker_transport)
+    conf.broker_transport = SSL_TRANSPORT_PATH if tls else TRANSPORT_PATH
     if isinstance(broker_url, str) and ";" in broker_url:
         conf.broker_url = ";".join(_guard_url(u) for u in broker_url.split(";"))
     elif isinstance(broker_url, list | tuple) and len(broker_url) > 1:

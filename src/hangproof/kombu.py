@@ -5,6 +5,9 @@
     ...            transport="hangproof.kombu:Transport").transport_cls
     'hangproof.kombu:Transport'
 
+Over TLS: ``ssl=True`` / ``ssl={...}`` (as with kombu's own py-amqp transport), or
+``hangproof.kombu:SSLTransport`` (alias ``hangproofs://``, as ``amqps://``).
+
 See :mod:`hangproof.guard.transport` for what it changes and why.
 """
 
@@ -16,6 +19,9 @@ from hangproof.guard.transport import (
     HandshakeDeadlineExceeded,
     PublishError,
     PublishTimeout,
+    SSLTransport,
+    TLSHandshakeFailed,
+    TLSVerificationFailed,
     Transport,
     last_inbound_frame_at,
 )
@@ -26,6 +32,9 @@ __all__ = [
     "HandshakeDeadlineExceeded",
     "PublishError",
     "PublishTimeout",
+    "SSLTransport",
+    "TLSHandshakeFailed",
+    "TLSVerificationFailed",
     "Transport",
     "last_inbound_frame_at",
 ]

@@ -44,9 +44,13 @@ def seed_lab() -> Iterator[Lab]:
 def rabbit(
     request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[RabbitNode]:
-    """A real RabbitMQ on loopback (private epmd/dist ports), one per test module."""
+    """A real RabbitMQ on loopback (private epmd/dist ports), one per test module.
+
+    It listens with TLS too (``tls_url``, lab CA in ``tls_files``): a test
+    picks its transport (guard_workers.broker), so one node serves both.
+    """
     name = request.module.__name__.rpartition(".")[2].removeprefix("test_")
-    node = RabbitNode(name, tmp_path_factory.mktemp("rabbit"))
+    node = RabbitNode(name, tmp_path_factory.mktemp("rabbit"), tls=True)
     try:
         node.start(timeout=90)
         yield node

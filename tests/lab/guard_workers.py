@@ -1,8 +1,14 @@
-"""Helpers shared by the guard's lab tests: a guarded sample worker, by pid, and its liveness."""
+"""Helpers shared by the guard's lab tests: a guarded sample worker, by pid, and its liveness.
+
+Over TLS: ``HANGPROOF_LAB_TLS=1`` makes every guard lab test dial the loopback
+broker's TLS listener (``amqps://``, verified against the lab CA); a test can
+also ask for TLS itself (``tls=True``), which is how CI's TLS subset runs.
+"""
 
 from __future__ import annotations
 
 import json
+import os
 import sys
 import urllib.error
 import urllib.request
@@ -10,6 +16,32 @@ from pathlib import Path
 
 from hangproof.lab import processes
 from hangproof.lab.rabbitmq import RabbitNode, free_port
+
+#: Run the guard lab tests over TLS (the broker's amqps:// listener).
+LAB_TLS = os.environ.get("HANGPROOF_LAB_TLS") == "1"
+#: Parametrisation for a test that runs over plain TCP, TLS, or both.
+TRANSPORTS = ["tls"] if LAB_TLS else ["tcp"]
+
+
+def broker(rabbit: RabbitNode, tls: bool | None = None) -> tuple[str, dict | None]:
+    """(URL, broker_use_ssl) a client of ``rabbit`` uses: TLS if asked or ``HANGPROOF_LAB_TLS``."""
+    if LAB_TLS if tls is None else tls:
+        return rabbit.tls_url, rabbit.tls_files.client_options()
+    return rabbit.url, None
+
+
+def kombu_connection(rabbit: RabbitNode, tls: bool | None = None, **kwargs: object):  # type: ignore[no-untyped-def]
+    """A kombu Connection to ``rabbit`` (TLS like :func:`broker`); kwargs as kombu's."""
+    from kombu import Connection
+
+    url, ssl_options = broker(rabbit, tls)
+    return Connection(url, ssl=ssl_options or False, **kwargs)
+
+
+def aio_url(rabbit: RabbitNode, tls: bool | None = None) -> str:
+    """The aio-pika URL of ``rabbit`` (aiormq takes the CA as a ``cafile`` query)."""
+    url, ssl_options = broker(rabbit, tls)
+    return f"{url}?cafile={ssl_options['ca_certs']}" if ssl_options else url
 
 
 def start_worker(
@@ -21,12 +53,20 @@ def start_worker(
     pool: str = "prefork",
     concurrency: int = 4,
     guard: bool = True,
+    tls: bool | None = None,
+    broker_use_ssl: dict | None = None,
 ) -> tuple[int, int, Path, Path]:
-    """Start ``hangproof.guard.sample_app`` consuming ``queue``; (pid, liveness port, ledger, log)."""
+    """Start ``hangproof.guard.sample_app`` consuming ``queue``; (pid, liveness port, ledger, log).
+
+    ``broker_use_ssl`` replaces the TLS options (e.g. a wrong CA).
+    """
     port = free_port()
     ledger, log = tmp / f"{queue}.ledger", tmp / f"{queue}.log"
+    url, ssl_options = broker(rabbit, tls)
+    ssl_options = broker_use_ssl or ssl_options
     env = {
-        "HANGPROOF_BROKER_URL": rabbit.url,
+        "HANGPROOF_BROKER_URL": url,
+        "HANGPROOF_BROKER_USE_SSL": json.dumps(ssl_options) if ssl_options else "",
         "HANGPROOF_GUARD": "1" if guard else "0",
         "HANGPROOF_STALL_TIMEOUT": str(stall),
         "HANGPROOF_LIVENESS_PORT": str(port),

@@ -6,7 +6,9 @@
   queue (ResourceLocked 405) -> the guarded worker backs off and retries, and
   works once the queue is released; it does not exit.
 
-Workers are started by pid and stopped by pid in finalizers.
+Workers are started by pid and stopped by pid in finalizers. Over TLS with
+``HANGPROOF_LAB_TLS=1`` (guard_workers); the ResourceLocked test also runs
+over TLS in every run (CI's TLS subset).
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-from guard_workers import health, start_worker
+from guard_workers import TRANSPORTS, broker, health, kombu_connection, start_worker
 
 from hangproof.lab import processes
 from hangproof.lab.rabbitmq import RabbitNode
@@ -38,11 +40,13 @@ def wait_ready(port: int, pid: int, limit: float = 60) -> float:
     raise AssertionError(f"worker not ready within {limit} s")
 
 
-def producer(rabbit: RabbitNode):  # type: ignore[no-untyped-def]
-    os.environ["HANGPROOF_BROKER_URL"] = rabbit.url
+def producer(rabbit: RabbitNode, tls: bool):  # type: ignore[no-untyped-def]
+    url, ssl_options = broker(rabbit, tls)
+    os.environ["HANGPROOF_BROKER_URL"] = url
     from hangproof.guard.sample_app import app
 
-    app.conf.broker_url = rabbit.url
+    app.conf.broker_url = url
+    app.conf.broker_use_ssl = ssl_options
     return app
 
 
@@ -55,13 +59,17 @@ def metric(port: int, name: str) -> float:
     )
 
 
+@pytest.mark.parametrize("transport", TRANSPORTS)
 @pytest.mark.parametrize("pool", ["prefork", "gevent"])
-def test_long_tasks_are_not_a_stall(rabbit: RabbitNode, tmp_path: Path, pool: str) -> None:
-    name = f"long-{pool}"
-    pid, port, ledger, log = start_worker(rabbit, tmp_path, name, stall=STALL, pool=pool)
+def test_long_tasks_are_not_a_stall(
+    rabbit: RabbitNode, tmp_path: Path, pool: str, transport: str
+) -> None:
+    name = f"long-{pool}-{transport}"
+    tls = transport == "tls"
+    pid, port, ledger, log = start_worker(rabbit, tmp_path, name, stall=STALL, pool=pool, tls=tls)
     try:
         wait_ready(port, pid)
-        app = producer(rabbit)
+        app = producer(rabbit, tls)
         n = 4
         for i in range(n):
             app.send_task("hangproof.sleep_then_record", args=(f"t{i}", 3 * STALL), queue=name)
@@ -85,17 +93,22 @@ def test_long_tasks_are_not_a_stall(rabbit: RabbitNode, tmp_path: Path, pool: st
         print(log.read_text()[-3000:])
 
 
-def test_resource_locked_pidbox_is_survived(rabbit: RabbitNode, tmp_path: Path) -> None:
+@pytest.mark.parametrize("transport", sorted({*TRANSPORTS, "tls"}))
+def test_resource_locked_pidbox_is_survived(
+    rabbit: RabbitNode, tmp_path: Path, transport: str
+) -> None:
     """The broker still holds the worker's exclusive pidbox queue (INCIDENT.md, last table)."""
-    from kombu import Connection, Queue
+    from kombu import Queue
 
-    hostname = f"locked@{os.uname().nodename}"
-    holder = Connection(rabbit.url)
+    tls = transport == "tls"
+    queue = f"locked-{transport}"
+    hostname = f"{queue}@{os.uname().nodename}"
+    holder = kombu_connection(rabbit, tls)
     holder.connect()
     channel = holder.channel()
     # What the dead connection of the worker's previous life still holds.
     Queue(f"{hostname}.celery.pidbox", exclusive=True, channel=channel).declare()
-    pid, port, ledger, log = start_worker(rabbit, tmp_path, "locked", stall=STALL)
+    pid, port, ledger, log = start_worker(rabbit, tmp_path, queue, stall=STALL, tls=tls)
     try:
         time.sleep(8)  # several ResourceLocked rounds
         assert processes.pid_alive(pid), "the worker exited on ResourceLocked"
@@ -103,7 +116,7 @@ def test_resource_locked_pidbox_is_survived(rabbit: RabbitNode, tmp_path: Path) 
         released = time.monotonic()
         holder.release()  # the broker finally drops the old connection
         resumed = wait_ready(port, pid, limit=30)
-        producer(rabbit).send_task("hangproof.record", args=("after",), queue="locked")
+        producer(rabbit, tls).send_task("hangproof.record", args=("after",), queue=queue)
         for _ in range(40):
             if ledger.exists() and "after" in ledger.read_text():
                 break

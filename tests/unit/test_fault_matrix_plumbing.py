@@ -57,3 +57,33 @@ def test_unknown_fault_fails_before_any_bed_is_built(tmp_path: object) -> None:
 def test_message_key_reads_celery_protocol_2_bodies() -> None:
     assert message_key([["k1"], {}, {}]) == "k1"
     assert message_key(b'[["k2"], {}, {"callbacks": null}]') == "k2"
+
+
+def test_tls_cells_give_every_client_the_lab_ca(tmp_path: object) -> None:
+    import json
+    from pathlib import Path
+
+    from hangproof.lab.scenarios.fault_matrix import _worker_env
+
+    ssl_options = {"ca_certs": "/state/tls/ca.pem", "cert_reqs": 2}
+    url = "amqps://guest:guest@198.18.200.1:5671/"
+    for name, profile in PROFILES.items():
+        argv = _consumer_argv(profile, url, "q", Path("/l"), 4.0, ssl_options)
+        if profile.kind == "celery":  # the worker reads broker_use_ssl from its env
+            env = _worker_env(url, profile, 4.0, Path("/l"), ssl_options)
+            assert json.loads(env["HANGPROOF_BROKER_USE_SSL"]) == ssl_options, name
+        else:
+            assert argv[argv.index("--cafile") + 1] == "/state/tls/ca.pem", name
+    plain = _worker_env("amqp://h/", PROFILES["celery-prefork"], 4.0, Path("/l"))
+    assert plain["HANGPROOF_BROKER_USE_SSL"] == ""
+
+
+def test_tls_seed_bed_forwards_the_nodeport_to_the_tls_listener() -> None:
+    from hangproof.lab.faults.seed_bed import SeedBed
+
+    bed = SeedBed("hpfvx", tls=True)
+    assert bed.client_url == "amqps://guest:guest@198.18.0.100:32672/"
+    node = bed.node
+    assert (node.tls, node.tls_port, node.amqp_port) == (True, 5671, 5672)
+    assert bed.lab.topo.broker_endpoints()[0][1] == 5671  # kube-proxy DNATs to TLS
+    assert SeedBed("hpfvx").client_url.startswith("amqp://")

@@ -23,7 +23,6 @@ import contextlib
 import json
 import logging
 import os
-import socket
 import tempfile
 import threading
 import time
@@ -41,7 +40,7 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from hangproof.credentials import mask_url
 from hangproof.failure import Policy
 from hangproof.guard import upstream
-from hangproof.guard.transport import last_inbound_frame_at, note_path_fault
+from hangproof.guard.transport import last_inbound_frame_at, note_path_fault, shutdown_socket
 from hangproof.guard.watchdog import Action, Decision, Detection, Observation, decide
 
 logger = logging.getLogger("hangproof.guard")
@@ -298,7 +297,7 @@ def force_reconnect(connection: Any) -> bool:
     if sock is None:
         return False
     try:
-        sock.shutdown(socket.SHUT_RDWR)
+        shutdown_socket(sock)  # TLS: an SSLSocket's own shutdown() would crash the reader
     except OSError:
         return False
     return True

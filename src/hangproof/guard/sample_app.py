@@ -2,7 +2,9 @@
 
 Configured by environment, so the same module runs stock or guarded:
 
-- ``HANGPROOF_BROKER_URL`` (required);
+- ``HANGPROOF_BROKER_URL`` (required; ``amqps://`` for TLS);
+- ``HANGPROOF_BROKER_USE_SSL``: ``broker_use_ssl`` as JSON, e.g.
+  ``{"ca_certs": "/path/ca.pem", "cert_reqs": 2}`` (2 is ``ssl.CERT_REQUIRED``);
 - ``HANGPROOF_GUARD=1`` to call :func:`hangproof.celery.harden`;
 - ``HANGPROOF_STALL_TIMEOUT`` (seconds, default 15);
 - ``HANGPROOF_LIVENESS_PORT`` and ``HANGPROOF_HEARTBEAT_FILE`` (opt-in);
@@ -18,6 +20,7 @@ Run a worker::
 
 from __future__ import annotations
 
+import json
 import os
 import time
 
@@ -30,6 +33,8 @@ app.conf.update(
     broker_connection_retry_on_startup=True,
     worker_prefetch_multiplier=int(os.environ.get("HANGPROOF_PREFETCH", "4")),
 )
+if os.environ.get("HANGPROOF_BROKER_USE_SSL"):
+    app.conf.broker_use_ssl = json.loads(os.environ["HANGPROOF_BROKER_USE_SSL"])
 
 if os.environ.get("HANGPROOF_GUARD") == "1":
     from hangproof.celery import harden

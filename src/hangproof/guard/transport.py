@@ -65,6 +65,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import socket
+import ssl
 import threading
 from collections.abc import Callable
 from time import monotonic
@@ -86,9 +87,14 @@ logger = logging.getLogger("hangproof.guard")
 #: so that failover alternates parsed from URLs keep using it.
 TRANSPORT_ALIAS = "hangproof"
 TRANSPORT_PATH = "hangproof.kombu:Transport"
+#: The TLS twin, as kombu's ``amqps`` is of ``amqp``: ``hangproofs://host``
+#: makes a failover alternate that was ``amqps://`` keep TLS.
+SSL_TRANSPORT_ALIAS = "hangproofs"
+SSL_TRANSPORT_PATH = "hangproof.kombu:SSLTransport"
 # kombu resolves URL schemes through this public registry; a scheme without
 # '.' or ':' passes kombu's URL check (kombu issue 2641).
 TRANSPORT_ALIASES.setdefault(TRANSPORT_ALIAS, TRANSPORT_PATH)
+TRANSPORT_ALIASES.setdefault(SSL_TRANSPORT_ALIAS, SSL_TRANSPORT_PATH)
 
 
 class HandshakeDeadlineExceeded(socket.timeout):
@@ -97,6 +103,21 @@ class HandshakeDeadlineExceeded(socket.timeout):
     A ``socket.timeout`` (so an ``OSError``), hence in kombu's and Celery's
     recoverable connection errors: they retry with backoff.
     """
+
+
+class TLSVerificationFailed(ssl.SSLCertVerificationError):
+    """The broker's TLS certificate was refused: wrong CA, wrong hostname, expired.
+
+    Still an ``ssl.SSLCertVerificationError`` (so an ``OSError``): kombu tries
+    the next failover alternate and Celery retries with its paced backoff;
+    only the message changes, to one line that says which check failed and
+    which setting to fix (docs/guard.md, "TLS", explains why the guard does
+    not make it fatal).
+    """
+
+
+class TLSHandshakeFailed(ssl.SSLError):
+    """The TLS handshake failed for another reason (e.g. the port speaks plain AMQP)."""
 
 
 class TeardownTimeout(socket.timeout):
@@ -220,19 +241,161 @@ class GuardTCPTransport(_FrameClock, amqp.transport.TCPTransport):
     """py-amqp's TCP transport with the frame clock and handshake deadline."""
 
 
+#: OpenSSL's reasons when the peer's first bytes are not a TLS record: a plain
+#: AMQP port answers a ClientHello with its "AMQP" header (AMQP 0-9-1 §4.2.2).
+_NOT_TLS_REASONS = frozenset(
+    {"WRONG_VERSION_NUMBER", "RECORD_LAYER_FAILURE", "PACKET_LENGTH_TOO_LONG", "UNKNOWN_PROTOCOL"}
+)
+
+
 class GuardSSLTransport(_FrameClock, amqp.transport.SSLTransport):
-    """py-amqp's TLS transport with the frame clock and handshake deadline."""
+    """py-amqp's TLS transport with the frame clock and handshake deadline.
+
+    py-amqp wraps the socket and runs ``do_handshake()`` in
+    ``_setup_transport``, bounded by ``connect_timeout`` alone, i.e. a fresh
+    timeout after the TCP connect (and none at all when it is None, as under
+    gevent: py-amqp PR#398's silent port). Here the TLS handshake gets what is
+    left of the one total deadline, and a refused certificate becomes one
+    clear line (:class:`TLSVerificationFailed`).
+    """
+
+    def _setup_transport(self) -> None:
+        at = self.handshake_deadline_at
+        if at is not None:
+            remaining = at - monotonic()
+            if remaining <= 0:
+                raise HandshakeDeadlineExceeded("AMQP handshake deadline exceeded before TLS")
+            # py-amqp bounds do_handshake() by self.connect_timeout (transport.py,
+            # SSLTransport._setup_transport, py-amqp 5.x): give it what is left.
+            if self.connect_timeout is None or self.connect_timeout > remaining:
+                self.connect_timeout = remaining
+            # And the plain socket, whose timeout the SSL socket inherits when
+            # wrapped: bounded even if a later py-amqp stops setting its own.
+            if self.sock is not None:
+                self.sock.settimeout(remaining)
+        try:
+            super()._setup_transport()
+        except ssl.SSLCertVerificationError as exc:
+            refused = TLSVerificationFailed(
+                exc.errno, tls_verify_message(exc, self.sslopts, self._where)
+            )
+            refused.verify_code, refused.verify_message = exc.verify_code, exc.verify_message
+            raise refused from exc
+        except TimeoutError as exc:
+            raise HandshakeDeadlineExceeded(
+                f"TLS handshake with {self._where} got no answer (TCP accepted, no ServerHello)"
+            ) from exc
+        except ssl.SSLError as exc:
+            if exc.reason in _NOT_TLS_REASONS:
+                hint = "is this the plain-text AMQP port? amqps:// usually listens on 5671"
+            else:
+                hint = (
+                    "check broker_use_ssl (certfile/keyfile if the broker requires a client "
+                    "certificate, tls_minimum_version, ciphers)"
+                )
+            raise TLSHandshakeFailed(
+                exc.errno, f"TLS handshake with {self._where} failed ({exc.reason or exc}): {hint}"
+            ) from exc
+
+    @property
+    def _where(self) -> str:
+        return f"{self.host}:{self.port}"
+
+    def _shutdown_transport(self) -> None:
+        """Send TLS close_notify, without waiting for the peer's (a dead peer never sends it).
+
+        py-amqp unwraps the socket here: CPython's ``unwrap()`` sends
+        close_notify, then *reads* until the peer's close_notify arrives,
+        bounded only by the socket's timeout: ``connect_timeout`` (None under
+        gevent: forever) against a frozen broker or a silent path. Waiting is
+        not required (RFC 8446 §6.1, RFC 5246 §7.2.1: the initiator may close
+        its read side without the reply), so the alert is sent non-blocking
+        and the socket is closed by py-amqp right after.
+        """
+        sock = self.sock
+        if not isinstance(sock, ssl.SSLSocket):
+            return
+        with contextlib.suppress(OSError, ValueError):
+            sock.settimeout(0)
+            sock.unwrap()
+
+
+def shutdown_socket(sock: socket.socket) -> None:
+    """``shutdown(SHUT_RDWR)`` that is safe from another thread, TLS included.
+
+    ``ssl.SSLSocket.shutdown()`` also drops the socket's SSL object, so the
+    next read on the reading thread raises ``ValueError("Read on closed or
+    unwrapped SSL socket")``, which Celery does not take for a connection
+    error: the worker died ("Unrecoverable error", measured on the TLS fault
+    bed). Shutting the file descriptor down underneath leaves the SSL object
+    in place: the reader sees EOF, an ``OSError``, and Celery reconnects.
+    """
+    socket.socket.shutdown(sock, socket.SHUT_RDWR)
+
+
+def tls_verify_message(
+    exc: ssl.SSLCertVerificationError, sslopts: dict[str, Any] | None, where: str
+) -> str:
+    """One line that says which TLS check refused the broker and what to change.
+
+    >>> err = ssl.SSLCertVerificationError(1, "x")
+    >>> err.verify_code, err.verify_message = 20, "unable to get local issuer certificate"
+    >>> tls_verify_message(err, {"ca_certs": "/etc/ca.pem"}, "mq:5671")  # doctest: +ELLIPSIS
+    "TLS: the broker's certificate (mq:5671) is not trusted by the CA in broker_use_ssl['ca_certs'] (/etc/ca.pem): unable to get ... or fix the broker's certificate chain"
+    """
+    opts = sslopts or {}
+    detail = getattr(exc, "verify_message", None) or getattr(exc, "reason", None) or str(exc)
+    code = getattr(exc, "verify_code", None)
+    if code == 62 or "hostname mismatch" in str(detail).lower():  # X509_V_ERR_HOSTNAME_MISMATCH
+        name = opts.get("server_hostname")
+        return (
+            f"TLS: the broker's certificate ({where}) does not name "
+            f"broker_use_ssl['server_hostname'] {name!r}: {detail}; set server_hostname to a "
+            "name in the certificate's subjectAltName, or reissue the certificate"
+        )
+    if "context" in opts:
+        trusted_by = "the CA of broker_use_ssl['context']"
+    elif opts.get("ca_certs"):
+        trusted_by = f"the CA in broker_use_ssl['ca_certs'] ({opts['ca_certs']})"
+    else:
+        trusted_by = "the system's default CAs (no broker_use_ssl['ca_certs'] given)"
+    return (
+        f"TLS: the broker's certificate ({where}) is not trusted by {trusted_by}: {detail}; "
+        "set broker_use_ssl['ca_certs'] to the CA that signed it, "
+        "or fix the broker's certificate chain"
+    )
 
 
 def _guard_transport_factory(
-    host: str, connect_timeout: float | None = None, ssl: Any = False, *args: Any, **kwargs: Any
+    host: str,
+    connect_timeout: float | None = None,
+    ssl: Any = False,
+    read_timeout: float | None = None,
+    write_timeout: float | None = None,
+    **kwargs: Any,
 ) -> _FrameClock:
-    cls = GuardSSLTransport if ssl else GuardTCPTransport
-    if ssl and not isinstance(ssl, dict):
-        ssl = {}
+    """py-amqp's ``Connection.Transport`` signature, choosing the guard's TCP or TLS class.
+
+    py-amqp calls it as ``Transport(host, connect_timeout, ssl, read_timeout,
+    write_timeout, socket_settings=...)`` (amqp/connection.py, 5.x); the TLS
+    class takes ``ssl`` as options (True: py-amqp's defaults, i.e. ``{}``).
+    """
     if ssl:
-        return cls(host, connect_timeout=connect_timeout, ssl=ssl, *args, **kwargs)  # noqa: B026
-    return cls(host, connect_timeout, *args, **kwargs)
+        return GuardSSLTransport(
+            host,
+            connect_timeout=connect_timeout,
+            ssl=ssl if isinstance(ssl, dict) else {},
+            read_timeout=read_timeout,
+            write_timeout=write_timeout,
+            **kwargs,
+        )
+    return GuardTCPTransport(
+        host,
+        connect_timeout=connect_timeout,
+        read_timeout=read_timeout,
+        write_timeout=write_timeout,
+        **kwargs,
+    )
 
 
 #: Frames read without waiting before a publish, to see a pending
@@ -508,7 +671,7 @@ class GuardConnection(pyamqp.Connection):
         sock = getattr(transport, "sock", None)
         if sock is not None:
             with contextlib.suppress(OSError):
-                sock.shutdown(socket.SHUT_RDWR)
+                shutdown_socket(sock)  # TLS: keeps the reader's error an OSError
 
     def drop(self, why: str = "") -> None:
         """Abandon the socket and release everything: shutdown + close, no Close-Ok.
@@ -693,9 +856,11 @@ class GuardConnection(pyamqp.Connection):
                 transport.end_handshake()
                 sock = transport.sock
                 if sock is not None and self.connected:
-                    # py-amqp runs the established socket in blocking mode
-                    # (transport._init_socket); undo the deadline's timeout.
-                    sock.settimeout(None)
+                    # What stock py-amqp leaves on the established socket:
+                    # blocking for TCP (transport._init_socket), connect_timeout
+                    # for TLS (SSLTransport._setup_transport); undo the deadline's.
+                    tls = isinstance(transport, GuardSSLTransport)
+                    sock.settimeout(saved_connect_timeout if tls else None)
             if self.connected:
                 # The handshake's frames just arrived: start the clock now.
                 self._clock_count = upstream.inbound_frame_count(self)
@@ -718,6 +883,23 @@ class Transport(pyamqp.Transport):
 
     Connection = GuardConnection
     driver_name = "py-amqp"  # Celery checks driver_type/name for amqp behaviour
+
+
+class SSLTransport(Transport):
+    """The guard transport over TLS, as kombu's ``amqps`` (``pyamqp:SSLTransport``).
+
+    ``ssl=True`` unless the connection already has TLS options (a dict, e.g.
+    Celery's ``broker_use_ssl``), and the default port is 5671.
+
+    >>> from kombu import Connection
+    >>> Connection("hangproofs://guest:guest@mq.example.com//").transport.client.ssl
+    True
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        if not self.client.ssl:  # kombu.transport.pyamqp.SSLTransport does the same
+            self.client.ssl = True
 
 
 def last_inbound_frame_at(connection: Any) -> float | None:

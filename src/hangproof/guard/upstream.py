@@ -27,6 +27,7 @@ both sets). When you add a version, run ``check`` on it and add it here.
 |---|---|---|---|---|
 | amqp | ``TCPTransport/SSLTransport._quick_recv`` | instance attr, read + replaced during the handshake | py-amqp reads every byte through it; wrapping it bounds each handshake ``recv`` by the time left to one total deadline | the handshake deadline silently disappears: a peer that drips heartbeats (or nothing) holds the client forever (INCIDENT.md) |
 | amqp | ``_AbstractTransport._setup_transport`` | method, overridden (calls super) | the only hook between TCP connect and the first read, where ``_quick_recv`` exists | same as above |
+| amqp | ``SSLTransport._setup_transport`` / ``_shutdown_transport`` | methods, overridden | the TLS handshake gets what is left of the one deadline and a refused certificate becomes one line; close sends close_notify without waiting for the peer's (``unwrap()`` would read until it arrives) | a frozen broker or a silent path holds a TLS close (and so the worker's recovery) for ``connect_timeout``, forever under gevent |
 | amqp | ``Connection._transport`` | instance attr, read | the transport *without* py-amqp's deprecated lazy connect (``.transport`` dials when there is none) | reading the frame clock or shutting a socket down from the watchdog thread could dial the broker |
 | amqp | ``Connection.bytes_recv`` | public but undocumented counter | py-amqp counts inbound frames in it (``method_framing``); the frame clock samples it at zero per-frame cost | no inbound-frame clock: a silent link is seen only by heartbeats |
 | amqp | ``Connection._METHODS`` | class attr, extended | py-amqp declares ``connection.blocked`` without its ``reason`` argument | the reason ("low on memory") is lost; with a spec mismatch the frame would not parse |
@@ -82,6 +83,7 @@ CHECKED_VERSIONS: dict[str, str] = {
 #: reached only through the accessors below.
 OVERRIDES: dict[str, frozenset[str]] = {
     "amqp.transport:_AbstractTransport": frozenset({"_setup_transport"}),
+    "amqp.transport:SSLTransport": frozenset({"_setup_transport", "_shutdown_transport"}),
     "amqp.connection:Connection": frozenset({"_METHODS", "_on_blocked", "_on_unblocked"}),
     "amqp.channel:Channel": frozenset({"_on_basic_ack", "_on_basic_nack"}),
 }
@@ -339,6 +341,17 @@ def _amqp_ssl_quick_recv() -> str | None:
     )
 
 
+def _amqp_ssl_shutdown_hook() -> str | None:
+    from amqp.transport import SSLTransport, _AbstractTransport
+
+    # The guard's SSLTransport._shutdown_transport sends close_notify without
+    # waiting for the peer's (a dead peer never sends it); py-amqp must still
+    # call it from close() for that to take effect.
+    return _has(SSLTransport, "_shutdown_transport") or _source_has(
+        _AbstractTransport.close, "self._shutdown_transport()"
+    )
+
+
 def _amqp_setup_hook() -> str | None:
     from amqp.transport import _AbstractTransport
 
@@ -507,6 +520,7 @@ REQUIREMENTS: tuple[Requirement, ...] = (
     Requirement("amqp", "TCPTransport._quick_recv", _amqp_tcp_quick_recv),
     Requirement("amqp", "SSLTransport._quick_recv", _amqp_ssl_quick_recv),
     Requirement("amqp", "_AbstractTransport._setup_transport", _amqp_setup_hook),
+    Requirement("amqp", "SSLTransport._shutdown_transport", _amqp_ssl_shutdown_hook),
     Requirement("amqp", "Connection internals", _amqp_connection_names),
     Requirement("amqp", "Channel internals", _amqp_channel_names),
     Requirement("kombu", "Connection._connection", _kombu_names),

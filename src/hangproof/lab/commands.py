@@ -252,6 +252,10 @@ def run(
             "1 = the shipped rules).",
         ),
     ] = None,
+    tls: Annotated[
+        bool,
+        typer.Option("--tls", help="fault-matrix: every client over TLS (amqps://, lab CA)."),
+    ] = False,
     name: NameOpt = "hplab",
     json_out: JsonOpt = False,
 ) -> int:
@@ -280,6 +284,7 @@ def run(
             "stall_timeout": stall_timeout,
             "hang_bound": hang_bound,
             "time_scale": time_scale,
+            "tls": tls,
             "progress": lambda cell: progress(
                 f"cell {cell.fault} x {cell.profile}: {cell.resume_s}"
             ),

@@ -16,6 +16,9 @@ embed]``), published by the matrix's producer with ``send_task``; the key is
 - ``aio-pika``: ``aio_pika.connect_robust(url)`` and a queue iterator.
 - ``aio-pika+guard``: the same on :func:`hangproof.aio.connect_robust`.
 
+Over TLS (``--cafile CA``, the URL ``amqps://``): kombu gets ``ssl={"ca_certs":
+CA, "cert_reqs": CERT_REQUIRED}``, aio-pika the CA as aiormq's ``cafile`` query.
+
 Log lines carry Celery's timestamp format, so the matrix reads detection the
 same way for every profile::
 
@@ -67,17 +70,28 @@ def record(ledger: str, key: str) -> None:
         os.close(fd)
 
 
+#: The CA that verifies the broker's TLS certificate (``--cafile``); None: plain.
+CAFILE: str | None = None
+
+
+def _kombu_ssl() -> dict[str, Any] | bool:
+    import ssl
+
+    return {"ca_certs": CAFILE, "cert_reqs": ssl.CERT_REQUIRED} if CAFILE else False
+
+
 def kombu_connection(url: str, guarded: bool, stall: float) -> Any:
     """``kombu.Connection`` as the profile builds it (defaults, or the guard transport)."""
     from kombu import Connection
 
     if not guarded:
-        return Connection(url)
+        return Connection(url, ssl=_kombu_ssl())
     from hangproof.celery import transport_options
 
     policy = Policy(stall_timeout=stall)
     return Connection(
         url,
+        ssl=_kombu_ssl(),
         transport="hangproof.kombu:Transport",
         heartbeat=policy.heartbeat,
         connect_timeout=policy.handshake_deadline,
@@ -140,6 +154,8 @@ def kombu_publish(url: str, queue: str, key: str, guarded: bool, stall: float) -
 
 
 async def _aio_connect(url: str, guarded: bool, stall: float) -> Any:
+    if CAFILE:
+        url = f"{url}?cafile={CAFILE}"
     if guarded:
         from hangproof.aio import connect_robust
 
@@ -204,7 +220,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("arg", help="ledger file (consume) or message key (publish)")
     parser.add_argument("--guard", action="store_true")
     parser.add_argument("--stall", type=float, default=15.0)
+    parser.add_argument("--cafile", default=None, help="TLS: the CA of the broker's certificate")
     args = parser.parse_args(argv)
+    global CAFILE
+    CAFILE = args.cafile
     if args.cmd == "consume":
         logging.basicConfig(level=logging.INFO, format=LOG_FORMAT, stream=sys.stdout)
         if args.kind == "kombu":

@@ -8,6 +8,13 @@ shared.
     >>> with RabbitNode("t1", Path("/tmp/hp-rmq")) as node:  # doctest: +SKIP
     ...     print(node.url)
     amqp://guest:guest@127.0.0.1:40123/
+
+With ``tls=True`` the node also has a TLS listener (``tls_port``, 5671 in a
+namespace), with a CA and certificates made at start-up in ``state_dir/tls``
+(:mod:`hangproof.lab.tls`; keys 0600). ``client_url`` / ``client_port`` are
+what clients dial (the TLS listener when ``tls``), ``client_ssl`` the
+``broker_use_ssl`` that trusts the lab CA. The plain listener stays, for the
+lab's own producers and readiness checks.
 """
 
 from __future__ import annotations
@@ -25,11 +32,14 @@ from hangproof.credentials import mask_argv
 from hangproof.errors import HangproofError, require_tools
 from hangproof.lab import processes
 from hangproof.lab.cookie import node_cookie
+from hangproof.lab.tls import TlsFiles, make_tls_files
 
 RABBITMQ_BIN = Path("/usr/lib/rabbitmq/bin")
 #: A fresh node on 2 cores takes 5-15 s to boot; a cluster join adds more.
 DEFAULT_START_TIMEOUT = 90.0
 AMQP_HEADER = b"AMQP\x00\x00\x09\x01"
+#: IANA's amqps port, what a TLS listener uses inside a lab namespace.
+AMQPS_PORT = 5671
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -61,6 +71,9 @@ class RabbitNode:
     #: Node names to join on first boot (classic config peer discovery); empty
     #: for a standalone node or the cluster's first node.
     peers: tuple[str, ...] = ()
+    #: Also listen with TLS on ``tls_port`` (certificates made in prepare()).
+    tls: bool = False
+    tls_port: int | None = None
 
     def __post_init__(self) -> None:
         self.state_dir = Path(self.state_dir)
@@ -69,10 +82,14 @@ class RabbitNode:
             self.amqp_port = self.amqp_port or 5672
             self.epmd_port = self.epmd_port or 4369
             self.dist_port = self.dist_port or 25672
+            if self.tls:
+                self.tls_port = self.tls_port or AMQPS_PORT
         else:
             self.amqp_port = self.amqp_port or free_port(self.host)
             self.epmd_port = self.epmd_port or free_port(self.host)
             self.dist_port = self.dist_port or free_port(self.host)
+            if self.tls:
+                self.tls_port = self.tls_port or free_port(self.host)
 
     # -- identity ---------------------------------------------------------
     @property
@@ -82,6 +99,51 @@ class RabbitNode:
     @property
     def url(self) -> str:
         return f"amqp://guest:guest@{self.host}:{self.amqp_port}/"
+
+    # -- TLS (tls=True) ----------------------------------------------------
+    @property
+    def tls_url(self) -> str:
+        """The TLS listener's URL (``amqps://``); only when ``tls``."""
+        if not self.tls:
+            raise HangproofError(f"{self.nodename} has no TLS listener (RabbitNode(tls=True))")
+        return f"amqps://guest:guest@{self.host}:{self.tls_port}/"
+
+    @property
+    def client_url(self) -> str:
+        """What clients dial: the TLS listener when ``tls``, else the plain one."""
+        return self.tls_url if self.tls else self.url
+
+    @property
+    def client_port(self) -> int:
+        """The port clients dial (what link faults act on)."""
+        port = self.tls_port if self.tls else self.amqp_port
+        assert port is not None
+        return port
+
+    @property
+    def tls_files(self) -> TlsFiles:
+        """The node's CA and certificates (made on first use, in ``state_dir/tls``)."""
+        return make_tls_files(self.state_dir / "tls", (self.host, "localhost"))
+
+    @property
+    def client_ssl(self) -> dict[str, object] | None:
+        """``broker_use_ssl`` that verifies this node against the lab CA (None without TLS)."""
+        return self.tls_files.client_options() if self.tls else None
+
+    def _tls_config(self) -> dict[str, str]:
+        if not self.tls:
+            return {}
+        files = self.tls_files
+        return {
+            "listeners.ssl.default": f"{self.host}:{self.tls_port}",
+            "ssl_options.cacertfile": str(files.ca_certs),
+            "ssl_options.certfile": str(files.server_cert),
+            "ssl_options.keyfile": str(files.server_key),
+            # Ask for a client certificate, accept clients without one (as most
+            # hosted brokers do); one that is sent must be signed by the lab CA.
+            "ssl_options.verify": "verify_peer",
+            "ssl_options.fail_if_no_peer_cert": "false",
+        }
 
     @property
     def home(self) -> Path:
@@ -129,6 +191,7 @@ class RabbitNode:
             "disk_free_limit.absolute": "50MB",
             "vm_memory_high_watermark.relative": "0.4",
             **self._peer_discovery_config(),
+            **self._tls_config(),
             **self.extra_config,
         }
         (d / "rabbitmq.conf").write_text("".join(f"{k} = {v}\n" for k, v in config.items()))
@@ -197,7 +260,7 @@ class RabbitNode:
                     f"rabbitmq-server {self.nodename} exited while starting; "
                     f"see {self.state_dir / 'log'}"
                 )
-            if self.answers_amqp(timeout=1.0):
+            if self.answers_amqp(timeout=1.0) and (not self.tls or self.answers_tls(timeout=2.0)):
                 return
             if time.monotonic() > deadline:
                 break
@@ -223,6 +286,26 @@ class RabbitNode:
                     s.sendall(AMQP_HEADER)
                     return s.recv(1) == b"\x01"
             return False
+        try:
+            result = processes.run(
+                [sys.executable, "-c", code], netns=self.netns, timeout=timeout + 5, check=False
+            )
+        except subprocess.TimeoutExpired:
+            return False
+        return result.returncode == 0
+
+    def answers_tls(self, timeout: float = 2.0) -> bool:
+        """True if the TLS listener completes a verified handshake and sends Connection.Start."""
+        if not self.tls:
+            return False
+        code = (
+            "import socket,ssl,sys\n"
+            f"c=ssl.create_default_context(cafile={str(self.tls_files.ca_certs)!r})\n"
+            f"s=socket.create_connection(({self.host!r},{self.tls_port}),timeout={timeout})\n"
+            f"t=c.wrap_socket(s,server_hostname={self.host!r})\n"
+            f"t.sendall({AMQP_HEADER!r})\n"
+            "sys.exit(0 if t.recv(1)==b'\\x01' else 1)\n"
+        )
         try:
             result = processes.run(
                 [sys.executable, "-c", code], netns=self.netns, timeout=timeout + 5, check=False

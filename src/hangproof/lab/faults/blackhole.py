@@ -32,7 +32,7 @@ class Blackhole:
         self.injected = False
 
     def _rules(self) -> list[list[str]]:
-        iface, port = self.target.broker_iface, str(self.target.node.amqp_port)
+        iface, port = self.target.broker_iface, str(self.target.node.client_port)
         mark = ["-m", "comment", "--comment", RULE_COMMENT, "-j", "DROP"]
         return [
             ["INPUT", "-i", iface, "-p", "tcp", "--dport", port, *mark],

@@ -13,6 +13,10 @@ closes the broker's client connections so clients reconnect into it.
 ``heal()`` removes the redirect; the peer keeps dripping heartbeats to the
 connections it already holds (a client stuck there stays stuck, as in the real
 event); ``close()`` stops the peer by pid.
+
+On a TLS broker (``node.tls``) the peer completes TLS with the broker's own
+certificate first, so the client's TLS checks pass and the AMQP handshake is
+what never ends.
 """
 
 from __future__ import annotations
@@ -45,17 +49,18 @@ class HeartbeatOnlyHandshake:
         self.peer_pid: int | None = None
 
     def _rule(self) -> list[str]:
-        iface, port = self.target.broker_iface, str(self.target.node.amqp_port)
+        iface, port = self.target.broker_iface, str(self.target.node.client_port)
         return ["PREROUTING", "-i", iface, "-p", "tcp", "--dport", port,
                 "-m", "comment", "--comment", RULE_COMMENT,
                 "-j", "REDIRECT", "--to-ports", str(FAKE_PEER_PORT)]  # fmt: skip
 
     def inject(self) -> None:
         """Start the peer, redirect new connections, close the broker's client connections."""
-        peer = processes.spawn(
-            [sys.executable, "-m", MODULE, self.target.node.host],
-            netns=self.target.broker_netns,
-        )
+        node = self.target.node
+        argv = [sys.executable, "-m", MODULE, node.host]
+        if getattr(node, "tls", False):
+            argv += [str(node.tls_files.server_cert), str(node.tls_files.server_key)]
+        peer = processes.spawn(argv, netns=self.target.broker_netns)
         self.peer_pid = peer.pid
         processes.run(
             ["iptables", "-w", "5", "-t", "nat", "-I", *self._rule()],
@@ -93,9 +98,26 @@ def make(target: FaultTarget) -> HeartbeatOnlyHandshake:
     return HeartbeatOnlyHandshake(target)
 
 
-def serve(host: str, port: int = FAKE_PEER_PORT, lifetime: float = PEER_LIFETIME) -> None:
-    """Accept AMQP clients; send Connection.Start, then only heartbeats (bounded lifetime)."""
+def serve(
+    host: str,
+    port: int = FAKE_PEER_PORT,
+    lifetime: float = PEER_LIFETIME,
+    *,
+    certfile: str | None = None,
+    keyfile: str | None = None,
+) -> None:
+    """Accept AMQP clients; send Connection.Start, then only heartbeats (bounded lifetime).
+
+    With ``certfile``/``keyfile`` each client first gets a real TLS handshake.
+    """
+    import ssl
+
     from pamqp import commands, frame, heartbeat
+
+    context = None
+    if certfile:
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        context.load_cert_chain(certfile, keyfile)
 
     born = time.monotonic()
     listener = socket.socket()
@@ -107,6 +129,8 @@ def serve(host: str, port: int = FAKE_PEER_PORT, lifetime: float = PEER_LIFETIME
     def drip(conn: socket.socket) -> None:
         with contextlib.suppress(OSError), conn:
             conn.settimeout(5)
+            if context is not None:
+                conn = context.wrap_socket(conn, server_side=True)
             conn.recv(8)  # the client's protocol header
             start = commands.Connection.Start(
                 server_properties={"product": "hangproof heartbeat-only peer"},
@@ -127,4 +151,9 @@ def serve(host: str, port: int = FAKE_PEER_PORT, lifetime: float = PEER_LIFETIME
 
 
 if __name__ == "__main__":
-    serve(sys.argv[1])
+    tls_files = sys.argv[2:4]
+    serve(
+        sys.argv[1],
+        certfile=tls_files[0] if tls_files else None,
+        keyfile=tls_files[1] if tls_files else None,
+    )

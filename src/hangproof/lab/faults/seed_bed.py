@@ -15,11 +15,19 @@ producer runs in the broker's pod, so VIP faults do not touch it. Addresses are
     >>> with SeedBed("hpfv") as bed:  # doctest: +SKIP
     ...     bed.client_url
     'amqp://guest:guest@198.18.0.100:32672/'
+
+``SeedBed(tls=True)``: the NodePort forwards to the pods' TLS listener
+(32672 -> 5671, certificates made at start-up), clients dial
+``amqps://VIP:32672`` verified against the lab CA, and the port holder that
+wedges the report's reconnect is then a TLS port that accepts and never sends
+ServerHello. The brokers keep their plain listener (5672) for the producer in
+the pod.
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -27,7 +35,7 @@ from hangproof.errors import HangproofError
 from hangproof.lab import network, processes
 from hangproof.lab.faults import FaultTarget
 from hangproof.lab.lab import Lab, Progress, quiet
-from hangproof.lab.rabbitmq import RabbitNode
+from hangproof.lab.rabbitmq import AMQPS_PORT, RabbitNode
 from hangproof.lab.topology import Topology
 
 PREFIX = "hpfv"
@@ -39,11 +47,25 @@ NEXT_HOLDER = "n3"
 MAX_PARALLEL_CLOSES = 4
 
 
+class _TlsLab(Lab):
+    """The seed lab whose brokers also listen with TLS, on the NodePort's target port."""
+
+    def broker(self, node: str) -> RabbitNode:
+        plain = super().broker(node)
+        return dataclasses.replace(plain, amqp_port=5672, tls=True, tls_port=self.topo.target_port)
+
+
 class SeedBed:
     """Bring the seed lab up (one broker in n1's pod); ``close()`` tears it down."""
 
-    def __init__(self, name: str = PREFIX, progress: Progress = quiet) -> None:
-        self.lab = Lab(Topology.seed(name), progress)
+    def __init__(
+        self, name: str = PREFIX, progress: Progress = quiet, *, tls: bool = False
+    ) -> None:
+        topo = Topology.seed(name)
+        self.tls = tls
+        if tls:
+            topo = dataclasses.replace(topo, target_port=AMQPS_PORT)
+        self.lab = (_TlsLab if tls else Lab)(topo, progress)
         self.client_node = CLIENT_NODE
 
     @property
@@ -62,7 +84,13 @@ class SeedBed:
     @property
     def client_url(self) -> str:
         """What the clients dial: the VIP and the NodePort, as in the report."""
-        return f"amqp://guest:guest@{self.lab.topo.vip}:{self.lab.topo.node_port}/"
+        scheme = "amqps" if self.tls else "amqp"
+        return f"{scheme}://guest:guest@{self.lab.topo.vip}:{self.lab.topo.node_port}/"
+
+    @property
+    def client_ssl(self) -> dict[str, object] | None:
+        """The clients' ``broker_use_ssl`` (the lab CA; no hostname check: the VIP), or None."""
+        return self.node.client_ssl
 
     @property
     def producer_url(self) -> str:

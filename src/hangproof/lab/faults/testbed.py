@@ -18,6 +18,10 @@ epmd with their identity. A matrix run that crashes leaves nothing that
     >>> with FaultBed(Path("/tmp/hpfault")) as bed:  # doctest: +SKIP
     ...     bed.node.url
     'amqp://guest:guest@198.18.200.1:5672/'
+
+``FaultBed(..., tls=True)``: the broker also listens with TLS (5671, lab CA),
+clients dial ``amqps://`` (``client_url``, ``client_ssl``) and link faults act
+on that port; the producer in the broker's namespace stays on plain 5672.
 """
 
 from __future__ import annotations
@@ -48,12 +52,13 @@ def _ip(*args: str, netns: str | None = None) -> None:
 class FaultBed:
     """Build the two namespaces and start the broker; ``close()`` removes all of it."""
 
-    def __init__(self, state_dir: Path, prefix: str = PREFIX) -> None:
+    def __init__(self, state_dir: Path, prefix: str = PREFIX, *, tls: bool = False) -> None:
         self.state_dir = Path(state_dir)
         self.broker_netns = f"{prefix}b"
         self.client_netns = f"{prefix}c"
+        self.tls = tls
         self.node = RabbitNode(
-            "fault", self.state_dir / "rabbit", host=BROKER_IP, netns=self.broker_netns
+            "fault", self.state_dir / "rabbit", host=BROKER_IP, netns=self.broker_netns, tls=tls
         )
         #: The bed's lab state (``lab down`` reads it); no topology: not a Lab.
         self.state = LabState(prefix.replace("-", ""))
@@ -65,8 +70,13 @@ class FaultBed:
 
     @property
     def client_url(self) -> str:
-        """What the clients dial (the broker across the veth)."""
-        return self.node.url
+        """What the clients dial (the broker across the veth; amqps:// with ``tls``)."""
+        return self.node.client_url
+
+    @property
+    def client_ssl(self) -> dict[str, object] | None:
+        """The clients' ``broker_use_ssl`` (the lab CA), None without TLS."""
+        return self.node.client_ssl
 
     @property
     def producer_url(self) -> str:

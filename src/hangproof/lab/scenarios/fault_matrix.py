@@ -36,6 +36,12 @@ is the set-up, the wedged reconnect is the fault.
 
 Stock cells are measured like the others, never assumed.
 
+``--tls`` runs every cell over TLS: the brokers get a TLS listener
+(certificates made at run time, :mod:`hangproof.lab.tls`), every client of
+every profile dials ``amqps://`` verified against the lab CA, the link faults
+act on the TLS port, and on the seed lab the NodePort forwards to the pods'
+TLS listener (so the port holder is a TLS port that never answers).
+
     >>> report = run_matrix(["blackhole"], ["celery-prefork"], Path("/tmp/fm"))  # doctest: +SKIP
     >>> print(format_table(report))  # doctest: +SKIP
 
@@ -224,10 +230,13 @@ def _wait(predicate: Any, bound: float, step: float = 0.25) -> bool:
     return bool(predicate())
 
 
-def _worker_env(url: str, profile: Profile, stall: float, ledger: Path) -> dict[str, str]:
+def _worker_env(
+    url: str, profile: Profile, stall: float, ledger: Path, ssl: dict[str, Any] | None = None
+) -> dict[str, str]:
     guarded = profile.guarded
     env = {
         "HANGPROOF_BROKER_URL": url,
+        "HANGPROOF_BROKER_USE_SSL": json.dumps(ssl) if ssl else "",
         "HANGPROOF_GUARD": "1" if guarded else "0",
         "HANGPROOF_STALL_TIMEOUT": str(stall),
         "HANGPROOF_LEDGER": str(ledger),
@@ -240,7 +249,18 @@ def _worker_env(url: str, profile: Profile, stall: float, ledger: Path) -> dict[
     return env
 
 
-def _consumer_argv(profile: Profile, url: str, queue: str, ledger: Path, stall: float) -> list[str]:
+def _tls_args(ssl: dict[str, Any] | None) -> list[str]:
+    return ["--cafile", str(ssl["ca_certs"])] if ssl else []
+
+
+def _consumer_argv(
+    profile: Profile,
+    url: str,
+    queue: str,
+    ledger: Path,
+    stall: float,
+    ssl: dict[str, Any] | None = None,
+) -> list[str]:
     """The consumer process of ``profile``: a Celery worker or a matrix client."""
     if profile.kind == "celery":
         argv = [sys.executable, "-m", "celery", "-A", "hangproof.lab.matrix_celery", "worker"]
@@ -248,6 +268,7 @@ def _consumer_argv(profile: Profile, url: str, queue: str, ledger: Path, stall: 
         argv += ["-n", f"{queue}@%h", "-Q", queue, "--loglevel=INFO"]
         return [*argv, "--without-mingle", "--without-gossip"]
     argv = [sys.executable, "-m", CLIENTS_MODULE, "consume", profile.kind, url, queue, str(ledger)]
+    argv += _tls_args(ssl)
     return argv + ["--stall", str(stall)] + (["--guard"] if profile.guarded else [])
 
 
@@ -258,6 +279,7 @@ def _publish_once(
     if profile.kind != "celery":
         argv = [sys.executable, "-m", CLIENTS_MODULE, "publish", profile.kind, bed.client_url]
         argv += [queue, key, "--stall", str(stall)] + (["--guard"] if profile.guarded else [])
+        argv += _tls_args(getattr(bed, "client_ssl", None))
         return processes.spawn(argv, netns=bed.client_netns, env=env, stdout=-1)
     code = (
         "import sys,time\n"
@@ -296,8 +318,9 @@ def run_cell(
     published_file, stop_file = work / f"{queue}.published", work / f"{queue}.stop"
     for p in (ledger, published_file, stop_file):
         p.unlink(missing_ok=True)
-    env = _worker_env(bed.client_url, prof, stall_timeout, ledger)
-    argv = _consumer_argv(prof, bed.client_url, queue, ledger, stall_timeout)
+    ssl = getattr(bed, "client_ssl", None)  # TLS beds only
+    env = _worker_env(bed.client_url, prof, stall_timeout, ledger, ssl)
+    argv = _consumer_argv(prof, bed.client_url, queue, ledger, stall_timeout, ssl)
     fault = make_fault(fault_name, bed.target)
     worker = producer = probe = None
     try:
@@ -404,11 +427,13 @@ def run_matrix(
     progress: Any = None,
     prefix: str = PREFIX,
     lab_name: str = SEED_LAB_PREFIX,
+    tls: bool = False,
 ) -> dict[str, Any]:
     """Measure every cell, one bed at a time: the testbed, then the seed lab.
 
     Each bed is built only if one of ``faults`` needs it, and removed (in a
     finalizer) before the next is built, so only one RabbitMQ runs at a time.
+    ``tls``: every client dials the brokers' TLS listener (both beds).
     """
     unknown = [f for f in faults if f not in FAULTS] + [p for p in profiles if p not in PROFILES]
     if unknown:
@@ -422,7 +447,11 @@ def run_matrix(
         bed_faults = [f for f in faults if fault_bed(f) == bed_kind]
         if not bed_faults:
             continue
-        bed: Bed = SeedBed(lab_name) if bed_kind == SEED_LAB else FaultBed(work / "bed", prefix)
+        bed: Bed = (
+            SeedBed(lab_name, tls=tls)
+            if bed_kind == SEED_LAB
+            else FaultBed(work / "bed", prefix, tls=tls)
+        )
         try:
             bed.up()  # type: ignore[attr-defined]
             for fault_name in bed_faults:
@@ -443,6 +472,7 @@ def run_matrix(
             bed.close()
     return {
         "scenario": NAME,
+        "tls": tls,
         "stall_timeout": stall_timeout,
         "hang_bound": hang_bound,
         "producer_rate": PRODUCER_RATE,
@@ -490,9 +520,10 @@ def run(lab: Lab | None, options: RunOptions) -> dict[str, Any]:
     """Scenario entry point; ``lab`` is unused (:data:`NEEDS_LAB` is False: it builds its beds).
 
     ``options.extra`` may carry ``faults`` and ``profiles`` (lists or
-    comma-separated), ``stall_timeout``, ``hang_bound``, ``work``.
+    comma-separated), ``stall_timeout``, ``hang_bound``, ``work``, ``tls``.
     """
     extra = options.extra
+    tls = bool(extra.get("tls"))
     faults = _names(extra.get("faults"), sorted(FAULTS))
     profiles = _names(extra.get("profiles"), DEFAULT_PROFILES)
     work = Path(extra.get("work") or tempfile.mkdtemp(prefix="hpfault-"))
@@ -500,14 +531,15 @@ def run(lab: Lab | None, options: RunOptions) -> dict[str, Any]:
         faults, profiles, work,
         stall_timeout=float(extra.get("stall_timeout") or DEFAULT_STALL_TIMEOUT),
         hang_bound=float(extra.get("hang_bound") or DEFAULT_HANG_BOUND),
-        progress=extra.get("progress"),
+        progress=extra.get("progress"), tls=tls,
     )  # fmt: skip
 
 
 def summary(result: dict[str, Any]) -> str:
     """The human output of ``hangproof lab run fault-matrix``: the table and its settings."""
     return (
-        f"fault-matrix: stall_timeout {result['stall_timeout']} s, HANG bound "
+        f"fault-matrix{' over TLS' if result.get('tls') else ''}: "
+        f"stall_timeout {result['stall_timeout']} s, HANG bound "
         f"{result['hang_bound']} s, producer {result['producer_rate']}/s\n" + format_table(result)
     )
 
@@ -548,6 +580,7 @@ def main(argv: list[str] | None = None) -> int:
     r.add_argument("--hang-bound", type=float, default=DEFAULT_HANG_BOUND)
     r.add_argument("--work", default=None)
     r.add_argument("--json", action="store_true")
+    r.add_argument("--tls", action="store_true", help="every client over TLS (testbed faults)")
     r.add_argument("--prefix", default=PREFIX, help="testbed namespace prefix (hpfault-...)")
     r.add_argument("--lab-name", default=SEED_LAB_PREFIX, help="seed lab name (hpfv...)")
     args = parser.parse_args(argv)
@@ -556,7 +589,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     work = Path(args.work or tempfile.mkdtemp(prefix="hpfault-"))
     report = run_matrix(
-        args.faults.split(","), args.profiles.split(","), work,
+        args.faults.split(","), args.profiles.split(","), work, tls=args.tls,
         stall_timeout=args.stall_timeout, hang_bound=args.hang_bound, prefix=args.prefix,
         lab_name=args.lab_name,
         progress=None if args.json else lambda c: print(json.dumps(asdict(c)), flush=True),
