@@ -4,7 +4,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-APT_PACKAGES=(iproute2 iptables conntrack keepalived rabbitmq-server curl procps make)
+# chromium: the browser test of the HTML timelines (headless, offline).
+APT_PACKAGES=(iproute2 iptables conntrack keepalived rabbitmq-server curl procps make chromium)
 VENV=${HANGPROOF_VENV:-.venv}
 
 missing=()
@@ -35,6 +36,6 @@ fi
 stamp="$VENV/.hangproof-installed"
 if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
   echo "setup: installing hangproof and its extras into $VENV" >&2
-  "$VENV/bin/pip" install -q --disable-pip-version-check -e ".[clients,doctor,guard,dev]"
+  "$VENV/bin/pip" install -q --disable-pip-version-check -e ".[clients,doctor,guard,report,dev]"
   touch "$stamp"
 fi
