@@ -25,6 +25,22 @@ ConfigOpt = Annotated[
 ]
 JsonOpt = Annotated[bool, typer.Option("--json", help="JSON on stdout; progress stays on stderr.")]
 NameOpt = Annotated[str, typer.Option("--name", help="Lab name (prefix of its namespaces).")]
+ReportOpt = Annotated[
+    Path | None,
+    typer.Option(
+        "--report",
+        help="Write the timeline (HTML + PNG + event log) here; default: under the lab's state "
+        "directory (reports/...), or none with HANGPROOF_REPORT=0.",
+    ),
+]
+
+
+def _report_dir(given: Path | None, lab_directory: Path, what: str) -> Path | None:
+    from hangproof.lab.timeline import default_report_dir, report_enabled
+
+    if given is not None:
+        return given
+    return default_report_dir(lab_directory, what) if report_enabled() else None
 
 
 def _emit_json(data: Any) -> None:
@@ -150,6 +166,7 @@ def race(
         ),
     ] = False,
     repeat: Annotated[int, typer.Option(help="Run the race N times in a row and summarise.")] = 1,
+    report: ReportOpt = None,
     name: NameOpt = "hplab",
     json_out: JsonOpt = False,
 ) -> int:
@@ -165,10 +182,25 @@ def race(
             "--keep leaves the client wedged, so it cannot be combined with --repeat"
         )
     lab = Lab.existing(name, stderr_progress("race"))
-    results = [
-        run_race(lab, client=client, mitigation=mitigation, window=window, keep=keep)
-        for _ in range(repeat)
-    ]
+    report_dir = _report_dir(report, lab.state.directory, "race")
+    results = []
+    for i in range(repeat):
+        timeline = _race_timeline(client, mitigation)
+        results.append(
+            run_race(
+                lab,
+                client=client,
+                mitigation=mitigation,
+                window=window,
+                keep=keep,
+                timeline=timeline,
+            )
+        )
+        if report_dir is not None:
+            from hangproof.lab.timeline import write_report
+
+            where = report_dir if repeat == 1 else report_dir / f"race-{i + 1}"
+            results[-1]["report"] = write_report(timeline, where, lab.progress)
     if repeat == 1:
         if json_out:
             _emit_json(results[0])
@@ -181,6 +213,17 @@ def race(
     else:
         typer.echo(json.dumps(summary, indent=2))
     return EXIT_FINDING if summary["outcomes"].get("hang") else EXIT_OK
+
+
+def _race_timeline(client: str, mitigation: str) -> Any:
+    from hangproof.report.events import EventLog
+
+    return EventLog(
+        title=f"lab race: client {client}, mitigation {mitigation}",
+        scenario="race",
+        t0=0.0,
+        meta={"client": client, "mitigation": mitigation, "t0_label": "the VIP was placed"},
+    )
 
 
 @lab_app.command("run")

@@ -49,39 +49,64 @@ def x_domain(log: EventLog) -> list[float]:
     return [round(start, 3), round(end, 3)]
 
 
+#: Events closer than this on one lane are stacked vertically (px offsets) so none hides another.
+CLOSE_PX = 10.0
+_STACK = (0, -9, 9, -4, 4, -13, 13)
+#: Kinds whose label is written beside the dot (the verdicts a reader looks for first).
+LABELLED = frozenset({"wedged", "exit"})
+
+
 def event_rows(log: EventLog) -> list[dict[str, Any]]:
-    """One row per point event: lane, t (s since t0), kind, label, evidence."""
-    rows = []
+    """One row per point event: lane, t (s since t0), kind, label, evidence, dy (px)."""
+    lo, hi = x_domain(log)
+    px = WIDTH / max(hi - lo, 1e-9)
+    rows: list[dict[str, Any]] = []
+    last: dict[str, tuple[float, int]] = {}
     for e in sorted(log.events, key=lambda e: e.at):
         if e.until is not None:
             continue
+        t = log.relative(e.at)
+        prev = last.get(e.lane)
+        slot = prev[1] + 1 if prev is not None and (t - prev[0]) * px < CLOSE_PX else 0
+        last[e.lane] = (t if slot == 0 else prev[0], slot) if prev is not None else (t, 0)
         rows.append(
             {
                 "lane": e.lane,
-                "t": log.relative(e.at),
+                "t": t,
                 "kind": e.kind,
                 "what": KINDS[e.kind],
                 "label": e.label,
+                "text": e.label if e.kind in LABELLED else "",
                 "evidence": e.evidence or "(none recorded)",
+                "dy": _STACK[slot % len(_STACK)],
             }
         )
     return rows
 
 
 def span_rows(log: EventLog) -> list[dict[str, Any]]:
-    """One row per span (VIP held, fault held): t, t_until."""
-    return [
-        {
-            "lane": e.lane,
-            "t": log.relative(e.at),
-            "t_until": log.relative(e.until),
-            "kind": e.kind,
-            "label": e.label,
-            "evidence": e.evidence or "(none recorded)",
-        }
-        for e in sorted(log.events, key=lambda e: e.at)
-        if e.until is not None
-    ]
+    """One row per span (VIP held, fault held): t, t_until; ``text`` only if it fits."""
+    lo, hi = x_domain(log)
+    rows = []
+    for e in sorted(log.events, key=lambda e: e.at):
+        if e.until is None:
+            continue
+        t, until = log.relative(e.at), log.relative(e.until)
+        rows.append(
+            {
+                "lane": e.lane,
+                "t": t,
+                "t_until": until,
+                "kind": e.kind,
+                "label": e.label,
+                # ~7 px per character at font size 10 on a WIDTH-px axis
+                "text": e.label
+                if (until - t) / max(hi - lo, 1e-9) * WIDTH > 7 * len(e.label)
+                else "",
+                "evidence": e.evidence or "(none recorded)",
+            }
+        )
+    return rows
 
 
 def marker_rows(log: EventLog) -> list[dict[str, Any]]:
@@ -139,7 +164,7 @@ def timeline_spec(log: EventLog) -> dict[str, Any]:
             domain=kinds + marker_kinds,
             range=_EVENT_PALETTE[: len(kinds)] + list(MARKER_COLOURS.values()),
         ),
-        legend=alt.Legend(columns=2, symbolLimit=0),
+        legend=alt.Legend(columns=2, symbolLimit=0, symbolOpacity=1),
     )
     height = max(1, len(lanes)) * LANE_HEIGHT
     base = alt.Chart().properties(width=WIDTH, height=height)
@@ -163,16 +188,17 @@ def timeline_spec(log: EventLog) -> dict[str, Any]:
         )
         layers.append(
             base.mark_text(align="left", dx=3, fontSize=10, color="#333")
-            .encode(x=x, y=y, text="label:N")
+            .encode(x=x, y=y, text="text:N")
             .properties(name="span_labels", data=alt.Data(values=spans))
         )
     layers.append(
-        base.mark_point(filled=True, size=110, opacity=0.95)
+        base.mark_circle(
+            size=120, opacity=0.9, stroke="white", strokeWidth=1, yOffset=alt.expr("datum.dy")
+        )
         .encode(
             x=x,
             y=y,
             color=colour,
-            shape=alt.Shape("kind:N", legend=None),
             tooltip=[
                 alt.Tooltip("label:N", title="what"),
                 alt.Tooltip("what:N", title="kind"),
@@ -182,6 +208,12 @@ def timeline_spec(log: EventLog) -> dict[str, Any]:
         )
         .properties(name="events", data=alt.Data(values=points or [{"t": None}]))
     )
+    if any(r["text"] for r in points):
+        layers.append(
+            base.mark_text(align="right", dx=-9, fontSize=11, fontWeight="bold", color="#333")
+            .encode(x=x, y=y, text="text:N")
+            .properties(name="event_labels", data=alt.Data(values=[r for r in points if r["text"]]))
+        )
     if markers:
         mdata = alt.Data(values=markers)
         mtooltip = [
