@@ -274,6 +274,7 @@ def run(
         float | None,
         typer.Option("--hang-bound", help="fault-matrix: seconds after heal before HANG (300)."),
     ] = None,
+    report: ReportOpt = None,
     name: NameOpt = "hplab",
     json_out: JsonOpt = False,
 ) -> int:
@@ -286,6 +287,9 @@ def run(
     lab: Lab | None = None
     if getattr(module, "NEEDS_LAB", True):
         lab = _shared_lab(name, progress)
+    from hangproof.lab.state import state_root
+
+    report_dir = _report_dir(report, lab.state.directory if lab else state_root(), scenario)
     options = RunOptions(
         profile=profile,
         celery_config=celery_config,
@@ -301,6 +305,7 @@ def run(
             "profiles": profiles,
             "stall_timeout": stall_timeout,
             "hang_bound": hang_bound,
+            "report": report_dir,
             "progress": lambda cell: progress(
                 f"cell {cell.fault} x {cell.profile}: {cell.resume_s}"
             ),

@@ -22,11 +22,16 @@ one line when the extra is missing instead of failing the run.
 
 from __future__ import annotations
 
+import itertools
+import json
 import os
+import re
 import sys
+import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -35,11 +40,15 @@ from hangproof.lab.evidence import join_ss_records, parse_ss_record
 from hangproof.lab.hooks import TRACE_IN, TRACE_OUT
 from hangproof.report.events import (
     LANE_CONNTRACK,
+    LANE_FAULT,
     LANE_HOOKS,
+    LANE_VIP,
     Event,
     EventLog,
+    TaskRate,
     client_lane,
     hook_deltas,
+    vip_spans,
 )
 
 if TYPE_CHECKING:
@@ -347,6 +356,263 @@ def write_report(
     return {"html": str(html), "png": str(png), "events": str(directory / "timeline.json")}
 
 
+def write_matrix_report(
+    result: dict[str, Any], directory: Path, say: Callable[[str], Any] | None = None
+) -> dict[str, str]:
+    """The fault-matrix heatmap in ``directory``; each cell links to ``cells/F--P/timeline.html``."""
+    say = say or (lambda line: print(line, file=sys.stderr, flush=True))
+
+    def link(cell: dict[str, Any]) -> str | None:
+        if not (cell.get("timeline") or {}).get("html"):
+            return None
+        return f"cells/{cell['fault']}--{cell['profile']}/timeline.html"
+
+    try:
+        from hangproof.report.render import write_heatmap
+
+        html, png = write_heatmap(result, directory, link)
+    except Exception as exc:  # never lose the matrix's result to the picture
+        say(f"fault-matrix heatmap not rendered ({exc})")
+        return {"error": str(exc)}
+    say(f"fault-matrix heatmap: {html} (and {png.name})")
+    return {"html": str(html), "png": str(png)}
+
+
 def report_enabled() -> bool:
     """Reports are on by default; HANGPROOF_REPORT=0 turns the default ones off."""
     return os.environ.get("HANGPROOF_REPORT", "1") != "0"
+
+
+# -- fault-matrix cells ------------------------------------------------------------
+
+#: Worker log lines, by what they show (checked in this order; first match wins). Detection
+#: is the fault matrix's own ``DETECTION``, checked after ``reconnect``.
+LOG_KINDS: tuple[tuple[str, re.Pattern[str]], ...] = (
+    ("ready", re.compile(r" ready\.")),
+    (
+        "reconnect",
+        re.compile(
+            r"hangproof\.guard: (connected|reconnected)|Connected to amqp|connected to amqp"
+            r"|consumer: reconnected"
+        ),
+    ),
+    ("heartbeat", re.compile(r"heartbeat", re.IGNORECASE)),
+    (
+        "exit",
+        re.compile(
+            r"Unrecoverable error|Traceback \(most recent call last\)|worker: Warm shutdown"
+        ),
+    ),
+)
+
+
+def classify_log_line(line: str) -> str | None:
+    """The event kind a worker log line shows, or None.
+
+    >>> classify_log_line("consumer: Connection to broker lost. Trying to re-establish")
+    'detect'
+    >>> classify_log_line("hangproof.guard: reconnected {\\"down_seconds\\": 3.1}")
+    'reconnect'
+    >>> classify_log_line("Task hangproof.record succeeded") is None
+    True
+    """
+    from hangproof.lab.scenarios.fault_matrix import DETECTION
+
+    for kind, pattern in LOG_KINDS:
+        if kind == "heartbeat" and DETECTION.search(line):
+            return "detect"
+        if pattern.search(line):
+            return kind
+    return "detect" if DETECTION.search(line) else None
+
+
+def log_events(text: str, since: float = 0.0) -> list[tuple[float, str, str]]:
+    """``(epoch, kind, line)`` for each stamped worker log line that shows something.
+
+    >>> log_events("[2026-12-02 02:50:00,500: WARNING/MainProcess] consumer: Connection to broker lost.")[0][1]
+    'detect'
+    """
+    from hangproof.lab.scenarios.fault_matrix import LOG_STAMP
+
+    found = []
+    for line in text.splitlines():
+        m = LOG_STAMP.match(line)
+        if not m:
+            continue
+        at = datetime.strptime(m.group(1), "%Y-%m-%d %H:%M:%S,%f").timestamp()
+        kind = classify_log_line(line)
+        if kind is not None and at >= since:
+            found.append((at, kind, line.strip()[:400]))
+    return found
+
+
+@dataclass
+class CellRecorder:
+    """Records one fault-matrix cell: moments, tasks per second (sampled), the worker log.
+
+    ``run_cell`` calls :meth:`start` once the worker runs, :meth:`mark` at
+    inject / heal, and :meth:`finish` with the measured cell; a background
+    thread samples the ledger and the published file every ``interval`` s
+    (line counts: their formats stay as they are).
+    """
+
+    fault: str
+    profile: str
+    ledger: Path
+    published: Path
+    worker_log: Path
+    interval: float = 0.5
+    moments: dict[str, float] = field(default_factory=dict)
+    samples: list[tuple[float, int, int]] = field(default_factory=list)
+    #: Free events the scenario noted as they happened: (at, lane, kind, label, evidence).
+    notes: list[tuple[float, str, str, str, str]] = field(default_factory=list)
+    _stop: threading.Event = field(default_factory=threading.Event)
+    _thread: threading.Thread | None = None
+
+    def start(self) -> None:
+        self.moments.setdefault("start", time.time())
+        self._thread = threading.Thread(target=self._sample, name="cell-recorder", daemon=True)
+        self._thread.start()
+
+    def mark(self, moment: str, at: float | None = None) -> None:
+        self.moments[moment] = time.time() if at is None else at
+
+    def note(self, lane: str, kind: str, label: str, evidence: str = "") -> None:
+        """An event seen now by the scenario itself (a server started, a wedge found)."""
+        self.notes.append((time.time(), lane, kind, label, evidence))
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+
+    def _sample(self) -> None:
+        # Bounded: a cell lasts at most hang_bound + a few minutes; 4 h of samples is the cap.
+        for _ in range(int(4 * 3600 / self.interval)):
+            self.samples.append((time.time(), _lines(self.published), _lines(self.ledger)))
+            if self._stop.wait(self.interval):
+                break
+
+    def event_log(self, cell: dict[str, Any]) -> EventLog:
+        """The cell's timeline from what was recorded and what was measured (pure after stop)."""
+        t0 = self.moments.get("start", time.time())
+        log = EventLog(
+            title=f"fault-matrix cell: {self.fault} × {self.profile}",
+            scenario="fault-matrix",
+            t0=t0,
+            outcome=(
+                f"resumed {cell['resume_s']} s after heal"
+                if isinstance(cell.get("resume_s"), int | float)
+                else str(cell.get("resume_s"))
+            ),
+            meta={
+                "fault": self.fault,
+                "profile": self.profile,
+                "t0_label": "the worker started",
+                "lost": cell.get("lost"),
+                "published": cell.get("published"),
+                "executed": cell.get("executed"),
+            },
+        )
+        lane = client_lane(self.profile)
+        inject, heal = self.moments.get("inject"), self.moments.get("heal")
+        detail = json.dumps(cell.get("fault_detail") or {}, default=str)[:2000]
+        if inject is not None:
+            log.add(inject, LANE_FAULT, "inject", f"{self.fault} injected", detail)
+            if heal is not None:
+                log.add(
+                    inject,
+                    LANE_FAULT,
+                    "fault-held",
+                    f"{self.fault} in force ({heal - inject:.1f} s)",
+                    detail,
+                    until=heal,
+                )
+        if heal is not None:
+            log.add(heal, LANE_FAULT, "heal", f"{self.fault} healed", detail)
+        text = self.worker_log.read_text(errors="replace") if self.worker_log.exists() else ""
+        for at, kind, line in log_events(text):
+            log.add(at, lane, kind, line.split("] ", 1)[-1][:120], line)
+        base = self.moments.get("detect_base", inject)
+        if isinstance(cell.get("detect_s"), int | float) and base is not None:
+            log.mark("detect", base, base + float(cell["detect_s"]))
+        resume = cell.get("resume_s")
+        if isinstance(resume, int | float) and heal is not None:
+            log.mark("resume", heal, heal + float(resume))
+            log.add(heal + float(resume), lane, "ready", "probe task executed after heal", "")
+        elif isinstance(resume, str) and self.moments.get("end") is not None:
+            kind = "exit" if resume == "EXIT" else "wedged"
+            log.add(self.moments["end"], lane, kind, f"{resume}: no resume after heal", "")
+        log.rates = rates_from_samples(self.samples)
+        return log
+
+
+def rates_from_samples(samples: Sequence[tuple[float, int, int]]) -> list[TaskRate]:
+    """Cumulative (time, published, executed) counts -> per-second rates, one per sample gap.
+
+    >>> [(r.published, r.executed) for r in rates_from_samples([(0.0, 0, 0), (0.5, 1, 1), (1.0, 2, 1)])]
+    [(2.0, 2.0), (2.0, 0.0)]
+    """
+    rates = []
+    for (t1, p1, e1), (t2, p2, e2) in itertools.pairwise(samples):
+        dt = t2 - t1
+        if dt <= 0:
+            continue
+        rates.append(TaskRate(round(t1, 3), round((p2 - p1) / dt, 2), round((e2 - e1) / dt, 2)))
+    return rates
+
+
+def _lines(path: Path) -> int:
+    """Lines of a file, or entries of a directory (the seed loop's executed/ ledger)."""
+    try:
+        if path.is_dir():
+            return len(os.listdir(path))
+        with path.open("rb") as f:
+            return sum(1 for _ in f)
+    except FileNotFoundError:
+        return 0
+
+
+def seed_loop_log(
+    recorder: CellRecorder,
+    result: dict[str, Any],
+    keepalived_events: Sequence[tuple[float, str, str]],
+    worker_logs: dict[str, Path],
+) -> EventLog:
+    """The seed loop's timeline: keepalived's VIP moves, the loop's steps, each worker's log.
+
+    >>> r = CellRecorder("seed-loop", "seed", Path("/nonexistent"), Path("/nonexistent"), Path("/nonexistent"))
+    >>> r.moments["start"] = 0.0
+    >>> log = seed_loop_log(r, {"outcome": "survived"}, [(1.0, "n1", "master")], {})
+    >>> [(e.lane, e.kind) for e in log.events]
+    [('VIP owner', 'vip-master'), ('VIP owner', 'vip-held')]
+    """
+    t0 = recorder.moments.get("start", time.time())
+    end = recorder.moments.get("end", time.time())
+    log = EventLog(
+        title=f"lab run seed-loop: profile {result.get('profile')}, "
+        f"mitigation {result.get('mitigation')}, trigger {result.get('trigger')}",
+        scenario="seed-loop",
+        t0=t0,
+        outcome=str(result.get("outcome")),
+        meta={"cycles": result.get("cycles"), "t0_label": "keepalived started"},
+    )
+    for at, node, state in keepalived_events:
+        line = f"{at:.3f} {node} {state} (keepalived notify_{state})"
+        log.add(
+            at,
+            LANE_VIP,
+            "vip-master" if state == "master" else "vip-backup",
+            f"{node}: {state.upper()}",
+            line,
+        )
+    for node, start, until, line in vip_spans(keepalived_events, end):
+        log.add(start, LANE_VIP, "vip-held", f"{node} holds the VIP", line, until=until)
+    for at, lane, kind, label, evidence in recorder.notes:
+        log.add(at, lane, kind, label, evidence)
+    for name, path in worker_logs.items():
+        text = path.read_text(errors="replace") if path.exists() else ""
+        for at, kind, line in log_events(text, since=t0):
+            log.add(at, client_lane(name), kind, line.split("] ", 1)[-1][:120], line)
+    log.rates = rates_from_samples(recorder.samples)
+    return log

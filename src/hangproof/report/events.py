@@ -99,8 +99,8 @@ class TaskRate:
     """Tasks published (confirmed) and executed during the second starting at ``at``."""
 
     at: float
-    published: int
-    executed: int
+    published: float
+    executed: float
 
 
 @dataclass
