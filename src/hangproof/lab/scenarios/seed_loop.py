@@ -232,7 +232,7 @@ def run(lab: Lab, options: RunOptions) -> dict[str, Any]:
                 say(f"cycle {c} on {node}: {', '.join(missing)} silent past {wait_seconds:.0f} s")
                 reports = [_wedge_report(lab, fleet, name) for name in missing]
                 for w in reports:
-                    note(client_lane(w["worker"]), "wedged" if w["alive"] else "exit",
+                    note(client_lane(w["worker"].split("@")[0]), "wedged" if w["alive"] else "exit",
                          f"{w['worker']} silent past {wait_seconds:.0f} s",
                          json.dumps(w["evidence"], default=str)[:3000])  # fmt: skip
                 # The worker the report describes: its peer holds our 8-byte header.
@@ -326,7 +326,8 @@ def run(lab: Lab, options: RunOptions) -> dict[str, Any]:
         "tasks": tasks,
     }
     if recorder and report:
-        logs = {w.name: fleet.log_path(w.name) for w in fleet.workers}
+        # Every worker's log, restarted ones included (the fleet is empty once stopped).
+        logs = {p.stem.removeprefix("worker-"): p for p in state.directory.glob("worker-*.log")}
         timeline = seed_loop_log(recorder, result, read_events(state.directory), logs)
         result["report"] = write_report(timeline, Path(report), say)
     return result
