@@ -260,3 +260,15 @@ def test_heatmap_shows_hang_and_exit_as_their_own_marks_with_links() -> None:
     assert all(layer["encoding"]["href"]["field"] == "href" for layer in spec["layer"])
     stuck = spec["layer"][1]["encoding"]["color"]["scale"]
     assert stuck["domain"] == ["HANG", "EXIT", "ERROR"]
+
+
+def test_docstring_examples_hold() -> None:
+    import doctest
+
+    import hangproof.lab.timeline
+    import hangproof.report.events
+    import hangproof.report.figure
+
+    for module in (hangproof.report.events, hangproof.report.figure, hangproof.lab.timeline):
+        failures, tried = doctest.testmod(module)
+        assert failures == 0 and tried > 0, module.__name__
