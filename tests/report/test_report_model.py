@@ -272,3 +272,16 @@ def test_docstring_examples_hold() -> None:
     for module in (hangproof.report.events, hangproof.report.figure, hangproof.lab.timeline):
         failures, tried = doctest.testmod(module)
         assert failures == 0 and tried > 0, module.__name__
+
+
+def test_write_report_never_fails_the_run(tmp_path: Path) -> None:
+    from hangproof.lab.timeline import write_report
+
+    said: list[str] = []
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a directory")
+    out = write_report(recorded("race-raw.json"), blocker / "report", said.append)
+    assert "error" in out and said and str(blocker) in said[0]
+    ok = write_report(recorded("race-raw.json"), tmp_path / "r", said.append)
+    assert Path(ok["html"]).exists() and Path(ok["png"]).exists()
+    assert said[-1].startswith(f"timeline: {tmp_path / 'r' / 'timeline.html'}")

@@ -349,7 +349,11 @@ def write_report(
 
         html, png = write_timeline(log, directory)
     except Exception as exc:  # a missing extra or a renderer bug must not lose the run's result
-        path = log.save(directory / "timeline.json")
+        try:
+            path = log.save(directory / "timeline.json")
+        except OSError as save_exc:  # e.g. --report names a file or a read-only place
+            say(f"timeline not written to {directory}: {save_exc}")
+            return {"error": str(save_exc)}
         say(f"timeline not rendered ({exc}); event log in {path}")
         return {"error": str(exc), "events": str(path)}
     say(f"timeline: {html} (and {png.name})")
