@@ -472,11 +472,37 @@ class CellRecorder:
     notes: list[tuple[float, str, str, str, str]] = field(default_factory=list)
     _stop: threading.Event = field(default_factory=threading.Event)
     _thread: threading.Thread | None = None
+    #: With :meth:`watch_connections`: the clients' connections to the VIP, read every 0.2 s.
+    watch: ConnectionWatch | None = None
+    watch_netns: str | None = None
+    _watcher: threading.Thread | None = None
+
+    def watch_connections(self, netns: str, vip: str, node_port: int) -> None:
+        """Also record SYNs, hooks and conntrack of the clients dialling ``vip:node_port``."""
+        scratch = EventLog(title="", scenario="fault-matrix", t0=0.0)
+        self.watch = ConnectionWatch(scratch, self.profile, vip=vip, node_port=node_port)
+        self.watch_netns = netns
 
     def start(self) -> None:
         self.moments.setdefault("start", time.time())
         self._thread = threading.Thread(target=self._sample, name="cell-recorder", daemon=True)
         self._thread.start()
+        if self.watch is not None:
+            self._watcher = threading.Thread(target=self._watch, name="cell-watch", daemon=True)
+            self._watcher.start()
+
+    def _watch(self) -> None:
+        from hangproof.lab import processes
+
+        assert self.watch is not None
+        # Bounded like the sampler: at most 4 h of 0.2 s ticks.
+        for _ in range(int(4 * 3600 / 0.2)):
+            out = processes.run(
+                ["sh", "-c", self.watch.script()], netns=self.watch_netns, check=False
+            ).stdout
+            self.watch.observe(time.time(), out)
+            if self._stop.wait(0.2):
+                break
 
     def mark(self, moment: str, at: float | None = None) -> None:
         self.moments[moment] = time.time() if at is None else at
@@ -487,8 +513,9 @@ class CellRecorder:
 
     def stop(self) -> None:
         self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout=5)
+        for thread in (self._thread, self._watcher):
+            if thread is not None:
+                thread.join(timeout=5)
 
     def _sample(self) -> None:
         # Bounded: a cell lasts at most hang_bound + a few minutes; 4 h of samples is the cap.
@@ -537,6 +564,8 @@ class CellRecorder:
         text = self.worker_log.read_text(errors="replace") if self.worker_log.exists() else ""
         for at, kind, line in log_events(text):
             log.add(at, lane, kind, line.split("] ", 1)[-1][:120], line)
+        if self.watch is not None:
+            log.events.extend(self.watch.log.events)
         base = self.moments.get("detect_base", inject)
         if isinstance(cell.get("detect_s"), int | float) and base is not None:
             log.mark("detect", base, base + float(cell["detect_s"]))

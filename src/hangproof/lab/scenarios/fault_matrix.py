@@ -305,6 +305,8 @@ def run_cell(
     fault = make_fault(fault_name, bed.target)
     worker = producer = probe = None
     recorder = CellRecorder(fault_name, profile, ledger, published_file, log) if report else None
+    if recorder and isinstance(bed, SeedBed):  # the VIP faults: watch the SYNs and conntrack too
+        recorder.watch_connections(bed.client_netns, bed.lab.topo.vip, bed.lab.topo.node_port)
     try:
         prepare_fault(fault)
         worker = processes.spawn(argv, netns=bed.client_netns, env=env, log=log)
