@@ -151,13 +151,12 @@ class ConnectionWatch:
             return 0
         self.connections.append(sport)
         again = len(self.connections) > 1
-        self.log.add(
-            at,
-            self.lane,
-            "reconnect" if again else "syn",
-            f"{'new connection' if again else 'SYN sent'} from :{sport} ({how})",
-            evidence,
-        )
+        if again:
+            self.log.add(
+                at, self.lane, "reconnect", f"new connection from :{sport} ({how})", evidence
+            )
+        elif how == "SYN-SENT":
+            self.log.add(at, self.lane, "syn", f"SYN sent from :{sport}", evidence)
         return 1
 
     def _socket(self, at: float, record: str, s: dict[str, Any]) -> int:
@@ -165,8 +164,15 @@ class ConnectionWatch:
         if sport in self.ignored:
             return 0
         new = self._connection(at, sport, s["state"], record)
-        sock = self.sockets.setdefault(sport, _Socket(state="", record=record))
         state = s["state"]
+        sock = self.sockets.get(sport)
+        if sock is None:
+            sock = self.sockets[sport] = _Socket(state="", record=record)
+            if state != "SYN-SENT":
+                # First seen mid-life (between two ticks it connected, maybe talked): what
+                # happened before this tick is not claimed as happening now.
+                sock.header_sent = int(s.get("bytes_sent") or 0) >= 8
+                sock.start_received = int(s.get("bytes_received") or 0) > 0
         if state != sock.state:
             if state == "ESTAB":
                 self.log.add(at, self.lane, "estab", f"ESTABLISHED :{sport}", record)

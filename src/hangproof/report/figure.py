@@ -35,11 +35,17 @@ MARK_NAMES = ("spans", "events", "markers", "marker_labels", "rates")
 #: Heatmap: outcomes that are not a time get their own mark and word.
 NON_TIME = {"HANG": "#111111", "EXIT": "#7b3294", "ERROR": "#999999"}
 
-_EVENT_PALETTE = [
-    "#1f77b4", "#ff7f0e", "#9467bd", "#8c564b", "#e377c2", "#17becf", "#bcbd22",
-    "#393b79", "#637939", "#8c6d31", "#843c39", "#7b4173", "#3182bd", "#e6550d",
-    "#31a354", "#756bb1", "#636363", "#fd8d3c", "#6baed6", "#a1d99b", "#9e9ac8",
-]  # fmt: skip
+#: One fixed colour per event kind, by family, so a kind looks the same in every timeline:
+#: VIP greys/teals, fault browns, SYNs blues, handshake purples, detection orange,
+#: recovery greens (never the markers' exact red and green), verdicts black.
+KIND_COLOURS: dict[str, str] = {
+    "vip-held": "#9ecae1", "vip-master": "#17becf", "vip-backup": "#bdbdbd",
+    "inject": "#8c564b", "heal": "#c49c94", "fault-held": "#e7cb94",
+    "syn": "#1f77b4", "syn-retransmit": "#aec7e8", "estab": "#393b79",
+    "header-sent": "#9467bd", "start": "#c5b0d5", "tune": "#7b4173", "open-ok": "#de9ed6",
+    "heartbeat": "#bcbd22", "detect": "#ff7f0e", "reconnect": "#98df8a", "ready": "#637939",
+    "exit": "#e377c2", "wedged": "#000000", "nat-binding": "#e7969c", "hook": "#636363",
+}  # fmt: skip
 
 
 def x_domain(log: EventLog) -> list[float]:
@@ -162,7 +168,7 @@ def timeline_spec(log: EventLog) -> dict[str, Any]:
         title="event",
         scale=alt.Scale(
             domain=kinds + marker_kinds,
-            range=_EVENT_PALETTE[: len(kinds)] + list(MARKER_COLOURS.values()),
+            range=[KIND_COLOURS[k] for k in kinds] + list(MARKER_COLOURS.values()),
         ),
         legend=alt.Legend(columns=2, symbolLimit=0, symbolOpacity=1),
     )
