@@ -4,9 +4,10 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-# chromium: the browser test of the HTML timelines (headless, offline).
-APT_PACKAGES=(iproute2 iptables conntrack keepalived rabbitmq-server curl procps make chromium)
+APT_PACKAGES=(iproute2 iptables conntrack keepalived rabbitmq-server curl procps make)
 VENV=${HANGPROOF_VENV:-.venv}
+# chromium: the browser test of the HTML timelines (headless, offline).
+APT_PACKAGES+=(chromium)
 
 missing=()
 for p in "${APT_PACKAGES[@]}"; do

@@ -274,8 +274,8 @@ def run(
         float | None,
         typer.Option("--hang-bound", help="fault-matrix: seconds after heal before HANG (300)."),
     ] = None,
-    report: ReportOpt = None,
     name: NameOpt = "hplab",
+    report: ReportOpt = None,
     json_out: JsonOpt = False,
 ) -> int:
     """Run a scenario (seed-loop brings up a clustered lab if none is up)."""
@@ -305,10 +305,10 @@ def run(
             "profiles": profiles,
             "stall_timeout": stall_timeout,
             "hang_bound": hang_bound,
-            "report": report_dir,
             "progress": lambda cell: progress(
                 f"cell {cell.fault} x {cell.profile}: {cell.resume_s}"
             ),
+            "report": report_dir,
         },
     )
     result = run_scenario(scenario, lab, options)
