@@ -419,12 +419,12 @@ def run_matrix(
     profiles: list[str],
     work: Path,
     *,
+    report: Path | None = None,
     stall_timeout: float = DEFAULT_STALL_TIMEOUT,
     hang_bound: float = DEFAULT_HANG_BOUND,
     progress: Any = None,
     prefix: str = PREFIX,
     lab_name: str = SEED_LAB_PREFIX,
-    report: Path | None = None,
 ) -> dict[str, Any]:
     """Measure every cell, one bed at a time: the testbed, then the seed lab.
 
@@ -526,10 +526,10 @@ def run(lab: Lab | None, options: RunOptions) -> dict[str, Any]:
     work = Path(extra.get("work") or tempfile.mkdtemp(prefix="hpfault-"))
     return run_matrix(
         faults, profiles, work,
+        report=Path(extra["report"]) if extra.get("report") else None,
         stall_timeout=float(extra.get("stall_timeout") or DEFAULT_STALL_TIMEOUT),
         hang_bound=float(extra.get("hang_bound") or DEFAULT_HANG_BOUND),
         progress=extra.get("progress"),
-        report=Path(extra["report"]) if extra.get("report") else None,
     )  # fmt: skip
 
 
