@@ -8,6 +8,8 @@ cd "$(dirname "$0")/.."
 # prometheus-alerts lab scenario (its Debian service never starts: policy-rc.d below).
 APT_PACKAGES=(iproute2 iptables conntrack keepalived rabbitmq-server curl procps make prometheus openssl)
 VENV=${HANGPROOF_VENV:-.venv}
+# chromium: the browser test of the HTML timelines (headless, offline).
+APT_PACKAGES+=(chromium)
 
 missing=()
 for p in "${APT_PACKAGES[@]}"; do
@@ -58,6 +60,6 @@ fi
 stamp="$VENV/.hangproof-installed"
 if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
   echo "setup: installing hangproof and its extras into $VENV" >&2
-  "$VENV/bin/pip" install -q --disable-pip-version-check -e ".[clients,doctor,guard,dev]"
+  "$VENV/bin/pip" install -q --disable-pip-version-check -e ".[clients,doctor,guard,report,dev]"
   touch "$stamp"
 fi

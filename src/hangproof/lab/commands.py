@@ -25,6 +25,22 @@ ConfigOpt = Annotated[
 ]
 JsonOpt = Annotated[bool, typer.Option("--json", help="JSON on stdout; progress stays on stderr.")]
 NameOpt = Annotated[str, typer.Option("--name", help="Lab name (prefix of its namespaces).")]
+ReportOpt = Annotated[
+    Path | None,
+    typer.Option(
+        "--report",
+        help="Write the timeline (HTML + PNG + event log) here; default: under the lab's state "
+        "directory (reports/...), or none with HANGPROOF_REPORT=0.",
+    ),
+]
+
+
+def _report_dir(given: Path | None, lab_directory: Path, what: str) -> Path | None:
+    from hangproof.lab.timeline import default_report_dir, report_enabled
+
+    if given is not None:
+        return given
+    return default_report_dir(lab_directory, what) if report_enabled() else None
 
 
 def _emit_json(data: Any) -> None:
@@ -158,6 +174,7 @@ def race(
         ),
     ] = False,
     repeat: Annotated[int, typer.Option(help="Run the race N times in a row and summarise.")] = 1,
+    report: ReportOpt = None,
     name: NameOpt = "hplab",
     json_out: JsonOpt = False,
 ) -> int:
@@ -173,10 +190,25 @@ def race(
             "--keep leaves the client wedged, so it cannot be combined with --repeat"
         )
     lab = Lab.existing(name, stderr_progress("race"))
-    results = [
-        run_race(lab, client=client, mitigation=mitigation, window=window, keep=keep)
-        for _ in range(repeat)
-    ]
+    report_dir = _report_dir(report, lab.state.directory, "race")
+    results = []
+    for i in range(repeat):
+        timeline = _race_timeline(client, mitigation)
+        results.append(
+            run_race(
+                lab,
+                client=client,
+                mitigation=mitigation,
+                window=window,
+                keep=keep,
+                timeline=timeline,
+            )
+        )
+        if report_dir is not None:
+            from hangproof.lab.timeline import write_report
+
+            where = report_dir if repeat == 1 else report_dir / f"race-{i + 1}"
+            results[-1]["report"] = write_report(timeline, where, lab.progress)
     if repeat == 1:
         if json_out:
             _emit_json(results[0])
@@ -189,6 +221,17 @@ def race(
     else:
         typer.echo(json.dumps(summary, indent=2))
     return EXIT_FINDING if summary["outcomes"].get("hang") else EXIT_OK
+
+
+def _race_timeline(client: str, mitigation: str) -> Any:
+    from hangproof.report.events import EventLog
+
+    return EventLog(
+        title=f"lab race: client {client}, mitigation {mitigation}",
+        scenario="race",
+        t0=0.0,
+        meta={"client": client, "mitigation": mitigation, "t0_label": "the VIP was placed"},
+    )
 
 
 @lab_app.command("run")
@@ -257,6 +300,7 @@ def run(
         typer.Option("--tls", help="fault-matrix: every client over TLS (amqps://, lab CA)."),
     ] = False,
     name: NameOpt = "hplab",
+    report: ReportOpt = None,
     json_out: JsonOpt = False,
 ) -> int:
     """Run a scenario (seed-loop brings up a clustered lab if none is up)."""
@@ -268,6 +312,9 @@ def run(
     lab: Lab | None = None
     if getattr(module, "NEEDS_LAB", True):
         lab = _shared_lab(name, progress)
+    from hangproof.lab.state import state_root
+
+    report_dir = _report_dir(report, lab.state.directory if lab else state_root(), scenario)
     options = RunOptions(
         profile=profile,
         celery_config=celery_config,
@@ -288,6 +335,7 @@ def run(
             "progress": lambda cell: progress(
                 f"cell {cell.fault} x {cell.profile}: {cell.resume_s}"
             ),
+            "report": report_dir,
         },
     )
     result = run_scenario(scenario, lab, options)

@@ -33,6 +33,8 @@ from hangproof.lab.hooks import TRACE_IN, TRACE_OUT, parse_trace_counters, seen
 from hangproof.lab.lab import Lab
 from hangproof.lab.mitigations import MITIGATIONS, conntrack_flush_command, reject_undnat_rule
 from hangproof.lab.race_client import CLIENTS
+from hangproof.lab.timeline import ConnectionWatch, race_markers
+from hangproof.report.events import LANE_FAULT, LANE_VIP, EventLog
 
 #: The raw client waits this long for Connection.Start before we call it a hang.
 DEFAULT_WINDOW = 10.0
@@ -59,8 +61,13 @@ def run_race(
     keep: bool = False,
     client_node: str | None = None,
     old_holder: str | None = None,
+    timeline: EventLog | None = None,
 ) -> dict[str, Any]:
-    """Run one race and return the JSON-able result (ARCHITECTURE.md contract)."""
+    """Run one race and return the JSON-able result (ARCHITECTURE.md contract).
+
+    With ``timeline``, every observed step is appended to it (VIP moves, SYNs,
+    hooks, conntrack, handshake bytes) with its raw evidence.
+    """
     if client not in CLIENTS:
         raise HangproofError(f"unknown client {client!r}; choose one of: {', '.join(CLIENTS)}")
     if mitigation not in MITIGATIONS:
@@ -81,7 +88,10 @@ def run_race(
     state = lab.state
 
     reset_after_race(lab, cn)
+    log = timeline if timeline is not None else EventLog(title="", scenario="race", t0=time.time())
+    watch = ConnectionWatch(log, client, vip=vip, node_port=port)
     # 1. the VIP is on the old holder, and the client node learns its MAC
+    log.t0 = held_from = time.time()
     lab.add_vip(oh)
     processes.run(
         [
@@ -100,6 +110,22 @@ def run_race(
     )
     # 2. the VIP leaves the old holder (keepalived's check failed there)
     lab.del_vip(oh)
+    left_at = time.time()
+    log.add(
+        held_from,
+        LANE_VIP,
+        "vip-held",
+        f"{oh} holds the VIP",
+        f"ip addr replace {vip}/32 dev {network.UPLINK} (in {oh})",
+        until=left_at,
+    )
+    log.add(
+        left_at,
+        LANE_FAULT,
+        "inject",
+        f"VIP left {oh}; {cn} still sends it to {oh}'s MAC",
+        f"ip neigh replace {vip} lladdr {lab.mac(oh)} nud permanent (in {cn})",
+    )
     say(f"VIP {vip} left {oh}; {cn} still sends it to {oh}'s MAC")
     undo = _apply_mitigation(lab, mitigation, cn)
     result_file = state.directory / f"race-{cn}-result.json"
@@ -107,6 +133,7 @@ def run_race(
         result_file.unlink()
 
     url = f"amqp://guest:guest@{vip}:{port}/"
+    watch.tick(lab, cn)  # baseline: hook counters at zero, no socket yet
     started = time.monotonic()
     proc = processes.spawn(
         [sys.executable, "-m", "hangproof.lab.race_client", client, url, str(result_file)],
@@ -130,9 +157,25 @@ def run_race(
                 + (f": {client_result['detail']}" if client_result else "")
                 + f"; see {state.directory / f'race-{cn}-client.log'}"
             )
+        watch.tick(lab, cn)  # the first SYN, its un-NATed entry, the hook that saw it
         lab.add_vip(cn)
+        triggered_at = time.time()
+        log.add(
+            triggered_at,
+            LANE_VIP,
+            "vip-master",
+            f"VIP added on {cn} mid-SYN",
+            f"ip addr replace {vip}/32 dev {network.UPLINK} (in {cn})",
+        )
         if mitigation == "conntrack-flush":
             processes.run(conntrack_flush_command(vip), netns=ns, check=False)
+            log.add(
+                time.time(),
+                LANE_FAULT,
+                "heal",
+                "conntrack -D -d VIP (mitigation)",
+                " ".join(conntrack_flush_command(vip)),
+            )
         trigger_seconds = time.monotonic() - started
         say(
             f"SYN-SENT from port {sport}, conntrack un-NATed: VIP added on {cn} "
@@ -146,11 +189,14 @@ def run_race(
             if connect_seconds is None and _client_established(lab, cn, sport):
                 connect_seconds = time.monotonic() - started
                 say(f"TCP connected after {connect_seconds:.2f} s")
+            watch.tick(lab, cn)
             client_result = _read_result(result_file)
             if client_result is not None or not processes.pid_alive(proc.pid):
                 break
             time.sleep(0.05)
         client_result = client_result or _read_result(result_file)
+        watch.tick(lab, cn)
+        answered_at = time.time()
         evidence = collect_evidence(lab, cn, sport)
         if connect_seconds is None and client_result and client_result["result"] == "connected":
             # The client finished between two polls; its own clock includes start-up,
@@ -161,6 +207,16 @@ def run_race(
         else:
             outcome = RaceOutcome(client_result["result"])
         say(f"outcome: {outcome.value}")
+        log.outcome = outcome.value
+        race_markers(log, watch, triggered_at, answered_at, outcome.value, client_result)
+        log.add(
+            triggered_at,
+            LANE_VIP,
+            "vip-held",
+            f"{cn} holds the VIP",
+            f"ip addr replace {vip}/32 dev {network.UPLINK} (in {cn})",
+            until=answered_at,
+        )
     finally:
         if not keep:
             processes.stop_pid(proc.pid, grace=2.0)

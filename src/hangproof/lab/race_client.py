@@ -18,6 +18,8 @@ from urllib.parse import urlsplit
 
 #: A Connection.Start fits in a few reads; a peer dripping bytes gets this many.
 MAX_READS = 10_000
+#: When each handshake step happened (epoch seconds), for the race's timeline.
+STEPS: dict[str, float] = {}
 
 
 def raw(url: str) -> str:
@@ -31,13 +33,16 @@ def raw(url: str) -> str:
     u = urlsplit(url)
     handshake = ClientHandshake(u.username or "guest", u.password or "guest", "/")
     sock = socket.create_connection((u.hostname, u.port or 5672))  # no timeout
+    STEPS["estab"] = time.time()
     sock.sendall(handshake.initiate())
+    STEPS["header-sent"] = time.time()
     # Bounded in count; in time it is bounded by the race's observation window,
     # after which the controller stops this process by pid.
     for _ in range(MAX_READS):
         data = sock.recv(65536)
         events = handshake.receive_data(data)
         if any(isinstance(e, StartReceived) for e in events):
+            STEPS["start"] = time.time()
             return "Connection.Start received"
         if not data:
             raise ConnectionResetError(errno.ECONNRESET, "peer closed before Connection.Start")
@@ -128,6 +133,8 @@ def main(argv: list[str]) -> int:
     except Exception as exc:
         result = {"result": classify(exc), "detail": f"{type(exc).__name__}: {exc}"}
     result["seconds"] = round(time.monotonic() - start, 3)
+    result["finished_at"] = time.time()
+    result["steps"] = STEPS
     with open(result_file, "w") as f:
         json.dump(result, f)
     return 0

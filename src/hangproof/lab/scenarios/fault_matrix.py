@@ -79,6 +79,7 @@ from hangproof.lab.faults import (
 from hangproof.lab.faults.seed_bed import PREFIX as SEED_LAB_PREFIX
 from hangproof.lab.faults.seed_bed import SeedBed
 from hangproof.lab.faults.testbed import PREFIX, FaultBed
+from hangproof.lab.timeline import CellRecorder, write_matrix_report, write_report
 
 if TYPE_CHECKING:
     from hangproof.lab.lab import Lab
@@ -198,6 +199,8 @@ class Cell:
     hold_s: float = 0.0
     fault_detail: dict[str, Any] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
+    #: The cell's timeline (HTML, PNG, event log), when a report was asked for.
+    timeline: dict[str, str] | None = None
 
 
 def _log_events(log: Path, since: float) -> list[tuple[float, str]]:
@@ -308,8 +311,12 @@ def run_cell(
     stall_timeout: float = DEFAULT_STALL_TIMEOUT,
     hang_bound: float = DEFAULT_HANG_BOUND,
     hold: float | None = None,
+    report: Path | None = None,
 ) -> Cell:
-    """Measure one cell; everything it starts is stopped by pid before it returns."""
+    """Measure one cell; everything it starts is stopped by pid before it returns.
+
+    With ``report`` (a directory), the cell's timeline is written there.
+    """
     prof = PROFILES[profile]
     hold = DEFAULT_HOLD.get(fault_name, 30.0) if hold is None else hold
     cell = Cell(fault_name, profile, hold_s=hold)
@@ -323,10 +330,15 @@ def run_cell(
     argv = _consumer_argv(prof, bed.client_url, queue, ledger, stall_timeout, ssl)
     fault = make_fault(fault_name, bed.target)
     worker = producer = probe = None
+    recorder = CellRecorder(fault_name, profile, ledger, published_file, log) if report else None
+    if recorder and isinstance(bed, SeedBed):  # the VIP faults: watch the SYNs and conntrack too
+        recorder.watch_connections(bed.client_netns, bed.lab.topo.vip, bed.lab.topo.node_port)
     try:
         prepare_fault(fault)
         worker = processes.spawn(argv, netns=bed.client_netns, env=env, log=log)
         wpid = worker.pid
+        if recorder:
+            recorder.start()
         if not _wait(lambda: " ready." in (log.read_text() if log.exists() else ""), 90):
             cell.notes.append("worker not ready within 90 s")
             cell.worker_alive = processes.pid_alive(worker.pid)
@@ -351,12 +363,17 @@ def run_cell(
         fault.inject()
         if fault_name in DETECT_FROM_END_OF_INJECT:
             injected_at = time.time()
+        if recorder:
+            recorder.mark("inject", injected_at)
+            recorder.mark("detect_base", injected_at)
         cell.fault_detail = dict(getattr(fault, "detail", {}) or {})
         time.sleep(min(1.0, hold))
         probe = _publish_once(bed, prof, queue, f"{queue}-during", env, stall_timeout)
         time.sleep(max(0.0, hold - 1.0))
         fault.heal()
         healed_at = time.monotonic()
+        if recorder:
+            recorder.mark("heal")
         with contextlib.suppress(Exception):
             out, _ = probe.communicate(timeout=max(1.0, PUBLISH_PROBE_BOUND - hold))
             cell.publish_during_fault = out.decode().strip() or "no output"
@@ -409,8 +426,14 @@ def run_cell(
         cell.lost = unexecuted - cell.stranded
         if not cell.worker_alive:
             cell.notes.append("worker process exited")
+        if recorder and report:
+            recorder.mark("end")
+            recorder.stop()
+            cell.timeline = write_report(recorder.event_log(asdict(cell)), report)
         return cell
     finally:
+        if recorder:
+            recorder.stop()
         for proc in (probe, producer, worker):
             if proc is not None:
                 processes.stop_pid(proc.pid)
@@ -422,6 +445,7 @@ def run_matrix(
     profiles: list[str],
     work: Path,
     *,
+    report: Path | None = None,
     stall_timeout: float = DEFAULT_STALL_TIMEOUT,
     hang_bound: float = DEFAULT_HANG_BOUND,
     progress: Any = None,
@@ -430,6 +454,9 @@ def run_matrix(
     tls: bool = False,
 ) -> dict[str, Any]:
     """Measure every cell, one bed at a time: the testbed, then the seed lab.
+
+    With ``report``, each cell's timeline goes to ``report/cells/FAULT--PROFILE/``
+    and the heatmap (each cell linking to its timeline) to ``report/``.
 
     Each bed is built only if one of ``faults`` needs it, and removed (in a
     finalizer) before the next is built, so only one RabbitMQ runs at a time.
@@ -460,6 +487,7 @@ def run_matrix(
                         cell = run_cell(
                             bed, fault_name, profile, work, stall_timeout=stall_timeout,
                             hang_bound=hang_bound,
+                            report=report / "cells" / f"{fault_name}--{profile}" if report else None,
                         )  # fmt: skip
                     except Exception as exc:
                         cell = Cell(fault_name, profile, resume_s="ERROR", notes=[repr(exc)[:300]])
@@ -470,7 +498,7 @@ def run_matrix(
                         raise HangproofError(f"the broker of the {bed_kind} did not recover")
         finally:
             bed.close()
-    return {
+    result = {
         "scenario": NAME,
         "tls": tls,
         "stall_timeout": stall_timeout,
@@ -478,6 +506,9 @@ def run_matrix(
         "producer_rate": PRODUCER_RATE,
         "cells": [asdict(c) for c in cells],
     }
+    if report:
+        result["report"] = write_matrix_report(result, report)
+    return result
 
 
 def format_table(report: dict[str, Any]) -> str:
@@ -529,6 +560,7 @@ def run(lab: Lab | None, options: RunOptions) -> dict[str, Any]:
     work = Path(extra.get("work") or tempfile.mkdtemp(prefix="hpfault-"))
     return run_matrix(
         faults, profiles, work,
+        report=Path(extra["report"]) if extra.get("report") else None,
         stall_timeout=float(extra.get("stall_timeout") or DEFAULT_STALL_TIMEOUT),
         hang_bound=float(extra.get("hang_bound") or DEFAULT_HANG_BOUND),
         progress=extra.get("progress"), tls=tls,
@@ -579,6 +611,7 @@ def main(argv: list[str] | None = None) -> int:
     r.add_argument("--stall-timeout", type=float, default=DEFAULT_STALL_TIMEOUT)
     r.add_argument("--hang-bound", type=float, default=DEFAULT_HANG_BOUND)
     r.add_argument("--work", default=None)
+    r.add_argument("--report", default=None, help="write the heatmap and each cell's timeline here")
     r.add_argument("--json", action="store_true")
     r.add_argument("--tls", action="store_true", help="every client over TLS (testbed faults)")
     r.add_argument("--prefix", default=PREFIX, help="testbed namespace prefix (hpfault-...)")
@@ -591,7 +624,7 @@ def main(argv: list[str] | None = None) -> int:
     report = run_matrix(
         args.faults.split(","), args.profiles.split(","), work, tls=args.tls,
         stall_timeout=args.stall_timeout, hang_bound=args.hang_bound, prefix=args.prefix,
-        lab_name=args.lab_name,
+        lab_name=args.lab_name, report=Path(args.report) if args.report else None,
         progress=None if args.json else lambda c: print(json.dumps(asdict(c)), flush=True),
     )  # fmt: skip
     print(json.dumps(report, indent=2) if args.json else format_table(report))

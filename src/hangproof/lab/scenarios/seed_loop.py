@@ -32,20 +32,30 @@ fails with EHOSTUNREACH after ~8 s, before the VIP arrives.) ``none`` is the rep
 from __future__ import annotations
 
 import contextlib
+import json
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 from typing import Any
 
 from hangproof.errors import HangproofError
 from hangproof.lab import processes
 from hangproof.lab.accounting import Ledger
-from hangproof.lab.keepalived import CHECK_PORT, KeepalivedNode, KeepalivedSpec, wait_for_vip
+from hangproof.lab.keepalived import (
+    CHECK_PORT,
+    KeepalivedNode,
+    KeepalivedSpec,
+    read_events,
+    wait_for_vip,
+)
 from hangproof.lab.lab import Lab
 from hangproof.lab.mitigations import MITIGATIONS, conntrack_flush_command, reject_undnat_rule
 from hangproof.lab.race import collect_evidence
 from hangproof.lab.scenarios import RunOptions
+from hangproof.lab.timeline import CellRecorder, seed_loop_log, write_report
 from hangproof.lab.workers import WorkerFleet, python_stack
+from hangproof.report.events import LANE_FAULT, client_lane
 
 NAME = "seed-loop"
 HELP = "The report's loop: move the VIP round the nodes until a worker stops answering."
@@ -97,6 +107,14 @@ def run(lab: Lab, options: RunOptions) -> dict[str, Any]:
     silent_details: list[dict[str, Any]] = []
     supervise = bool(extra.get("supervise", True))
     restarts: list[dict[str, Any]] = []
+    report = extra.get("report")
+    # The timeline: tasks per second sampled from the ledger, the loop's steps noted as they happen.
+    recorder = CellRecorder(NAME, options.profile, ledger.executed_dir, ledger.published_path,
+                            state.directory / "none") if report else None  # fmt: skip
+
+    def note(lane: str, kind: str, label: str, evidence: str = "") -> None:
+        if recorder:
+            recorder.note(lane, kind, label, evidence)
 
     def start_server(node: str) -> None:
         proc = processes.spawn(
@@ -105,12 +123,21 @@ def run(lab: Lab, options: RunOptions) -> dict[str, Any]:
         )
         state.track("http-8978", node, proc.pid, topo.ns(node))
         servers[node] = proc.pid
+        note(
+            LANE_FAULT, "heal", f"HTTP :8978 started on {node}: its check passes", f"pid {proc.pid}"
+        )
 
     def kill_server(node: str) -> None:
         pid = servers.pop(node, None)
         if pid is not None:
             processes.stop_pid(pid, grace=1.0)
             state.untrack(pid)
+            note(
+                LANE_FAULT,
+                "inject",
+                f"HTTP :8978 killed on {node}: the VIP will leave",
+                f"pid {pid}",
+            )
 
     def move_away(node: str, record: dict[str, Any]) -> None:
         """Steps 3 and 4: kill the server, sleep 4 s."""
@@ -124,6 +151,8 @@ def run(lab: Lab, options: RunOptions) -> dict[str, Any]:
         _close_client_connections(lab)
         _purge_task_queue(lab)
         undo += _apply_mitigation(lab, options.mitigation)
+        if recorder:
+            recorder.start()
         for node in nodes:
             notify = (
                 [" ".join(conntrack_flush_command(topo.vip))]
@@ -173,6 +202,11 @@ def run(lab: Lab, options: RunOptions) -> dict[str, Any]:
                 # keepalived takes ~4-6 s to move the VIP here; the clients'
                 # SYNs go out now, while no node holds it.
                 record["brokers_closed_connections"] = _close_client_connections(lab)
+                note(
+                    LANE_FAULT,
+                    "inject",
+                    "brokers closed every client connection (--trigger reconnect)",
+                )
             vip_s = wait_for_vip(lab.vip_holders, node, VIP_MOVE_TIMEOUT)
             missing, answer_s = fleet.wait_all_answer(wait_seconds)
             if missing and supervise:
@@ -197,6 +231,10 @@ def run(lab: Lab, options: RunOptions) -> dict[str, Any]:
                 cycles.append(record)
                 say(f"cycle {c} on {node}: {', '.join(missing)} silent past {wait_seconds:.0f} s")
                 reports = [_wedge_report(lab, fleet, name) for name in missing]
+                for w in reports:
+                    note(client_lane(w["worker"].split("@")[0]), "wedged" if w["alive"] else "exit",
+                         f"{w['worker']} silent past {wait_seconds:.0f} s",
+                         json.dumps(w["evidence"], default=str)[:3000])  # fmt: skip
                 # The worker the report describes: its peer holds our 8-byte header.
                 wedged = next(
                     (
@@ -219,6 +257,11 @@ def run(lab: Lab, options: RunOptions) -> dict[str, Any]:
                 ]
                 outcome = "wedged" if wedged["alive"] else "died"
                 break
+            note(
+                client_lane("waiter (inspect ping)"),
+                "ready",
+                f"cycle {c}: every worker answered ping ({answer_s:.1f} s)",
+            )
             move_away(node, record)
             record["seconds"] = round(time.monotonic() - started, 2)
             cycles.append(record)
@@ -245,6 +288,9 @@ def run(lab: Lab, options: RunOptions) -> dict[str, Any]:
             tasks["lost"] -= tasks["stranded"]
         say(f"tasks: {tasks}")
     finally:
+        if recorder:
+            recorder.mark("end")
+            recorder.stop()
         if producer_pid is not None:
             processes.stop_pid(producer_pid, grace=3.0)
             state.untrack(producer_pid)
@@ -258,7 +304,7 @@ def run(lab: Lab, options: RunOptions) -> dict[str, Any]:
                 fn()
         _clear_vip(lab)
 
-    return {
+    result = {
         "scenario": NAME,
         "outcome": outcome,
         "cycles": len(cycles),
@@ -279,6 +325,12 @@ def run(lab: Lab, options: RunOptions) -> dict[str, Any]:
         "restarts": restarts,
         "tasks": tasks,
     }
+    if recorder and report:
+        # Every worker's log, restarted ones included (the fleet is empty once stopped).
+        logs = {p.stem.removeprefix("worker-"): p for p in state.directory.glob("worker-*.log")}
+        timeline = seed_loop_log(recorder, result, read_events(state.directory), logs)
+        result["report"] = write_report(timeline, Path(report), say)
+    return result
 
 
 def _clear_vip(lab: Lab) -> None:
