@@ -10,7 +10,7 @@ peers:
 - ``plain``: the plain-text dripping peer, to which a TLS client speaks.
 
 The real-broker tests (RabbitMQ's TLS listener, a Celery worker over
-``amqps://``) are in tests/lab/test_guard_tls.py.
+``amqps://``) are in tests/lab/test_guard_tls_broker.py.
 """
 
 from __future__ import annotations
