@@ -80,8 +80,12 @@ def transport_options(policy: Policy) -> dict[str, Any]:
         "socket_settings": socket_settings(policy),
         "read_timeout": policy.read_timeout,
         "write_timeout": policy.write_timeout,
-        # kombu's retry policy for publishes and ensure(): linear steps.
-        "interval_start": 0,
+        # kombu's reconnect pacing (the worker's ensure_connection, via
+        # guard/connection.py, and ensure()): the first retry after
+        # backoff.initial, as Backoff.delay(0), then linear steps up to
+        # backoff.maximum. Never 0: a broker that refuses (a wrong CA, a
+        # restart) must not see an immediate retry on top of the failure.
+        "interval_start": backoff.initial,
         "interval_step": backoff.initial,
         "interval_max": backoff.maximum,
     }

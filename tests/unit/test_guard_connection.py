@@ -43,7 +43,8 @@ def test_consumer_reconnect_intervals_are_the_policys() -> None:
     stock = Celery("stock", broker=_refused_url(), set_as_current=False)
     guarded = Celery("guarded", broker=_refused_url(), set_as_current=False)
     harden(guarded, Policy(stall_timeout=4))
-    assert _intervals(guarded) == [0, 0.5, 1.0]  # backoff.initial steps, max backoff.maximum
+    # First retry after backoff.initial (never at once), then backoff.initial steps.
+    assert _intervals(guarded) == [0.5, 1.0, 1.5]
     assert _intervals(stock, retries=1) == [2]  # kombu's default: 2 s, then +2 s, ...
 
 
