@@ -231,6 +231,10 @@ def run(
         float | None,
         typer.Option("--hang-bound", help="fault-matrix: seconds after heal before HANG (300)."),
     ] = None,
+    hold: Annotated[
+        float | None,
+        typer.Option(help="fault-matrix: seconds each held fault lasts (default: per fault)."),
+    ] = None,
     name: NameOpt = "hplab",
     json_out: JsonOpt = False,
 ) -> int:
@@ -258,6 +262,7 @@ def run(
             "profiles": profiles,
             "stall_timeout": stall_timeout,
             "hang_bound": hang_bound,
+            "hold": hold,
             "progress": lambda cell: progress(
                 f"cell {cell.fault} x {cell.profile}: {cell.resume_s}"
             ),

@@ -401,8 +401,12 @@ def run_matrix(
     progress: Any = None,
     prefix: str = PREFIX,
     lab_name: str = SEED_LAB_PREFIX,
+    hold: float | None = None,
 ) -> dict[str, Any]:
     """Measure every cell, one bed at a time: the testbed, then the seed lab.
+
+    ``hold`` (seconds) overrides :data:`DEFAULT_HOLD` for faults that are
+    held (not for the VIP faults, which have nothing to heal).
 
     Each bed is built only if one of ``faults`` needs it, and removed (in a
     finalizer) before the next is built, so only one RabbitMQ runs at a time.
@@ -427,7 +431,7 @@ def run_matrix(
                     try:
                         cell = run_cell(
                             bed, fault_name, profile, work, stall_timeout=stall_timeout,
-                            hang_bound=hang_bound,
+                            hang_bound=hang_bound, hold=_hold(fault_name, hold),
                         )  # fmt: skip
                     except Exception as exc:
                         cell = Cell(fault_name, profile, resume_s="ERROR", notes=[repr(exc)[:300]])
@@ -445,6 +449,17 @@ def run_matrix(
         "producer_rate": PRODUCER_RATE,
         "cells": [asdict(c) for c in cells],
     }
+
+
+def _hold(fault_name: str, hold: float | None) -> float | None:
+    """The hold for ``fault_name``: ``hold`` unless the fault is never held (VIP faults).
+
+    >>> _hold("blackhole", 12.0), _hold("vip-race", 12.0), _hold("blackhole", None)
+    (12.0, 0.0, None)
+    """
+    if hold is None:
+        return None
+    return 0.0 if DEFAULT_HOLD.get(fault_name) == 0.0 else hold
 
 
 def format_table(report: dict[str, Any]) -> str:
@@ -487,7 +502,7 @@ def run(lab: Lab | None, options: RunOptions) -> dict[str, Any]:
     """Scenario entry point; ``lab`` is unused (:data:`NEEDS_LAB` is False: it builds its beds).
 
     ``options.extra`` may carry ``faults`` and ``profiles`` (lists or
-    comma-separated), ``stall_timeout``, ``hang_bound``, ``work``.
+    comma-separated), ``stall_timeout``, ``hang_bound``, ``hold``, ``work``.
     """
     extra = options.extra
     faults = _names(extra.get("faults"), sorted(FAULTS))
@@ -498,6 +513,7 @@ def run(lab: Lab | None, options: RunOptions) -> dict[str, Any]:
         stall_timeout=float(extra.get("stall_timeout") or DEFAULT_STALL_TIMEOUT),
         hang_bound=float(extra.get("hang_bound") or DEFAULT_HANG_BOUND),
         progress=extra.get("progress"),
+        hold=None if extra.get("hold") is None else float(extra["hold"]),
     )  # fmt: skip
 
 
