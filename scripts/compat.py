@@ -31,11 +31,13 @@ reach the index). Every step has a time bound.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import hashlib
 import json
 import os
 import shlex
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -102,6 +104,8 @@ INSTALL_TIMEOUT = 900
 NAMES_TIMEOUT = 120
 UNIT_TIMEOUT = 900
 SMOKE_TIMEOUT = 1200
+#: Extra time for a --lab-wrapper that waits for a shared lock first.
+LOCK_WAIT = 2400
 
 EXIT_OK, EXIT_FAIL, EXIT_ENV = 0, 1, 2
 
@@ -260,6 +264,32 @@ def judge_cell(cell: dict[str, Any], stall: float) -> list[str]:
     return misses
 
 
+def _run_lab(argv: list[str], timeout: float, log: Path) -> tuple[int, str]:
+    """Run a lab command bounded by ``timeout``; stderr to ``log``; returns (rc, stdout).
+
+    On time-out the process group gets SIGINT first, so the fault matrix's
+    finalizers stop its brokers and delete its namespaces, then SIGKILL.
+    """
+    with open(log, "w") as err:
+        proc = subprocess.Popen(
+            argv, stdout=subprocess.PIPE, stderr=err, text=True, cwd=ROOT, start_new_session=True
+        )
+        try:
+            out, _ = proc.communicate(timeout=timeout)
+            return proc.returncode, out
+        except subprocess.TimeoutExpired:
+            for sig, grace in ((signal.SIGINT, 90), (signal.SIGKILL, 10)):
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(proc.pid, sig)
+                try:
+                    out, _ = proc.communicate(timeout=grace)
+                    break
+                except subprocess.TimeoutExpired:
+                    out = ""
+            err.write(f"\ncompat: timed out after {timeout:.0f} s\n")
+            return 124, out or ""
+
+
 def run_smoke(venv: Path, wrapper: list[str]) -> dict[str, Any]:
     argv = [
         *wrapper, str(venv / "bin" / "hangproof"), "lab", "run", "fault-matrix",
@@ -267,8 +297,12 @@ def run_smoke(venv: Path, wrapper: list[str]) -> dict[str, Any]:
         "--stall-timeout", str(STALL_TIMEOUT), "--hold", str(HOLD),
         "--hang-bound", str(HANG_BOUND), "--json",
     ]  # fmt: skip
+    log = venv / "smoke.log"
+    progress(f"{venv.name}: lab smoke log: {log.relative_to(ROOT)}")
     started = time.monotonic()
-    done = _run(argv, SMOKE_TIMEOUT)
+    # A lock wrapper may wait for the lab (labrun: up to 40 min) before it starts.
+    rc, stdout = _run_lab(argv, SMOKE_TIMEOUT + (LOCK_WAIT if wrapper else 0), log)
+    done = subprocess.CompletedProcess(argv, rc, stdout, log.read_text(errors="replace"))
     result: dict[str, Any] = {
         "command": shlex.join(argv[len(wrapper) :]),
         "seconds": round(time.monotonic() - started, 1),

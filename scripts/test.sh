@@ -10,6 +10,24 @@ VENV=${HANGPROOF_VENV:-.venv}
 "$VENV/bin/pytest" -q -p no:cacheprovider --timeout=600 "$@"
 rc=$?
 if [ "$rc" -eq 5 ]; then echo "test: no tests collected"; rc=0; fi
+
+# --- compat matrix (issue 8): the oldest and newest supported version sets ---
+# Each set in its own venv under .compat/ (scripts/compat.py; all sets: make
+# compat): private-name check, unit tests, and as root a 3-fault lab smoke.
+# HANGPROOF_COMPAT_SETS picks the sets ("none" skips the step).
+compat_sets=${HANGPROOF_COMPAT_SETS:-oldest,newest}
+if [ "$compat_sets" != none ]; then
+  compat_args=(--sets "$compat_sets")
+  if [ "$(id -u)" -ne 0 ] && [ "${HANGPROOF_REQUIRE_LAB:-0}" != 1 ]; then
+    echo "test: compat matrix without its lab smoke (needs root)"
+    compat_args+=(--no-smoke)
+  fi
+  "$VENV/bin/python" scripts/compat.py "${compat_args[@]}"
+  crc=$?
+  if [ "$rc" -eq 0 ] && [ "$crc" -ne 0 ]; then rc=$crc; fi
+fi
+# --- end compat matrix ---
+
 # Whatever happened, leave no lab behind.
 if [ "$(id -u)" -eq 0 ]; then "$VENV/bin/hangproof" lab down --all >/dev/null 2>&1 || true; fi
 exit "$rc"
