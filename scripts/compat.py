@@ -25,7 +25,7 @@ reach the index). Every step has a time bound.
     scripts/compat.py --sets oldest,newest     # what CI runs (scripts/test.sh)
     scripts/compat.py --no-smoke               # no root: names + unit tests only
     scripts/compat.py --json --markdown docs/compat.md > docs/compat.json
-    scripts/compat.py --from-json docs/compat.json --markdown docs/compat.md
+    scripts/compat.py --from-json a.json b.json --json --markdown docs/compat.md
 """
 
 from __future__ import annotations
@@ -362,6 +362,8 @@ def run_set(name: str, args: argparse.Namespace, wrapper: list[str]) -> dict[str
         result["names_ok"] and result["unit"]["ok"] and (not args.smoke or result["smoke"]["ok"])
     )
     result["seconds"] = round(time.monotonic() - started, 1)
+    result["commit"] = _commit()
+    result["date"] = _now()
     progress(f"{name}: {'PASS' if result['ok'] else 'FAIL'} in {result['seconds']} s")
     return result
 
@@ -370,6 +372,38 @@ def _commit() -> str:
     done = _run(["git", "rev-parse", "--short", "HEAD"], 10)
     dirty = _run(["git", "status", "--porcelain", "--untracked-files=no"], 10).stdout.strip()
     return (done.stdout.strip() or "unknown") + ("+dirty" if dirty else "")
+
+
+def _now() -> str:
+    return datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
+
+
+def merge_reports(reports: list[dict[str, Any]]) -> dict[str, Any]:
+    """One report from several runs (e.g. sets measured one lab-lock slot at a time).
+
+    A set measured twice keeps its last run; commits and dates stay per set.
+
+    >>> a = {"sets": [{"set": "oldest", "ok": True, "commit": "c1"}], "python": "3.11.2"}
+    >>> b = {"sets": [{"set": "newest", "ok": False, "commit": "c2"}], "python": "3.11.2"}
+    >>> m = merge_reports([a, b]); [s["set"] for s in m["sets"]], m["ok"], m["commit"]
+    (['oldest', 'newest'], False, 'c1, c2')
+    """
+    by_name: dict[str, dict[str, Any]] = {}
+    for report in reports:
+        for s in report["sets"]:
+            by_name[s["set"]] = s
+    sets = [by_name[n] for n in SETS if n in by_name]
+    commits = list(dict.fromkeys(str(s.get("commit", "?")) for s in sets))
+    dates = sorted(str(s.get("date", "")) for s in sets)
+    return {
+        "command": "scripts/compat.py --from-json "
+        + " ".join(str(r.get("command", "?")) for r in reports),
+        "commit": ", ".join(commits),
+        "date": dates[-1] if dates else "",
+        "python": reports[0].get("python", "?") if reports else "?",
+        "sets": sets,
+        "ok": all(s["ok"] for s in sets),
+    }
 
 
 def _cell_text(cell: dict[str, Any]) -> str:
@@ -445,8 +479,8 @@ def format_markdown(report: dict[str, Any]) -> str:
         "stall_timeout + reconnect (12 s for vip-race, 20 s after heal), 0 lost, worker alive.",
         "",
         "| set | celery | kombu | amqp | aio-pika | aiormq | pamqp | private names | unit tests "
-        "| smoke | result |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
+        "| smoke | result | measured |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for s in report["sets"]:
         v = s.get("versions") or s["pins"]
@@ -465,18 +499,20 @@ def format_markdown(report: dict[str, Any]) -> str:
                                                       "aiormq", "pamqp"))
             + f" | {present}/{len(names)} present | {unit.get('passed', 0)} passed, "
             f"{unit.get('failed', 0) + unit.get('errors', 0)} failed | {cells} | "
-            f"{'PASS' if s['ok'] else 'FAIL'} |"
+            f"{'PASS' if s['ok'] else 'FAIL'} | `{s.get('commit', '?')}` {s.get('date', '')} |"
         )  # fmt: skip
     if report["sets"]:
         out += ["", "## Private upstream names (per set)", "",
                 "| package | name | used by | " + " | ".join(s["set"] for s in report["sets"])
                 + " |", "|---|---|---|" + "---|" * len(report["sets"])]  # fmt: skip
-        first = report["sets"][0].get("names", [])
-        for i, n in enumerate(first):
-            statuses = []
-            for s in report["sets"]:
-                names = s.get("names", [])
-                statuses.append(names[i]["status"] if i < len(names) else "?")
+        status = {
+            (s["set"], n["package"], n["name"]): n["status"]
+            for s in report["sets"]
+            for n in s.get("names", [])
+        }
+        rows = {(n["package"], n["name"]): n for s in report["sets"] for n in s.get("names", [])}
+        for (package, name), n in rows.items():
+            statuses = [status.get((s["set"], package, name), "?") for s in report["sets"]]
             out.append(f"| {n['package']} | `{n['name']}` | {n['used_by']} | "
                        + " | ".join(statuses) + " |")  # fmt: skip
     return "\n".join(out) + "\n"
@@ -503,7 +539,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", action="store_true", help="the report as JSON on stdout")
     parser.add_argument("--no-smoke", dest="smoke", action="store_false", help="skip the lab smoke")
     parser.add_argument("--markdown", type=Path, help="also write the markdown table here")
-    parser.add_argument("--from-json", type=Path, help="render a saved report; run nothing")
+    parser.add_argument(
+        "--from-json", type=Path, nargs="+", help="render (merge) saved reports; run nothing"
+    )
     parser.add_argument(
         "--lab-wrapper",
         default=os.environ.get("HANGPROOF_LAB_WRAPPER", ""),
@@ -514,9 +552,9 @@ def main(argv: list[str] | None = None) -> int:
 
     if args.from_json:
         try:
-            report = json.loads(args.from_json.read_text())
-        except (OSError, json.JSONDecodeError) as exc:
-            print(f"compat: cannot read {args.from_json}: {exc}", file=sys.stderr)
+            report = merge_reports([json.loads(p.read_text()) for p in args.from_json])
+        except (OSError, json.JSONDecodeError, KeyError) as exc:
+            print(f"compat: cannot read a saved report: {exc}", file=sys.stderr)
             return EXIT_ENV
     else:
         names = [n.strip() for n in args.sets.split(",") if n.strip()]
@@ -544,7 +582,7 @@ def main(argv: list[str] | None = None) -> int:
             "command": "scripts/compat.py --sets " + ",".join(names)
             + ("" if args.smoke else " --no-smoke"),
             "commit": _commit(),
-            "date": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
+            "date": _now(),
             "python": sys.version.split()[0],
             "seconds": round(time.monotonic() - started, 1),
             "sets": sets,
