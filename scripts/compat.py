@@ -35,6 +35,7 @@ import contextlib
 import hashlib
 import json
 import os
+import re
 import shlex
 import shutil
 import signal
@@ -290,6 +291,20 @@ def _run_lab(argv: list[str], timeout: float, log: Path) -> tuple[int, str]:
             return 124, out or ""
 
 
+def _held_seconds(log: str) -> float | None:
+    """How long a lock wrapper held the lab, from labrun's "lock held"/"done" lines.
+
+    >>> _held_seconds("labrun: lock held (03:10:00): x\\nlabrun: done rc=0 (03:12:30)")
+    150.0
+    """
+    held = re.search(r"lock held \((\d\d):(\d\d):(\d\d)\)", log)
+    done = re.search(r"done rc=\d+ \((\d\d):(\d\d):(\d\d)\)", log)
+    if not held or not done:
+        return None
+    h, d = (int(a) * 3600 + int(b) * 60 + int(c) for a, b, c in (held.groups(), done.groups()))
+    return float((d - h) % 86400)
+
+
 def run_smoke(venv: Path, wrapper: list[str]) -> dict[str, Any]:
     argv = [
         *wrapper, str(venv / "bin" / "hangproof"), "lab", "run", "fault-matrix",
@@ -306,6 +321,7 @@ def run_smoke(venv: Path, wrapper: list[str]) -> dict[str, Any]:
     result: dict[str, Any] = {
         "command": shlex.join(argv[len(wrapper) :]),
         "seconds": round(time.monotonic() - started, 1),
+        "lab_seconds": _held_seconds(done.stderr) if wrapper else None,
         "stall_timeout": STALL_TIMEOUT,
         "hold": HOLD,
         "cells": [],
