@@ -22,7 +22,8 @@ environment error (an unknown set, not root for the smoke, pip unable to
 reach the index). Every step has a time bound.
 
     scripts/compat.py                          # every set (make compat)
-    scripts/compat.py --sets oldest,newest     # what CI runs (scripts/test.sh)
+    scripts/compat.py --sets oldest,newest     # the oldest and newest sets
+    scripts/compat.py --sets oldest,newest --smoke-sets oldest   # CI (scripts/test.sh)
     scripts/compat.py --no-smoke               # no root: names + unit tests only
     scripts/compat.py --json --markdown docs/compat.md > docs/compat.json
     scripts/compat.py --from-json a.json b.json --json --markdown docs/compat.md
@@ -371,11 +372,12 @@ def run_set(name: str, args: argparse.Namespace, wrapper: list[str]) -> dict[str
         result["error"] = f"installed versions differ from the pins: {wrong}"
     progress(f"{name}: unit tests")
     result["unit"] = run_unit(venv)
-    if args.smoke:
+    smoke = name in args.smoke_sets
+    if smoke:
         progress(f"{name}: lab smoke ({', '.join(SMOKE_FAULTS)} x {SMOKE_PROFILE})")
         result["smoke"] = run_smoke(venv, wrapper)
     result["ok"] = (
-        result["names_ok"] and result["unit"]["ok"] and (not args.smoke or result["smoke"]["ok"])
+        result["names_ok"] and result["unit"]["ok"] and (not smoke or result["smoke"]["ok"])
     )
     result["seconds"] = round(time.monotonic() - started, 1)
     result["commit"] = _commit()
@@ -554,6 +556,10 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--json", action="store_true", help="the report as JSON on stdout")
     parser.add_argument("--no-smoke", dest="smoke", action="store_false", help="skip the lab smoke")
+    parser.add_argument(
+        "--smoke-sets",
+        help="comma-separated sets that get the lab smoke (default: every set run)",
+    )
     parser.add_argument("--markdown", type=Path, help="also write the markdown table here")
     parser.add_argument(
         "--from-json", type=Path, nargs="+", help="render (merge) saved reports; run nothing"
@@ -582,7 +588,12 @@ def main(argv: list[str] | None = None) -> int:
                 file=sys.stderr,
             )
             return EXIT_ENV
-        if args.smoke and (problem := _lab_unavailable()):
+        smoke_sets = [n.strip() for n in (args.smoke_sets or args.sets).split(",") if n.strip()]
+        if stray := [n for n in smoke_sets if n not in names]:
+            print(f"compat: --smoke-sets {', '.join(stray)} not in --sets", file=sys.stderr)
+            return EXIT_ENV
+        args.smoke_sets = smoke_sets if args.smoke else []
+        if args.smoke_sets and (problem := _lab_unavailable()):
             print(f"compat: {problem}", file=sys.stderr)
             return EXIT_ENV
         wrapper = shlex.split(args.lab_wrapper)
@@ -596,7 +607,7 @@ def main(argv: list[str] | None = None) -> int:
             return EXIT_ENV
         report = {
             "command": "scripts/compat.py --sets " + ",".join(names)
-            + ("" if args.smoke else " --no-smoke"),
+            + (f" --smoke-sets {','.join(args.smoke_sets)}" if args.smoke_sets else " --no-smoke"),
             "commit": _commit(),
             "date": _now(),
             "python": sys.version.split()[0],
