@@ -17,7 +17,7 @@ if [ "$rc" -eq 5 ]; then echo "test: no tests collected"; rc=0; fi
 # Runs for the whole suite only (no pytest arguments given).
 # HANGPROOF_COMPAT_SETS picks the sets ("none" skips the step);
 # HANGPROOF_COMPAT_SMOKE_SETS those that get the lab smoke (default: all of
-# them; "oldest" saves ~2.5 min, newest's cells being the lab tests above).
+# them; "oldest" saves ~75 s of lab time: newest's cells are the lab tests above).
 compat_sets=${HANGPROOF_COMPAT_SETS:-oldest,newest}
 if [ "$#" -eq 0 ] && [ "$compat_sets" != none ]; then
   compat_args=(--sets "$compat_sets" --smoke-sets "${HANGPROOF_COMPAT_SMOKE_SETS:-$compat_sets}")
