@@ -355,7 +355,8 @@ def run_smoke(venv: Path, wrapper: list[str]) -> dict[str, Any]:
 def run_set(name: str, args: argparse.Namespace, wrapper: list[str]) -> dict[str, Any]:
     pins = SETS[name]
     started = time.monotonic()
-    result: dict[str, Any] = {"set": name, "pins": pins}
+    # The code this set runs: the commit when it starts.
+    result: dict[str, Any] = {"set": name, "pins": pins, "commit": _commit()}
     try:
         venv = ensure_venv(name, pins, args.python)
     except RuntimeError as exc:
@@ -380,7 +381,6 @@ def run_set(name: str, args: argparse.Namespace, wrapper: list[str]) -> dict[str
         result["names_ok"] and result["unit"]["ok"] and (not smoke or result["smoke"]["ok"])
     )
     result["seconds"] = round(time.monotonic() - started, 1)
-    result["commit"] = _commit()
     result["date"] = _now()
     progress(f"{name}: {'PASS' if result['ok'] else 'FAIL'} in {result['seconds']} s")
     return result
@@ -598,6 +598,7 @@ def main(argv: list[str] | None = None) -> int:
             return EXIT_ENV
         wrapper = shlex.split(args.lab_wrapper)
         started = time.monotonic()
+        commit = _commit()
         sets = []
         try:
             for name in names:
@@ -608,7 +609,7 @@ def main(argv: list[str] | None = None) -> int:
         report = {
             "command": "scripts/compat.py --sets " + ",".join(names)
             + (f" --smoke-sets {','.join(args.smoke_sets)}" if args.smoke_sets else " --no-smoke"),
-            "commit": _commit(),
+            "commit": commit,
             "date": _now(),
             "python": sys.version.split()[0],
             "seconds": round(time.monotonic() - started, 1),
