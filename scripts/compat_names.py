@@ -173,6 +173,18 @@ def _on_basic_ack() -> tuple[str, str]:
     return _shape(ok, "(self, delivery_tag, multiple)")
 
 
+@check("amqp", "Channel._do_revive reopens via open()", "guard/transport.py GuardChannel")
+def _do_revive() -> tuple[str, str]:
+    import amqp
+
+    src = _source(amqp.Channel._do_revive)
+    resets = "self._confirm_selected = False" in src
+    # Both shapes are fine (the guard resets it either way); say which this is.
+    detail = "resets _confirm_selected" if resets else "keeps _confirm_selected (guard resets it)"
+    ok = "self.open()" in src and "_do_revive()" in _source(amqp.Channel._on_close)
+    return _shape(ok, detail)
+
+
 # -- kombu -------------------------------------------------------------------
 @check("kombu", "Connection._connection", "guard/transport.py, guard/runtime.py")
 def _kombu_connection() -> tuple[str, str]:
