@@ -297,9 +297,11 @@ def _held_seconds(log: str) -> float | None:
 
     >>> _held_seconds("labrun: lock held (03:10:00): x\\nlabrun: done rc=0 (03:12:30)")
     150.0
+    >>> _held_seconds("labrun: slot 1 held (03:10:00): x\\nlabrun: done rc=0 slot=1 (03:11:05)")
+    65.0
     """
-    held = re.search(r"lock held \((\d\d):(\d\d):(\d\d)\)", log)
-    done = re.search(r"done rc=\d+ \((\d\d):(\d\d):(\d\d)\)", log)
+    held = re.search(r"(?:lock|slot \d+) held \((\d\d):(\d\d):(\d\d)\)", log)
+    done = re.search(r"done rc=\d+(?: slot=\d+)? \((\d\d):(\d\d):(\d\d)\)", log)
     if not held or not done:
         return None
     h, d = (int(a) * 3600 + int(b) * 60 + int(c) for a, b, c in (held.groups(), done.groups()))

@@ -2,7 +2,7 @@
 
 When the broker closes a channel with an error (a publish to an exchange
 that does not exist: 404 NOT_FOUND), py-amqp reopens it (``_do_revive``).
-py-amqp 5.2.0-5.4.0 reopen it without clearing ``_confirm_selected``, so the
+py-amqp 5.2.0-5.4.1 reopen it without clearing ``_confirm_selected`` (py-amqp#285), so the
 new channel is not in confirm mode while py-amqp thinks it is: every later
 confirmed publish waits for a Basic.Ack that never comes. The guard bounds
 the wait, so without the guard's reset each such publish would be a false

@@ -171,7 +171,7 @@ def test_publish_without_confirm_times_out_despite_heartbeats() -> None:
 
 
 def test_a_revived_channel_leaves_confirm_mode_on_every_py_amqp() -> None:
-    # py-amqp 5.2.0-5.4.0 reopen a channel the broker closed without clearing
+    # py-amqp 5.2.0-5.4.1 reopen a channel the broker closed without clearing
     # _confirm_selected (5.4.2 clears it); the guard clears it on all of them,
     # and its delivery-tag ledger with it (the broker restarts tags at 1).
     conn = GuardConnection(host="127.0.0.1:1")

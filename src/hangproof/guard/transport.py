@@ -248,7 +248,7 @@ class GuardChannel(pyamqp.Channel):
     def _do_revive(self) -> None:
         """Reopen a channel the broker closed, out of confirm mode, as py-amqp 5.4.2 does.
 
-        py-amqp 5.2.0-5.4.0 reopen it (after e.g. a 404 on publish) without
+        py-amqp 5.2.0-5.4.1 reopen it (after e.g. a 404 on publish; py-amqp#285) without
         clearing ``_confirm_selected``: the new channel is not in confirm
         mode, so every later confirmed publish would wait for a Basic.Ack
         that never comes (a false PublishTimeout for a queued message).
