@@ -498,6 +498,11 @@ def format_markdown(report: dict[str, Any]) -> str:
         "detected within stall_timeout (+4 s set-up slack for held faults), resumed within "
         "stall_timeout + reconnect (12 s for vip-race, 20 s after heal), 0 lost, worker alive.",
         "",
+        "Ranges (pyproject's `guard` extra): each set sits on the floors, between them, or on "
+        "the newest releases; majors are capped because the guard reads private names of each "
+        "package (table below). aio-pika starts at 9.4: 9.0-9.3 pin aiormq 6.7, which pins "
+        "pamqp 3.2.1, below hangproof's own pamqp>=3.3, so pip cannot install them together.",
+        "",
         "| set | celery | kombu | amqp | aio-pika | aiormq | pamqp | private names | unit tests "
         "| smoke | result | measured |",
         "|---|---|---|---|---|---|---|---|---|---|---|---|",
@@ -525,11 +530,16 @@ def format_markdown(report: dict[str, Any]) -> str:
         out += ["", "## Private upstream names (per set)", "",
                 "| package | name | used by | " + " | ".join(s["set"] for s in report["sets"])
                 + " |", "|---|---|---|" + "---|" * len(report["sets"])]  # fmt: skip
-        status = {
-            (s["set"], n["package"], n["name"]): n["status"]
+        found = {
+            (s["set"], n["package"], n["name"]): n
             for s in report["sets"]
             for n in s.get("names", [])
         }
+        status = {}
+        for key, n in found.items():
+            details = {m["detail"] for k, m in found.items() if k[1:] == key[1:]}
+            # Where the shape differs between sets, say how.
+            status[key] = n["status"] + (f" ({n['detail']})" if len(details) > 1 else "")
         rows = {(n["package"], n["name"]): n for s in report["sets"] for n in s.get("names", [])}
         for (package, name), n in rows.items():
             statuses = [status.get((s["set"], package, name), "?") for s in report["sets"]]
