@@ -3,7 +3,7 @@
 VENV ?= .venv
 PY := $(VENV)/bin/python
 
-.PHONY: setup demo test lint bench clean-lab
+.PHONY: setup demo test lint bench clean-lab compat
 
 setup:
 	@scripts/setup.sh
@@ -13,6 +13,11 @@ demo: setup
 
 test: setup
 	@scripts/test.sh
+
+# The compat matrix: every supported version set in its own venv (.compat/);
+# COMPAT_ARGS="--sets oldest,newest" for a subset, "--no-smoke" without root.
+compat: setup
+	$(PY) scripts/compat.py $(COMPAT_ARGS)
 
 lint: setup
 	$(VENV)/bin/ruff check src tests benchmarks

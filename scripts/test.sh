@@ -33,6 +33,29 @@ if [ "$rc" -eq 5 ]; then
     echo "test: no tests collected"; rc=0
   fi
 fi
+
+# --- compat matrix (issue 8): the oldest and newest supported version sets ---
+# Each set in its own venv under .compat/ (scripts/compat.py; all sets: make
+# compat): private-name check, unit tests, and as root a 3-fault lab smoke.
+# Runs for the whole suite only (no pytest arguments given).
+# HANGPROOF_COMPAT_SETS picks the sets ("none" skips the step);
+# HANGPROOF_COMPAT_SMOKE_SETS those that get the lab smoke (default: all of
+# them; "oldest" saves ~75 s of lab time: newest's cells are the lab tests above).
+compat_sets=${HANGPROOF_COMPAT_SETS:-oldest,newest}
+if [ "$#" -eq 0 ] && [ "$compat_sets" != none ]; then
+  compat_args=(--sets "$compat_sets" --smoke-sets "${HANGPROOF_COMPAT_SMOKE_SETS:-$compat_sets}")
+  # Without root the smoke cannot run; that is a failure only when lab
+  # evidence is required (HANGPROOF_REQUIRE_LAB, issue 9): then compat.py exits 2.
+  if [ "$(id -u)" -ne 0 ] && { [ -z "${HANGPROOF_REQUIRE_LAB:-}" ] || [ "${HANGPROOF_REQUIRE_LAB}" = 0 ]; }; then
+    echo "test: compat matrix without its lab smoke (needs root)"
+    compat_args+=(--no-smoke)
+  fi
+  "$VENV/bin/python" scripts/compat.py "${compat_args[@]}"
+  crc=$?
+  if [ "$rc" -eq 0 ] && [ "$crc" -ne 0 ]; then rc=$crc; fi
+fi
+# --- end compat matrix ---
+
 # Whatever happened, leave no lab behind.
 if [ "$(id -u)" -eq 0 ]; then "$VENV/bin/hangproof" lab down --all >/dev/null 2>&1 || true; fi
 exit "$rc"

@@ -168,3 +168,20 @@ def test_publish_without_confirm_times_out_despite_heartbeats() -> None:
         finally:
             conn.collect()
     assert 1.0 <= elapsed < 1.0 + SLACK, elapsed
+
+
+def test_a_revived_channel_leaves_confirm_mode_on_every_py_amqp() -> None:
+    # py-amqp 5.2.0-5.4.1 reopen a channel the broker closed without clearing
+    # _confirm_selected (5.4.2 clears it); the guard clears it on all of them,
+    # and its delivery-tag ledger with it (the broker restarts tags at 1).
+    conn = GuardConnection(host="127.0.0.1:1")
+    conn.channels = {}
+    channel = GuardChannel(conn, channel_id=1)
+    reopened: list[bool] = []
+    channel.open = lambda: reopened.append(True)  # type: ignore[method-assign]
+    channel._confirm_selected = True
+    channel._hp_next_tag = channel._hp_acked_upto = 7
+    channel._do_revive()
+    assert reopened == [True]
+    assert channel._confirm_selected is False
+    assert (channel._hp_next_tag, channel._hp_acked_upto) == (0, 0)

@@ -429,6 +429,20 @@ class GuardChannel(pyamqp.Channel):
         self._hp_reset_confirms()
         return super().confirm_select(nowait)
 
+    def _do_revive(self) -> None:
+        """Reopen a channel the broker closed, out of confirm mode, as py-amqp 5.4.2 does.
+
+        py-amqp 5.2.0-5.4.1 reopen it (after e.g. a 404 on publish; py-amqp#285) without
+        clearing ``_confirm_selected``: the new channel is not in confirm
+        mode, so every later confirmed publish would wait for a Basic.Ack
+        that never comes (a false PublishTimeout for a queued message).
+        Measured: tests/lab/test_guard_channel_revive.py. The broker also
+        numbers the new channel's deliveries from 1: reset our ledger.
+        """
+        upstream.set_confirm_selected(self, False)
+        self._hp_reset_confirms()
+        super()._do_revive()
+
     def _on_basic_ack(self, delivery_tag: int, multiple: bool) -> None:
         self._hp_settle(delivery_tag, multiple)
         super()._on_basic_ack(delivery_tag, multiple)

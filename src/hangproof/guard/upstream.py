@@ -16,12 +16,12 @@ start. If upstream changed shape it raises :class:`UpstreamChanged`, one line
 naming the package, its installed version and what is missing. The accessors
 raise it too, instead of returning a silent ``None``.
 
-Versions checked: every name was verified (by :func:`check`) on the lowest
-and highest release of each range in pyproject: amqp 5.2.0 and 5.4.2, kombu
-5.3.0 and 5.7.0, celery 5.3.0 and 5.7.0, aiormq 6.7.1 and 7.2.4, aio-pika
-9.0.0 and 10.2.1 (the lowest five installed together over the highest's
-other dependencies; the unit tests and the aio two-freeze lab test pass on
-both sets). When you add a version, run ``check`` on it and add it here.
+Versions checked: every name is verified on the three version sets of the
+compat matrix (``scripts/compat.py``, ``make compat``; docs/compat.md, which
+runs :func:`check`'s names per set through ``scripts/compat_names.py``, the
+unit tests and a 3-fault lab smoke): amqp 5.2.0 / 5.3.1 / 5.4.2, kombu 5.3.0 /
+5.5.4 / 5.7.0, celery 5.3.0 / 5.5.3 / 5.7.0, aiormq 6.8.0 / 6.9.4 / 7.2.4,
+aio-pika 9.4.0 / 9.5.8 / 10.2.1. When you add a version, add it to the matrix.
 
 | package | name | kind | why the guard needs it | without it |
 |---|---|---|---|---|
@@ -35,6 +35,7 @@ both sets). When you add a version, run ``check`` on it and add it here.
 | amqp | ``Channel._on_basic_ack/_on_basic_nack`` | methods, overridden (call super) | py-amqp dispatches Basic.Ack/Nack to them; confirms are tracked by delivery tag | a late ack could confirm the wrong publish |
 | amqp | ``Channel._basic_publish`` | method, called | the plain publish (``basic_publish`` is rebound to the confirm variant when ``confirm_publish``); the guard writes, then waits for the ack under one deadline | the confirm wait falls back to py-amqp's per-read timeout, which heartbeats reset |
 | amqp | ``Channel._confirm_selected`` | instance attr, read + set | py-amqp's own "confirm.select sent" flag, kept in step with ours | confirm.select sent twice, or never |
+| amqp | ``Channel._do_revive`` | method, overridden (calls super) | py-amqp reopens a channel the broker closed here; 5.2.0-5.4.1 keep ``_confirm_selected`` set (py-amqp#285), so the guard clears it | after a channel error (e.g. 404 on publish) every confirmed publish is a false ``PublishTimeout`` |
 | kombu | ``Connection._connection`` | instance attr, read | the py-amqp connection *without* connecting (``.connection`` dials when closed) | the watchdog thread could dial the broker just by looking at the clock |
 | celery | ``Celery._connection`` | method, source checked | it builds every broker connection from ``app.amqp.Connection`` (front door: ``amqp_cls``), which carries the policy's reconnect intervals | the worker reconnects with kombu's 2 s, +2 s, max 30 s |
 | aiormq | ``Connection.__last_frame_time`` (``_Connection__last_frame_time``) | name-mangled instance attr, read (``__reader``'s source checked: it must still stamp it per frame) | aiormq stamps every inbound frame there; no public accessor | the aio watchdog never sees a silent link (aiormq's own check waits 3 × (heartbeat + 1)) |
@@ -71,11 +72,11 @@ from hangproof.errors import HangproofError
 
 #: The releases every requirement below was verified on (see the docstring).
 CHECKED_VERSIONS: dict[str, str] = {
-    "amqp": "5.2.0, 5.4.2",
-    "kombu": "5.3.0, 5.7.0",
-    "celery": "5.3.0, 5.7.0",
-    "aiormq": "6.7.1, 7.2.4",
-    "aio-pika": "9.0.0, 10.2.1",
+    "amqp": "5.2.0, 5.3.1, 5.4.2",
+    "kombu": "5.3.0, 5.5.4, 5.7.0",
+    "celery": "5.3.0, 5.5.3, 5.7.0",
+    "aiormq": "6.8.0, 6.9.4, 7.2.4",
+    "aio-pika": "9.4.0, 9.5.8, 10.2.1",
 }
 
 #: Private upstream names hangproof's own subclasses *define* (override),
@@ -85,7 +86,7 @@ OVERRIDES: dict[str, frozenset[str]] = {
     "amqp.transport:_AbstractTransport": frozenset({"_setup_transport"}),
     "amqp.transport:SSLTransport": frozenset({"_setup_transport", "_shutdown_transport"}),
     "amqp.connection:Connection": frozenset({"_METHODS", "_on_blocked", "_on_unblocked"}),
-    "amqp.channel:Channel": frozenset({"_on_basic_ack", "_on_basic_nack"}),
+    "amqp.channel:Channel": frozenset({"_on_basic_ack", "_on_basic_nack", "_do_revive"}),
 }
 
 # The mangled names aiormq keeps its frame clock and blocked state in.
@@ -402,7 +403,12 @@ def _amqp_channel_names() -> str | None:
     from amqp import spec
 
     problem = _has(
-        amqp.Channel, "_basic_publish", "basic_publish_confirm", "_on_basic_ack", "_on_basic_nack"
+        amqp.Channel,
+        "_basic_publish",
+        "basic_publish_confirm",
+        "_on_basic_ack",
+        "_on_basic_nack",
+        "_do_revive",
     )
     if problem:
         return problem

@@ -299,6 +299,10 @@ def run(
         bool,
         typer.Option("--tls", help="fault-matrix: every client over TLS (amqps://, lab CA)."),
     ] = False,
+    hold: Annotated[
+        float | None,
+        typer.Option(help="fault-matrix: seconds each held fault lasts (default: per fault)."),
+    ] = None,
     name: NameOpt = "hplab",
     report: ReportOpt = None,
     json_out: JsonOpt = False,
@@ -332,6 +336,7 @@ def run(
             "hang_bound": hang_bound,
             "time_scale": time_scale,
             "tls": tls,
+            "hold": hold,
             "progress": lambda cell: progress(
                 f"cell {cell.fault} x {cell.profile}: {cell.resume_s}"
             ),

@@ -452,11 +452,14 @@ def run_matrix(
     prefix: str = PREFIX,
     lab_name: str = SEED_LAB_PREFIX,
     tls: bool = False,
+    hold: float | None = None,
 ) -> dict[str, Any]:
     """Measure every cell, one bed at a time: the testbed, then the seed lab.
 
     With ``report``, each cell's timeline goes to ``report/cells/FAULT--PROFILE/``
     and the heatmap (each cell linking to its timeline) to ``report/``.
+    ``hold`` (seconds) overrides :data:`DEFAULT_HOLD` for faults that are
+    held (not for the VIP faults, which have nothing to heal).
 
     Each bed is built only if one of ``faults`` needs it, and removed (in a
     finalizer) before the next is built, so only one RabbitMQ runs at a time.
@@ -488,6 +491,7 @@ def run_matrix(
                             bed, fault_name, profile, work, stall_timeout=stall_timeout,
                             hang_bound=hang_bound,
                             report=report / "cells" / f"{fault_name}--{profile}" if report else None,
+                            hold=_hold(fault_name, hold),
                         )  # fmt: skip
                     except Exception as exc:
                         cell = Cell(fault_name, profile, resume_s="ERROR", notes=[repr(exc)[:300]])
@@ -509,6 +513,17 @@ def run_matrix(
     if report:
         result["report"] = write_matrix_report(result, report)
     return result
+
+
+def _hold(fault_name: str, hold: float | None) -> float | None:
+    """The hold for ``fault_name``: ``hold`` unless the fault is never held (VIP faults).
+
+    >>> _hold("blackhole", 12.0), _hold("vip-race", 12.0), _hold("blackhole", None)
+    (12.0, 0.0, None)
+    """
+    if hold is None:
+        return None
+    return 0.0 if DEFAULT_HOLD.get(fault_name) == 0.0 else hold
 
 
 def format_table(report: dict[str, Any]) -> str:
@@ -552,6 +567,7 @@ def run(lab: Lab | None, options: RunOptions) -> dict[str, Any]:
 
     ``options.extra`` may carry ``faults`` and ``profiles`` (lists or
     comma-separated), ``stall_timeout``, ``hang_bound``, ``work``, ``tls``.
+    comma-separated), ``stall_timeout``, ``hang_bound``, ``hold``, ``work``.
     """
     extra = options.extra
     tls = bool(extra.get("tls"))
@@ -564,6 +580,7 @@ def run(lab: Lab | None, options: RunOptions) -> dict[str, Any]:
         stall_timeout=float(extra.get("stall_timeout") or DEFAULT_STALL_TIMEOUT),
         hang_bound=float(extra.get("hang_bound") or DEFAULT_HANG_BOUND),
         progress=extra.get("progress"), tls=tls,
+        hold=None if extra.get("hold") is None else float(extra["hold"]),
     )  # fmt: skip
 
 
