@@ -16,6 +16,15 @@ from hangproof.lab.topology import Topology
 TEST_LAB = "hpt"
 
 
+@pytest.fixture(autouse=True)
+def _no_guard_worker_outlives_its_test() -> Iterator[None]:
+    """Stop any worker tests/lab/guard_workers.start_worker started, even after a failure."""
+    yield
+    from guard_workers import stop_started  # tests/lab is on sys.path (rootdir import mode)
+
+    stop_started()
+
+
 @pytest.fixture(scope="session", autouse=True)
 def _state_dir(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     """Lab state in a temporary directory, not the system's /var/lib/hangproof."""

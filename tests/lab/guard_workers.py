@@ -22,6 +22,11 @@ LAB_TLS = os.environ.get("HANGPROOF_LAB_TLS") == "1"
 #: Parametrisation for a test that runs over plain TCP, TLS, or both.
 TRANSPORTS = ["tls"] if LAB_TLS else ["tcp"]
 
+#: Workers :func:`start_worker` started, with their identity (pid, start
+#: time, boot id, spawn token). tests/lab/conftest.py stops those still
+#: running after every test, so a failed assertion cannot leak a worker.
+STARTED: list[tuple[int, int | None, str, str | None]] = []
+
 
 def broker(rabbit: RabbitNode, tls: bool | None = None) -> tuple[str, dict | None]:
     """(URL, broker_use_ssl) a client of ``rabbit`` uses: TLS if asked or ``HANGPROOF_LAB_TLS``."""
@@ -77,7 +82,22 @@ def start_worker(
     argv += ["-P", pool, "-c", str(concurrency), "-n", f"{queue}@%h", "-Q", queue]
     argv += ["--loglevel=INFO"]
     proc = processes.spawn(argv, env=env, log=log)
+    STARTED.append(
+        (
+            proc.pid,
+            processes.start_time(proc.pid),
+            processes.boot_id(),
+            processes.spawn_token(proc.pid),
+        )
+    )
     return proc.pid, port, ledger, log
+
+
+def stop_started() -> None:
+    """Stop every worker :func:`start_worker` started that is still that process."""
+    while STARTED:
+        pid, started_at, boot, token = STARTED.pop()
+        processes.stop_if_ours(pid, start_time=started_at, boot_id=boot, token=token)
 
 
 def health(port: int, path: str = "/healthz") -> tuple[int, dict]:
