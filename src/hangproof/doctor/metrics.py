@@ -16,20 +16,16 @@ True
 
 from __future__ import annotations
 
-import contextlib
-import ipaddress
 import json
-import socket
-import threading
 from collections import Counter
 from collections.abc import Callable, Sequence
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from time import monotonic
 from typing import Any
 
 from hangproof.doctor.model import Finding
 from hangproof.doctor.rules import KINDS
 from hangproof.failure import Severity
+from hangproof.http_endpoint import NOT_FOUND, EndpointServer
 
 #: /healthz fails after this many watch intervals without a completed scan.
 STALE_SCANS = 3
@@ -116,7 +112,7 @@ class DoctorMetrics:
         return DoctorServer(self, addr, port, float(max(stale_scans * watch, MIN_LIVENESS_AGE)))
 
 
-class DoctorServer:
+class DoctorServer(EndpointServer):
     """The HTTP side of :class:`DoctorMetrics`; ``close()`` stops it.
 
     >>> server = DoctorMetrics().serve(0, "127.0.0.1", watch=30)
@@ -130,56 +126,16 @@ class DoctorServer:
 
         self.max_age = max_age
 
-        class Handler(BaseHTTPRequestHandler):
-            # A client that connects and never sends must not pin a thread.
-            timeout = 5
+        def route(path: str) -> tuple[int, bytes, str]:
+            if path == "/metrics":
+                return 200, metrics.render(), CONTENT_TYPE_LATEST
+            if path == "/healthz":
+                health = metrics.health(max_age)
+                return (
+                    200 if health["healthy"] else 503,
+                    json.dumps(health).encode(),
+                    "application/json",
+                )
+            return NOT_FOUND
 
-            def do_GET(self) -> None:
-                path = self.path.split("?", 1)[0]
-                if path == "/metrics":
-                    self._send(200, metrics.render(), CONTENT_TYPE_LATEST)
-                elif path == "/healthz":
-                    health = metrics.health(max_age)
-                    code = 200 if health["healthy"] else 503
-                    self._send(code, json.dumps(health).encode(), "application/json")
-                else:
-                    self._send(404, b'{"error": "not found"}', "application/json")
-
-            def _send(self, code: int, body: bytes, content_type: str) -> None:
-                self.send_response(code)
-                self.send_header("Content-Type", content_type)
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
-
-            def log_message(self, format: str, *args: Any) -> None:
-                pass  # a probe every few seconds would flood doctor's output
-
-        server_class = type(
-            "DoctorHTTPServer",
-            (ThreadingHTTPServer,),
-            {"address_family": _family(host), "allow_reuse_address": True, "daemon_threads": True},
-        )
-        self.httpd = server_class((host, port), Handler)
-        self.address = tuple(self.httpd.server_address[:2])
-        self.port = int(self.address[1])
-        self._thread = threading.Thread(
-            target=self.httpd.serve_forever,
-            kwargs={"poll_interval": 0.5},
-            name="hangproof-doctor-http",
-            daemon=True,
-        )
-        self._thread.start()
-
-    def close(self) -> None:
-        with contextlib.suppress(Exception):
-            self.httpd.shutdown()
-        self.httpd.server_close()
-        self._thread.join(5)
-
-
-def _family(host: str) -> socket.AddressFamily:
-    with contextlib.suppress(ValueError):
-        if ipaddress.ip_address(host).version == 6:
-            return socket.AF_INET6
-    return socket.AF_INET
+        super().__init__(route, host, port, name="hangproof-doctor-http")

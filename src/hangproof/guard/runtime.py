@@ -29,7 +29,6 @@ import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from time import monotonic
 from typing import Any
@@ -42,6 +41,7 @@ from hangproof.failure import Policy
 from hangproof.guard import upstream
 from hangproof.guard.transport import last_inbound_frame_at, note_path_fault, shutdown_socket
 from hangproof.guard.watchdog import Action, Decision, Detection, Observation, decide
+from hangproof.http_endpoint import NOT_FOUND, EndpointServer
 
 logger = logging.getLogger("hangproof.guard")
 
@@ -360,7 +360,7 @@ def write_heartbeat_file(path: Path, health: dict[str, Any]) -> None:
         raise
 
 
-class LivenessServer:
+class LivenessServer(EndpointServer):
     """``/healthz`` (liveness), ``/readyz`` (readiness), ``/metrics`` (Prometheus).
 
     >>> from hangproof.failure import Policy
@@ -371,50 +371,17 @@ class LivenessServer:
     """
 
     def __init__(self, state: GuardState, host: str, port: int) -> None:
-        guard_state = state
+        def route(path: str) -> tuple[int, bytes, str]:
+            if path == "/metrics":
+                return 200, generate_latest(state.registry), CONTENT_TYPE_LATEST
+            if path in ("/healthz", "/readyz"):
+                health = state.health()
+                ok = health["healthy"] if path == "/healthz" else health["ready"]
+                return (
+                    200 if ok else 503,
+                    json.dumps(health, default=str).encode(),
+                    "application/json",
+                )
+            return NOT_FOUND
 
-        class Handler(BaseHTTPRequestHandler):
-            # A probe that connects and never sends must not pin a thread.
-            timeout = 5
-
-            def do_GET(self) -> None:
-                path = self.path.split("?", 1)[0]
-                if path == "/metrics":
-                    body = generate_latest(guard_state.registry)
-                    self._send(200, body, CONTENT_TYPE_LATEST)
-                    return
-                if path in ("/healthz", "/readyz"):
-                    health = guard_state.health()
-                    ok = health["healthy"] if path == "/healthz" else health["ready"]
-                    body = json.dumps(health, default=str).encode()
-                    self._send(200 if ok else 503, body, "application/json")
-                    return
-                self._send(404, b'{"error": "not found"}', "application/json")
-
-            def _send(self, code: int, body: bytes, content_type: str) -> None:
-                self.send_response(code)
-                self.send_header("Content-Type", content_type)
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
-
-            def log_message(self, format: str, *args: Any) -> None:
-                pass  # probes every few seconds would flood the worker log
-
-        ThreadingHTTPServer.allow_reuse_address = True
-        self.httpd = ThreadingHTTPServer((host, port), Handler)
-        self.httpd.daemon_threads = True
-        self.port = int(self.httpd.server_address[1])
-        self._thread = threading.Thread(
-            target=self.httpd.serve_forever,
-            kwargs={"poll_interval": 0.5},
-            name="hangproof-liveness",
-            daemon=True,
-        )
-        self._thread.start()
-
-    def close(self) -> None:
-        with contextlib.suppress(Exception):
-            self.httpd.shutdown()
-        self.httpd.server_close()
-        self._thread.join(5)
+        super().__init__(route, host, port, name="hangproof-liveness")
