@@ -14,12 +14,14 @@ one line in :data:`FAULTS`.
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol
 
 from hangproof.errors import HangproofError
 from hangproof.failure import FaultClass
+from hangproof.lab import processes
 from hangproof.lab.rabbitmq import RabbitNode
 
 if TYPE_CHECKING:
@@ -75,6 +77,19 @@ class Fault(Protocol):
     def inject(self) -> None: ...
 
     def heal(self) -> None: ...
+
+
+def insert_rules(netns: str, rules: list[list[str]]) -> None:
+    """Insert iptables ``rules`` (each ``[chain, match...]``) in the lab namespace ``netns``."""
+    for rule in rules:
+        processes.run(["iptables", "-w", "5", "-I", *rule], netns=netns)
+
+
+def delete_rules(netns: str, rules: list[list[str]]) -> None:
+    """Delete ``rules`` from ``netns``, each at most once; absent rules are fine (heal twice)."""
+    for rule in rules:
+        with contextlib.suppress(Exception):
+            processes.run(["iptables", "-w", "5", "-D", *rule], netns=netns, check=False)
 
 
 def close_fault(fault: Fault) -> None:

@@ -13,10 +13,7 @@ heartbeat timeout).
 
 from __future__ import annotations
 
-import contextlib
-
-from hangproof.lab import processes
-from hangproof.lab.faults import FaultTarget
+from hangproof.lab.faults import FaultTarget, delete_rules, insert_rules
 
 #: Marks our rules, so heal deletes exactly what inject added.
 RULE_COMMENT = "hpfault-blackhole"
@@ -42,18 +39,11 @@ class Blackhole:
     def inject(self) -> None:
         """Insert the DROP rules (broker namespace only)."""
         self.injected = True
-        for rule in self._rules():
-            processes.run(["iptables", "-w", "5", "-I", *rule], netns=self.target.broker_netns)
+        insert_rules(self.target.broker_netns, self._rules())
 
     def heal(self) -> None:
         """Delete the DROP rules (each at most once; absent rules are fine)."""
-        for rule in self._rules():
-            with contextlib.suppress(Exception):
-                processes.run(
-                    ["iptables", "-w", "5", "-D", *rule],
-                    netns=self.target.broker_netns,
-                    check=False,
-                )
+        delete_rules(self.target.broker_netns, self._rules())
         self.injected = False
 
 

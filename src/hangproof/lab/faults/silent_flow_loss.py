@@ -35,12 +35,11 @@ closed ones still in the table (a reused bed keeps earlier cells' entries).
 
 from __future__ import annotations
 
-import contextlib
 import re
 from typing import Any
 
 from hangproof.lab import processes
-from hangproof.lab.faults import FaultTarget
+from hangproof.lab.faults import FaultTarget, delete_rules, insert_rules
 
 #: Marks our rules, so close() deletes exactly what prepare() added.
 RULE_COMMENT = "hpfault-silent-flow-loss"
@@ -78,8 +77,7 @@ class SilentFlowLoss:
         if self._rules_in:
             return
         self._rules_in = True
-        for rule in self._rules():
-            processes.run(["iptables", "-w", "5", "-I", *rule], netns=self.target.broker_netns)
+        insert_rules(self.target.broker_netns, self._rules())
 
     def inject(self) -> None:
         """Mark the clients' open AMQP flows: from now on they are silently dropped."""
@@ -102,13 +100,7 @@ class SilentFlowLoss:
 
     def close(self) -> None:
         """Delete the rules (each at most once; absent rules are fine)."""
-        for rule in self._rules():
-            with contextlib.suppress(Exception):
-                processes.run(
-                    ["iptables", "-w", "5", "-D", *rule],
-                    netns=self.target.broker_netns,
-                    check=False,
-                )
+        delete_rules(self.target.broker_netns, self._rules())
         self._rules_in = False
 
 
