@@ -16,7 +16,8 @@ from __future__ import annotations
 
 import contextlib
 import importlib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
 
 from hangproof.errors import HangproofError
@@ -77,6 +78,44 @@ class Fault(Protocol):
     def inject(self) -> None: ...
 
     def heal(self) -> None: ...
+
+
+@dataclass
+class CellContext:
+    """What a fault may know of the fault-matrix cell it runs in.
+
+    fault-matrix builds one per cell. Before the consumer starts it calls the
+    fault's optional ``configure(ctx)``, which may set ``ctx.client_url`` (e.g. a
+    failover URL list or a host name) and add to ``ctx.env`` (the consumer's and
+    the client-side publishes' environment). Once the consumer is ready it calls
+    the optional ``attach(ctx)``; then ``ctx.worker_pid`` is the consumer's pid
+    (the Celery main process for Celery profiles).
+    """
+
+    queue: str
+    client_netns: str
+    client_url: str
+    producer_url: str
+    kind: str  # "celery", "kombu" or "aio-pika"
+    guarded: bool
+    work: Path
+    stall_timeout: float
+    env: dict[str, str] = field(default_factory=dict)
+    worker_pid: int | None = None
+
+
+def configure_fault(fault: Fault, ctx: CellContext) -> None:
+    """Let ``fault`` adjust the cell before its consumer starts (optional ``configure()``)."""
+    configure = getattr(fault, "configure", None)
+    if configure is not None:
+        configure(ctx)
+
+
+def attach_fault(fault: Fault, ctx: CellContext) -> None:
+    """Tell ``fault`` about the running consumer (optional ``attach()``)."""
+    attach = getattr(fault, "attach", None)
+    if attach is not None:
+        attach(ctx)
 
 
 def insert_rules(netns: str, rules: list[list[str]]) -> None:

@@ -70,8 +70,11 @@ from hangproof.lab import processes
 from hangproof.lab.faults import (
     FAULTS,
     SEED_LAB,
+    CellContext,
     FaultTarget,
+    attach_fault,
     close_fault,
+    configure_fault,
     fault_bed,
     make_fault,
     prepare_fault,
@@ -278,9 +281,14 @@ def _consumer_argv(
 def _publish_once(
     bed: Bed, profile: Profile, queue: str, key: str, env: dict[str, str], stall: float
 ) -> Any:
-    """Start one publish of ``key`` from the clients' namespace with the profile's client."""
+    """Start one publish of ``key`` from the clients' namespace with the profile's client.
+
+    The URL is the consumer's (``env["HANGPROOF_BROKER_URL"]``: the bed's, or
+    what the fault's ``configure()`` set).
+    """
     if profile.kind != "celery":
-        argv = [sys.executable, "-m", CLIENTS_MODULE, "publish", profile.kind, bed.client_url]
+        url = env.get("HANGPROOF_BROKER_URL") or bed.client_url
+        argv = [sys.executable, "-m", CLIENTS_MODULE, "publish", profile.kind, url]
         argv += [queue, key, "--stall", str(stall)] + (["--guard"] if profile.guarded else [])
         argv += _tls_args(getattr(bed, "client_ssl", None))
         return processes.spawn(argv, netns=bed.client_netns, env=env, stdout=-1)
@@ -326,9 +334,15 @@ def run_cell(
     for p in (ledger, published_file, stop_file):
         p.unlink(missing_ok=True)
     ssl = getattr(bed, "client_ssl", None)  # TLS beds only
-    env = _worker_env(bed.client_url, prof, stall_timeout, ledger, ssl)
-    argv = _consumer_argv(prof, bed.client_url, queue, ledger, stall_timeout, ssl)
     fault = make_fault(fault_name, bed.target)
+    ctx = CellContext(
+        queue=queue, client_netns=bed.client_netns, client_url=bed.client_url,
+        producer_url=bed.producer_url, kind=prof.kind, guarded=prof.guarded, work=work,
+        stall_timeout=stall_timeout,
+    )  # fmt: skip
+    configure_fault(fault, ctx)
+    env = {**_worker_env(ctx.client_url, prof, stall_timeout, ledger, ssl), **ctx.env}
+    argv = _consumer_argv(prof, ctx.client_url, queue, ledger, stall_timeout, ssl)
     worker = producer = probe = None
     recorder = CellRecorder(fault_name, profile, ledger, published_file, log) if report else None
     if recorder and isinstance(bed, SeedBed):  # the VIP faults: watch the SYNs and conntrack too
@@ -343,6 +357,8 @@ def run_cell(
             cell.notes.append("worker not ready within 90 s")
             cell.worker_alive = processes.pid_alive(worker.pid)
             return cell
+        ctx.worker_pid = wpid
+        attach_fault(fault, ctx)
         producer = processes.spawn(
             [
                 sys.executable,
