@@ -66,6 +66,8 @@ from hangproof.lab.kube_proxy import nat_rules, port_holder_argv
 from hangproof.lab.state import state_root
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     from hangproof.lab.lab import Lab
     from hangproof.lab.scenarios import RunOptions
 
@@ -224,6 +226,29 @@ def prometheus_config(rules: Path, *, guard: bool = True) -> str:
     return text
 
 
+def _start_doctor_and_prometheus(
+    ns: str, work: Path, bounded: Callable[[list[str]], list[str]]
+) -> dict[str, subprocess.Popen[bytes]]:
+    """Start ``hangproof doctor --watch`` and Prometheus in ``ns``, by pid, each bounded.
+
+    Prometheus reads ``work/prometheus.yml`` and keeps its data under ``work``.
+    """
+    doctor = processes.spawn(
+        bounded([*_hangproof_argv(), "doctor", "--watch", str(DOCTOR_WATCH),
+                 "--metrics-port", str(DOCTOR_PORT), "--min-silence", str(DOCTOR_MIN_SILENCE),
+                 "--no-stacks"]),
+        netns=ns, log=work / "doctor.log",
+    )  # fmt: skip
+    prometheus = processes.spawn(
+        bounded([PROMETHEUS, f"--config.file={work / 'prometheus.yml'}",
+                 f"--storage.tsdb.path={work / 'prometheus-data'}",
+                 f"--web.listen-address=127.0.0.1:{PROMETHEUS_PORT}",
+                 "--storage.tsdb.retention.time=2h", "--log.level=warn"]),
+        netns=ns, log=work / "prometheus.log",
+    )  # fmt: skip
+    return {"doctor": doctor, "prometheus": prometheus}
+
+
 def bounds(time_scale: float) -> dict[str, tuple[str, float, float]]:
     """alert -> (phase, fault->firing bound, heal->resolved bound), in seconds.
 
@@ -380,19 +405,7 @@ def run_alerts(
                      "--loglevel=INFO", "--without-mingle", "--without-gossip"]),
             netns=ns, env=env, log=worker_log,
         )  # fmt: skip
-        procs["doctor"] = processes.spawn(
-            bounded([*_hangproof_argv(), "doctor", "--watch", str(DOCTOR_WATCH),
-                     "--metrics-port", str(DOCTOR_PORT), "--min-silence", str(DOCTOR_MIN_SILENCE),
-                     "--no-stacks"]),
-            netns=ns, log=work / "doctor.log",
-        )  # fmt: skip
-        procs["prometheus"] = processes.spawn(
-            bounded([PROMETHEUS, f"--config.file={work / 'prometheus.yml'}",
-                     f"--storage.tsdb.path={work / 'prometheus-data'}",
-                     f"--web.listen-address=127.0.0.1:{PROMETHEUS_PORT}",
-                     "--storage.tsdb.retention.time=2h", "--log.level=warn"]),
-            netns=ns, log=work / "prometheus.log",
-        )  # fmt: skip
+        procs.update(_start_doctor_and_prometheus(ns, work, bounded))
         report["pids"] = {k: p.pid for k, p in procs.items()}
         base = f"http://127.0.0.1:{PROMETHEUS_PORT}/api/v1"
 
@@ -612,19 +625,7 @@ def run_vip_race(
             env={"HANGPROOF_BROKER_URL": bed.client_url, "HANGPROOF_GUARD": "0",
                  "HANGPROOF_CONNECTION_TIMEOUT": "none"},
         )  # fmt: skip
-        procs["doctor"] = processes.spawn(
-            bounded([*_hangproof_argv(), "doctor", "--watch", str(DOCTOR_WATCH),
-                     "--metrics-port", str(DOCTOR_PORT), "--min-silence", str(DOCTOR_MIN_SILENCE),
-                     "--no-stacks"]),
-            netns=ns, log=work / "doctor.log",
-        )  # fmt: skip
-        procs["prometheus"] = processes.spawn(
-            bounded([PROMETHEUS, f"--config.file={work / 'prometheus.yml'}",
-                     f"--storage.tsdb.path={work / 'prometheus-data'}",
-                     f"--web.listen-address=127.0.0.1:{PROMETHEUS_PORT}",
-                     "--storage.tsdb.retention.time=2h", "--log.level=warn"]),
-            netns=ns, log=work / "prometheus.log",
-        )  # fmt: skip
+        procs.update(_start_doctor_and_prometheus(ns, work, bounded))
         report["pids"] = {k: p.pid for k, p in procs.items()}
         base = f"http://127.0.0.1:{PROMETHEUS_PORT}/api/v1"
 
