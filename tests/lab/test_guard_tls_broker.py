@@ -26,7 +26,6 @@ import re
 import signal
 import ssl
 import sys
-import threading
 import time
 from collections.abc import Iterator
 from datetime import datetime
@@ -36,6 +35,7 @@ import amqp
 import pytest
 from guard_workers import health, start_worker
 
+from connect_timing import time_connect
 from hangproof.failure import Policy
 from hangproof.guard.transport import (
     GuardConnection,
@@ -156,32 +156,6 @@ def frozen(node: RabbitNode) -> Iterator[None]:
         os.kill(beam, signal.SIGCONT)
 
 
-def _connect_in_thread(conn: amqp.Connection, limit: float) -> tuple[float, BaseException | None]:
-    result: list[BaseException | None] = []
-
-    def run() -> None:
-        try:
-            conn.connect()
-            result.append(None)
-        except BaseException as exc:
-            result.append(exc)
-
-    started = time.monotonic()
-    thread = threading.Thread(target=run, daemon=True)
-    thread.start()
-    thread.join(limit)
-    elapsed = time.monotonic() - started
-    if thread.is_alive():
-        with contextlib.suppress(Exception):
-            sock = conn._transport.sock
-            import socket
-
-            socket.socket(fileno=os.dup(sock.fileno())).shutdown(socket.SHUT_RDWR)
-        thread.join(5)
-        return elapsed, None
-    return elapsed, result[0]
-
-
 def test_silent_tls_port_fails_within_handshake_deadline(
     rabbit: RabbitNode, tmp_path: Path
 ) -> None:
@@ -196,21 +170,21 @@ def test_silent_tls_port_fails_within_handshake_deadline(
                 host=host, ssl=options, connect_timeout=connect_timeout,
                 handshake_deadline=DEADLINE,
             )  # fmt: skip
-            elapsed, error = _connect_in_thread(conn, DEADLINE + 10)
+            elapsed, error = time_connect(conn, DEADLINE + 10)
             report[f"guard, connect_timeout={connect_timeout}"] = f"{error!r} after {elapsed:.2f} s"
             assert isinstance(error, HandshakeDeadlineExceeded), error
             assert elapsed <= DEADLINE + SLACK, elapsed
         # -- stock py-amqp, connect_timeout=None (Celery's under gevent) -------
         limit = 3 * DEADLINE
         stock = amqp.Connection(host=host, ssl=options, connect_timeout=None)
-        elapsed, error = _connect_in_thread(stock, limit)
+        elapsed, error = time_connect(stock, limit)
         report["stock py-amqp, connect_timeout=None"] = (
             f"still in the TLS handshake after {elapsed:.1f} s" if error is None else repr(error)
         )
         assert error is None and elapsed >= limit, report
         # -- stock py-amqp, connect_timeout=4 (Celery's default) ---------------
         stock4 = amqp.Connection(host=host, ssl=options, connect_timeout=4)
-        elapsed, error = _connect_in_thread(stock4, 30)
+        elapsed, error = time_connect(stock4, 30)
         report["stock py-amqp, connect_timeout=4"] = f"{error!r} after {elapsed:.2f} s"
         # -- a hardened worker started against the silent port ------------------
         pid, port, ledger, log = start_worker(rabbit, tmp_path, "silent", stall=STALL, tls=True)

@@ -27,6 +27,7 @@ import amqp
 import pytest
 from pamqp import commands, frame, heartbeat
 
+from connect_timing import time_connect
 from hangproof.guard.transport import (
     GuardConnection,
     HandshakeDeadlineExceeded,
@@ -103,31 +104,6 @@ def tls_peer(files: TlsFiles, mode: str, *, tls_delay: float = 0.0) -> Iterator[
         listener.close()
 
 
-def _time_connect(conn: amqp.Connection, limit: float) -> tuple[float, BaseException | None]:
-    """Connect in a thread; (seconds, error); seconds >= limit and no error: still hung."""
-    result: list[BaseException | None] = []
-
-    def run() -> None:
-        try:
-            conn.connect()
-            result.append(None)
-        except BaseException as exc:
-            result.append(exc)
-
-    started = time.monotonic()
-    worker = threading.Thread(target=run, daemon=True)
-    worker.start()
-    worker.join(limit)
-    elapsed = time.monotonic() - started
-    if worker.is_alive():
-        with contextlib.suppress(OSError, AttributeError):
-            sock = conn._transport.sock
-            socket.socket(fileno=sock.fileno()).shutdown(socket.SHUT_RDWR)
-        worker.join(5)
-        return elapsed, None
-    return elapsed, result[0]
-
-
 def _verified(files: TlsFiles, **extra: object) -> dict[str, object]:
     return {**files.client_options(), **extra}
 
@@ -185,7 +161,7 @@ def test_tcp_tls_and_amqp_share_one_deadline(tls_files: TlsFiles) -> None:
         conn = GuardConnection(
             host=host, ssl=_verified(tls_files), connect_timeout=30, handshake_deadline=deadline
         )
-        elapsed, error = _time_connect(conn, limit=deadline + 10)
+        elapsed, error = time_connect(conn, limit=deadline + 10)
     assert isinstance(error, HandshakeDeadlineExceeded), error
     assert deadline - 0.1 <= elapsed <= deadline + SLACK, elapsed
 
@@ -201,7 +177,7 @@ def test_silent_tls_port_fails_within_handshake_deadline(tls_files: TlsFiles) ->
         conn = GuardConnection(
             host=host, ssl=_verified(tls_files), connect_timeout=None, handshake_deadline=deadline
         )
-        elapsed, error = _time_connect(conn, limit=deadline + 10)
+        elapsed, error = time_connect(conn, limit=deadline + 10)
     assert isinstance(error, HandshakeDeadlineExceeded), error
     assert "no ServerHello" in str(error)
     assert deadline - 0.1 <= elapsed <= deadline + SLACK, elapsed
@@ -214,7 +190,7 @@ def test_stock_pyamqp_hangs_on_silent_tls_port(tls_files: TlsFiles) -> None:
     limit = 5.0
     with tls_peer(tls_files, "silent") as host:
         conn = amqp.Connection(host=host, ssl=_verified(tls_files), connect_timeout=None)
-        elapsed, error = _time_connect(conn, limit=limit)
+        elapsed, error = time_connect(conn, limit=limit)
     assert error is None and elapsed >= limit, (elapsed, error)
     print(f"stock py-amqp (connect_timeout=None): still in the TLS handshake after {elapsed:.1f} s")
 

@@ -17,6 +17,7 @@ import amqp
 import pytest
 from pamqp import commands, frame, heartbeat
 
+from connect_timing import time_connect
 from hangproof.guard.transport import GuardConnection, HandshakeDeadlineExceeded
 
 SLACK = 1.0  # scheduling slack on a loaded 2-core box
@@ -76,37 +77,12 @@ def dripping_peer(*, send_start: bool = True, interval: float = 0.2) -> Iterator
         listener.close()
 
 
-def _time_connect(conn: amqp.Connection, limit: float) -> tuple[float, BaseException | None]:
-    """Connect in a thread; return (seconds, error). seconds > limit means still hung."""
-    result: list[BaseException | None] = []
-
-    def run() -> None:
-        try:
-            conn.connect()
-            result.append(None)
-        except BaseException as exc:
-            result.append(exc)
-
-    started = time.monotonic()
-    worker = threading.Thread(target=run, daemon=True)
-    worker.start()
-    worker.join(limit)
-    elapsed = time.monotonic() - started
-    if worker.is_alive():
-        # Unblock the stuck reader so the thread ends with the test.
-        with contextlib.suppress(OSError, AttributeError):
-            conn._transport.sock.shutdown(socket.SHUT_RDWR)
-        worker.join(5)
-        return elapsed, None
-    return elapsed, result[0]
-
-
 @pytest.mark.timeout(30)
 def test_guard_deadline_stops_heartbeat_drip() -> None:
     deadline = 1.5
     with dripping_peer() as host:
         conn = GuardConnection(host=host, connect_timeout=1.0, handshake_deadline=deadline)
-        elapsed, error = _time_connect(conn, limit=deadline + 5)
+        elapsed, error = time_connect(conn, limit=deadline + 5)
     assert isinstance(error, HandshakeDeadlineExceeded), error
     assert deadline - 0.1 <= elapsed <= deadline + SLACK
 
@@ -116,7 +92,7 @@ def test_stock_pyamqp_keeps_waiting_on_heartbeat_drip() -> None:
     """The control: the same per-read timeout does not stop stock py-amqp."""
     with dripping_peer() as host:
         conn = amqp.Connection(host=host, connect_timeout=1.0)
-        elapsed, error = _time_connect(conn, limit=4.0)
+        elapsed, error = time_connect(conn, limit=4.0)
     assert error is None and elapsed >= 4.0, (elapsed, error)
 
 
@@ -125,7 +101,7 @@ def test_guard_deadline_holds_with_no_connect_timeout() -> None:
     """Celery sets connect_timeout=None under gevent; the deadline still holds."""
     with dripping_peer(send_start=False) as host:
         conn = GuardConnection(host=host, connect_timeout=None, handshake_deadline=1.0)
-        elapsed, error = _time_connect(conn, limit=6)
+        elapsed, error = time_connect(conn, limit=6)
     assert isinstance(error, HandshakeDeadlineExceeded), error
     assert elapsed <= 1.0 + SLACK
 
