@@ -287,8 +287,8 @@ def _publish_once(
     what the fault's ``configure()`` set).
     """
     if profile.kind != "celery":
-        url = env.get("HANGPROOF_BROKER_URL") or bed.client_url
-        argv = [sys.executable, "-m", CLIENTS_MODULE, "publish", profile.kind, url]
+        argv = [sys.executable, "-m", CLIENTS_MODULE, "publish", profile.kind]
+        argv += [env["HANGPROOF_BROKER_URL"]]
         argv += [queue, key, "--stall", str(stall)] + (["--guard"] if profile.guarded else [])
         argv += _tls_args(getattr(bed, "client_ssl", None))
         return processes.spawn(argv, netns=bed.client_netns, env=env, stdout=-1)
