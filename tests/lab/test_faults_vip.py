@@ -5,6 +5,10 @@ with port holders, VIP 198.18.0.100:32672, RabbitMQ in n1's pod) is up for
 the module and torn down in a finalizer. Each test measures one fault-matrix
 cell: the clients on n1 lose their connections while the VIP is on no node,
 and the VIP lands on n1 while their reconnect SYN is in SYN-SENT.
+
+Over TLS (``HANGPROOF_LAB_TLS=1``, as for every guard lab test): the NodePort
+forwards to the pods' TLS listener, the clients dial ``amqps://`` verified
+against the lab CA, and the port holder is a TLS port that never answers.
 """
 
 from __future__ import annotations
@@ -13,6 +17,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from guard_workers import LAB_TLS
 
 from hangproof.lab.faults.seed_bed import SeedBed
 from hangproof.lab.scenarios.fault_matrix import run_cell
@@ -28,7 +33,7 @@ BOUND = STALL + RECONNECT
 
 @pytest.fixture(scope="module")
 def bed() -> Iterator[SeedBed]:
-    bed = SeedBed("hpfvt")
+    bed = SeedBed("hpfvt", tls=LAB_TLS)
     try:
         bed.up()
         yield bed

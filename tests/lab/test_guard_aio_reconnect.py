@@ -24,6 +24,7 @@ import signal
 import time
 
 import pytest
+from guard_workers import aio_url
 
 from hangproof.failure import Policy
 from hangproof.lab.rabbitmq import RabbitNode
@@ -71,7 +72,7 @@ async def _two_freezes(rabbit: RabbitNode) -> list[dict[str, float]]:
 
     beam = rabbit.beam_pid()
     assert beam is not None
-    connection = await connect_robust(rabbit.url, POLICY)
+    connection = await connect_robust(aio_url(rabbit), POLICY)  # amqps:// with HANGPROOF_LAB_TLS=1
     rounds: list[dict[str, float]] = []
     try:
         channel = await connection.channel()

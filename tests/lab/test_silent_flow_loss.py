@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from guard_workers import LAB_TLS
 
 from hangproof.failure import Policy
 from hangproof.lab import processes
@@ -49,7 +50,7 @@ PRODUCE_BEFORE = 5.0
 
 @pytest.fixture(scope="module")
 def bed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FaultBed]:
-    bed = FaultBed(tmp_path_factory.mktemp("flowbed"), prefix="hpfault-s")
+    bed = FaultBed(tmp_path_factory.mktemp("flowbed"), prefix="hpfault-s", tls=LAB_TLS)
     try:
         bed.up()
         yield bed
@@ -114,6 +115,8 @@ def test_guarded_producer_never_lies_nor_hangs(bed: FaultBed, tmp_path: Path) ->
         for name, guard in runs.items():
             env = {
                 "HANGPROOF_BROKER_URL": bed.client_url,
+                # amqps:// verified against the lab CA with HANGPROOF_LAB_TLS=1
+                "HANGPROOF_BROKER_USE_SSL": json.dumps(bed.client_ssl) if bed.client_ssl else "",
                 "HANGPROOF_GUARD": guard,
                 "HANGPROOF_STALL_TIMEOUT": str(STALL),
             }
