@@ -1,7 +1,7 @@
 """`lab race --report` and `lab run fault-matrix --report`, for real: files written, content true.
 
-~55 s on 2 cores: lab up (~8 s), one raw race (~14 s, its 10 s window
-included), lab down (~10 s), one fault-matrix cell (broker-kill x kombu+guard,
+~70 s on 2 cores: lab up (~8 s), two raw races (~14 s each, their 5 s window
+included; the second fixed by conntrack-flush), lab down (~10 s), one fault-matrix cell (broker-kill x kombu+guard,
 ~25 s with its testbed).
 """
 
@@ -61,6 +61,19 @@ def test_lab_race_report_shows_the_reports_evidence(seed_lab: Lab, tmp_path: Pat
         "n1 holds the VIP",
     ]
     assert log.markers == []  # the raw client never noticed: no time-to-detect to show
+
+
+def test_a_fixed_race_draws_the_whole_handshake(seed_lab: Lab, tmp_path: Path) -> None:
+    """With a mitigation the client reaches the broker: Start, Tune and Open-Ok are drawn, in order."""
+    out = tmp_path / "race-fixed"
+    r = _hangproof("lab", "race", "--name", seed_lab.topo.name, "--window", "5", "--mitigation",
+                   "conntrack-flush", "--report", str(out), "--json", timeout=120)  # fmt: skip
+    result = json.loads(r.stdout)
+    assert result["outcome"] == "connected", result
+    log = _assert_report_files(out)
+    at = {e.kind: e.at for e in reversed(log.events) if e.lane == "client raw"}
+    assert at["header-sent"] <= at["start"] <= at["tune"] <= at["open-ok"], at
+    assert [m.kind for m in log.markers][-1:] == ["resume"]
 
 
 def test_fault_matrix_report_writes_heatmap_and_cell_timeline(tmp_path: Path) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
@@ -11,6 +12,7 @@ from hangproof.lab import processes
 from hangproof.lab.lab import Lab
 from hangproof.lab.scenarios import RunOptions, run_scenario
 from hangproof.lab.topology import Topology
+from hangproof.report.events import LANE_VIP, EventLog
 
 pytestmark = pytest.mark.lab
 
@@ -73,7 +75,7 @@ def test_seed_profile_wedges_a_worker_with_the_reports_evidence(cluster_lab: Lab
 
 
 @pytest.mark.timeout(180)
-def test_reject_undnat_survives(cluster_lab: Lab) -> None:
+def test_reject_undnat_survives(cluster_lab: Lab, tmp_path: Path) -> None:
     # reject-undnat, not conntrack-flush: the flush from notify_master runs
     # after keepalived adds the VIP, and a SYN landing in between still wedges
     # (measured: 1 wedge in 12 cycles), so a 3-cycle test of it would be flaky.
@@ -81,12 +83,23 @@ def test_reject_undnat_survives(cluster_lab: Lab) -> None:
         "seed-loop",
         cluster_lab,
         RunOptions(
-            profile="seed", mitigation="reject-undnat", cycles=3, extra={"wait_seconds": 20.0}
+            profile="seed",
+            mitigation="reject-undnat",
+            cycles=3,
+            extra={"wait_seconds": 20.0, "report": str(tmp_path / "timeline")},
         ),
     )
     try:
         assert r["outcome"] == "survived", r["cycle_log"]
         assert r["cycles"] == 3
         assert r["tasks"]["published"] > 0 and r["tasks"]["lost"] == 0
+        # The run's timeline (issue 12): HTML + PNG written, the VIP lane follows
+        # keepalived round the nodes, and tasks per second were sampled.
+        assert Path(r["report"]["html"]).read_text().count("vegaEmbed") >= 1, r["report"]
+        assert Path(r["report"]["png"]).read_bytes()[:4] == b"\x89PNG"
+        log = EventLog.load(Path(r["report"]["events"]))
+        held = [e.label for e in log.events if e.lane == LANE_VIP and e.kind == "vip-held"]
+        assert {"n1 holds the VIP", "n2 holds the VIP", "n3 holds the VIP"} <= set(held), held
+        assert log.rates and max(rate.executed for rate in log.rates) > 0
     finally:
         _no_loop_process_left(cluster_lab)

@@ -168,6 +168,17 @@ def test_race_markers_for_reset_and_for_a_closed_working_connection() -> None:
     assert not [e for e in log2.events if e.kind == "detect"]
 
 
+def test_race_markers_draw_tune_and_open_ok_from_the_clients_steps() -> None:
+    log = EventLog(title="t", scenario="race", t0=0.0)
+    w = ConnectionWatch(log, "raw", vip="v", node_port=1)
+    w.connections = [5]
+    steps = {"estab": 1.1, "header-sent": 1.11, "start": 1.2, "tune": 1.21, "open-ok": 1.25}
+    race_markers(log, w, 1.0, 1.3, "connected", {"steps": steps})
+    kinds = [e.kind for e in sorted(log.events, key=lambda e: e.at) if e.lane == "client raw"]
+    assert kinds == ["estab", "header-sent", "start", "tune", "open-ok"]
+    assert [(m.kind, round(m.seconds, 3)) for m in log.markers] == [("resume", 0.2)]
+
+
 def test_worker_log_lines_are_classified() -> None:
     assert classify_log_line("[x] celery@h ready.") == "ready"
     assert classify_log_line("hangproof.guard: stall-detected {}") == "detect"

@@ -302,6 +302,8 @@ def race_markers(
         "estab": "TCP connected",
         "header-sent": "AMQP header sent",
         "start": "Connection.Start received",
+        "tune": "Connection.Tune received",
+        "open-ok": "Connection.Open-Ok received",
     }
     for kind, at in sorted(steps.items(), key=lambda kv: kv[1]):
         if kind in words and kind not in seen:
