@@ -64,7 +64,7 @@ class SilentFlowLoss:
         self._rules_in = False
 
     def _rules(self) -> list[list[str]]:
-        iface, port = self.target.broker_iface, str(self.target.node.amqp_port)
+        iface, port = self.target.broker_iface, str(self.target.node.client_port)
         drop = ["-m", "connmark", "--mark", FLOW_MARK]
         drop += ["-m", "comment", "--comment", RULE_COMMENT, "-j", "DROP"]
         return [
@@ -82,7 +82,7 @@ class SilentFlowLoss:
     def inject(self) -> None:
         """Mark the clients' open AMQP flows: from now on they are silently dropped."""
         self.prepare()
-        port = str(self.target.node.amqp_port)
+        port = str(self.target.node.client_port)
         argv = ["conntrack", "-U", "-p", "tcp", "--orig-src", self.client_ip]
         argv += ["--orig-port-dst", port, "--mark", FLOW_MARK]
         result = processes.run(
