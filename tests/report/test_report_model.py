@@ -179,6 +179,24 @@ def test_race_markers_draw_tune_and_open_ok_from_the_clients_steps() -> None:
     assert [(m.kind, round(m.seconds, 3)) for m in log.markers] == [("resume", 0.2)]
 
 
+def test_vip_cells_get_a_vip_owner_lane_from_sampled_holders(tmp_path: Path) -> None:
+    """The VIP faults move the VIP themselves: the lane comes from the nodes' addresses."""
+    r = CellRecorder("vip-race", "kombu+guard", tmp_path / "l", tmp_path / "p", tmp_path / "w")
+    r.moments.update({"start": 0.0, "inject": 1.0, "heal": 3.0, "end": 6.0})
+    r.vip_samples = [(0.2, ("n2",)), (1.1, ()), (2.4, ("n1",))]
+    log = r.event_log({"resume_s": 1.0, "detect_s": 0.5, "fault_detail": {}})
+    vip = [(e.kind, e.label, e.at, e.until) for e in log.events if e.lane == LANE_VIP]
+    assert [v[:2] for v in vip if v[0] != "vip-held"] == [
+        ("vip-master", "n2: VIP added"),
+        ("vip-backup", "n2: VIP removed"),
+        ("vip-master", "n1: VIP added"),
+    ]
+    assert [(v[1], v[2], v[3]) for v in vip if v[0] == "vip-held"] == [
+        ("n2 holds the VIP", 0.2, 1.1),
+        ("n1 holds the VIP", 2.4, 6.0),
+    ]
+
+
 def test_worker_log_lines_are_classified() -> None:
     assert classify_log_line("[x] celery@h ready.") == "ready"
     assert classify_log_line("hangproof.guard: stall-detected {}") == "detect"

@@ -484,12 +484,28 @@ class CellRecorder:
     watch: ConnectionWatch | None = None
     watch_netns: str | None = None
     _watcher: threading.Thread | None = None
+    #: With ``watch_connections(vip_holders=...)``: who holds the VIP, read on
+    #: every tick; only changes are kept, as ``(at, holders)``.
+    vip_holders: Callable[[], list[str]] | None = None
+    vip_samples: list[tuple[float, tuple[str, ...]]] = field(default_factory=list)
 
-    def watch_connections(self, netns: str, vip: str, node_port: int) -> None:
-        """Also record SYNs, hooks and conntrack of the clients dialling ``vip:node_port``."""
+    def watch_connections(
+        self,
+        netns: str,
+        vip: str,
+        node_port: int,
+        vip_holders: Callable[[], list[str]] | None = None,
+    ) -> None:
+        """Also record SYNs, hooks and conntrack of the clients dialling ``vip:node_port``.
+
+        ``vip_holders`` (e.g. ``Lab.vip_holders``) gives the VIP-owner lane: the
+        VIP faults move the VIP themselves, so there are no keepalived
+        transitions to read; the nodes' addresses are read on each tick instead.
+        """
         scratch = EventLog(title="", scenario="fault-matrix", t0=0.0)
         self.watch = ConnectionWatch(scratch, self.profile, vip=vip, node_port=node_port)
         self.watch_netns = netns
+        self.vip_holders = vip_holders
 
     def start(self) -> None:
         self.moments.setdefault("start", time.time())
@@ -509,6 +525,10 @@ class CellRecorder:
                 ["sh", "-c", self.watch.script()], netns=self.watch_netns, check=False
             ).stdout
             self.watch.observe(time.time(), out)
+            if self.vip_holders is not None:
+                at, holders = time.time(), tuple(sorted(self.vip_holders()))
+                if not self.vip_samples or self.vip_samples[-1][1] != holders:
+                    self.vip_samples.append((at, holders))
             if self._stop.wait(0.2):
                 break
 
@@ -574,6 +594,15 @@ class CellRecorder:
             log.add(at, lane, kind, line.split("] ", 1)[-1][:120], line)
         if self.watch is not None:
             log.events.extend(self.watch.log.events)
+        end = self.moments.get("end", time.time())
+        transitions = holder_transitions(self.vip_samples)
+        for at, node, state in transitions:
+            added = state == "master"
+            label = f"{node}: VIP {'added' if added else 'removed'}"
+            log.add(at, LANE_VIP, "vip-master" if added else "vip-backup", label,
+                    f"{at:.3f} ip -4 addr on {node}: VIP {'present' if added else 'absent'}")  # fmt: skip
+        for node, start, until, line in vip_spans(transitions, end):
+            log.add(start, LANE_VIP, "vip-held", f"{node} holds the VIP", line, until=until)
         base = self.moments.get("detect_base", inject)
         if isinstance(cell.get("detect_s"), int | float) and base is not None:
             log.mark("detect", base, base + float(cell["detect_s"]))
@@ -586,6 +615,26 @@ class CellRecorder:
             log.add(self.moments["end"], lane, kind, f"{resume}: no resume after heal", "")
         log.rates = rates_from_samples(self.samples)
         return log
+
+
+def holder_transitions(
+    samples: Sequence[tuple[float, Sequence[str]]],
+) -> list[tuple[float, str, str]]:
+    """VIP holders sampled over time -> ``(at, node, "master"|"backup")`` at each change.
+
+    The first sample states who held the VIP when watching began.
+
+        >>> holder_transitions([(0.0, ("n2",)), (1.0, ()), (1.5, ("n1",))])
+        [(0.0, 'n2', 'master'), (1.0, 'n2', 'backup'), (1.5, 'n1', 'master')]
+    """
+    out: list[tuple[float, str, str]] = []
+    before: set[str] = set()
+    for at, holders in samples:
+        now = set(holders)
+        out += [(at, node, "backup") for node in sorted(before - now)]
+        out += [(at, node, "master") for node in sorted(now - before)]
+        before = now
+    return out
 
 
 def rates_from_samples(samples: Sequence[tuple[float, int, int]]) -> list[TaskRate]:
