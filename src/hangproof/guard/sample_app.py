@@ -80,3 +80,22 @@ def sleep_then_record(self: object, key: str, seconds: float) -> None:
     """A long task: sleeps ``seconds`` (cooperatively under gevent), then records."""
     time.sleep(seconds)
     _ledger(key)
+
+
+if os.environ.get("HANGPROOF_WEDGE_ON_SIGUSR2") == "1":
+    # Lab only (tests/lab/test_guard_health.py): SIGUSR2 wedges the worker's
+    # event loop for good, the way a handler that blocks on a lock held by a
+    # forked-away thread, or a call without a timeout, wedges it in the field.
+    # Signal handlers run on the main thread, which under prefork *is* the
+    # consumer's loop; the watchdog and the liveness server (threads) keep
+    # running and must report the wedge. A socket shutdown cannot free it.
+    import signal
+    import threading
+
+    _never = threading.Lock()
+    _never.acquire()
+
+    def _wedge(signum: int, frame: object) -> None:
+        _never.acquire()
+
+    signal.signal(signal.SIGUSR2, _wedge)
