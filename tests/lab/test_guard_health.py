@@ -1,23 +1,29 @@
-"""The health contract on a real hardened prefork worker and a real RabbitMQ (the faults' testbed).
+"""The health contract on real hardened Celery workers and a real RabbitMQ (the faults' testbed).
 
-One worker, one bed, two events (guard/health.py, docs/guard.md "Health contract"):
+guard/health.py, docs/guard.md "Health contract". Prefork (three events in one
+worker's life) and gevent (the outage):
 
 1. **Broker outage** (blackhole: iptables DROP on the broker's AMQP port,
    held longer than ``recover_timeout``): readiness fails within a bound,
-   liveness answers 200 in every sample throughout (no restart storm), and
-   after heal ``/consumingz`` proves consumption again: the broker shows a
-   consumer on the queue and the canary comes back. The old ``/healthz``
-   is sampled alongside, to show what a liveness probe on it would have done.
-2. **Consumer gone while the broker is reachable** (``rabbitmqctl
-   delete_queue`` of the worker's queue while it consumes: the broker
-   cancels the consumer, and the stock Celery consumer never declares the
-   queue again, kombu#814 / celery#3409 / celery#6760's family): liveness
-   must fail, after ``recover_timeout`` and not before, with readiness and
-   consuming failing first.
+   liveness answers 200 in every sample throughout (no restart storm), no
+   false "consuming" once the worker knows it is not, and after heal
+   ``/consumingz`` proves consumption again (the broker shows a consumer on
+   the queue and the canary comes back). The old ``/healthz`` is sampled
+   alongside, to show what a liveness probe on it would have done.
+2. **The broker cancels the consumer** (``rabbitmqctl delete_queue`` while it
+   consumes): measured, Celery 5.7 takes py-amqp's ConsumerCancelled as a
+   connection error, reconnects and declares the queue again, so a restart
+   would not help: liveness must stay 200 and consuming come back.
+3. **The event loop wedged for good** while the broker is reachable (the
+   sample app's lab-only SIGUSR2 handler blocks the main thread, i.e. the
+   prefork consumer's loop, on a lock nobody releases; the watchdog's socket
+   shutdown cannot free it): readiness and consuming fail first, liveness
+   fails after ``recover_timeout`` and not before, and the worker itself
+   answers 503 (not a timeout).
 
 The endpoints are sampled from inside the clients' namespace by one small
-sampler process (monotonic clock, shared with this process), so the
-timeline is measured, not inferred. Figures are printed (``-s``).
+sampler process (monotonic clock, shared with this process), so the timeline
+is measured, not inferred. Figures are printed (``-s``).
 """
 
 from __future__ import annotations
@@ -86,7 +92,9 @@ def bed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FaultBed]:
         bed.close()
 
 
-def spawn_worker(bed: FaultBed, tmp: Path, queue: str, port: int) -> tuple[int, Path]:
+def spawn_worker(
+    bed: FaultBed, tmp: Path, queue: str, port: int, pool: str = "prefork"
+) -> tuple[int, Path]:
     log = tmp / f"{queue}.log"
     env = {
         "HANGPROOF_BROKER_URL": bed.client_url,
@@ -98,7 +106,17 @@ def spawn_worker(bed: FaultBed, tmp: Path, queue: str, port: int) -> tuple[int, 
         "HANGPROOF_WEDGE_ON_SIGUSR2": "1",
     }
     argv = [sys.executable, "-m", "celery", "-A", "hangproof.guard.sample_app", "worker"]
-    argv += ["-P", "prefork", "-c", "2", "-n", f"{queue}@%h", "-Q", queue, "--loglevel=INFO"]
+    argv += [
+        "-P",
+        pool,
+        "-c",
+        "2" if pool == "prefork" else "10",
+        "-n",
+        f"{queue}@%h",
+        "-Q",
+        queue,
+        "--loglevel=INFO",
+    ]
     argv += ["--without-mingle", "--without-gossip"]
     proc = processes.spawn(argv, netns=bed.client_netns, env=env, log=log)
     STARTED.append(
@@ -144,57 +162,73 @@ class Sampler:
         processes.stop_pid(self.proc.pid, grace=1)
 
 
-def test_health_contract_outage_and_lost_consumer(bed: FaultBed, tmp_path: Path) -> None:
+def outage(bed: FaultBed, sampler: Sampler, pid: int, figures: dict[str, object]) -> None:
+    """Blackhole the broker for OUTAGE s: ready fails in bound, live 200 throughout, consuming back."""
+    fault = make_fault("blackhole", bed.target)
+    injected = time.monotonic()
+    fault.inject()
+    try:
+        not_ready = sampler.wait_for(lambda r: r["/readyz"] != 200, READY_FAIL_BOUND + 5, injected)
+        time.sleep(max(0.0, OUTAGE - (time.monotonic() - injected)))
+    finally:
+        fault.heal()
+    healed = time.monotonic()
+    consuming = sampler.wait_for(lambda r: r["/consumingz"] == 200, CONSUMING_BOUND + 10, healed)
+    rows = sampler.rows(injected, healed)
+    figures["ready_failed_after_s"] = None if not_ready is None else round(not_ready, 1)
+    figures["live_ok_during_outage"] = f"{sum(r['/livez'] == 200 for r in rows)}/{len(rows)}"
+    figures["healthz_ok_during_outage"] = f"{sum(r['/healthz'] == 200 for r in rows)}/{len(rows)}"
+    figures["consuming_after_heal_s"] = None if consuming is None else round(consuming, 1)
+    print("outage samples", json.dumps(rows[:: max(1, len(rows) // 12)], default=str)[:3000])
+    assert processes.pid_alive(pid), "worker exited during the outage"
+    assert not_ready is not None and not_ready <= READY_FAIL_BOUND, figures
+    assert len(rows) >= OUTAGE / 0.5 / 3, f"too few samples: {len(rows)}"
+    assert all(r["/livez"] == 200 for r in rows), [r for r in rows if r["/livez"] != 200][:3]
+    # No false "consuming" once the worker knows it is not (1 s: the samples
+    # of one row are separate requests).
+    late = [r for r in rows if r["t"] >= injected + not_ready + 1.0]
+    false_ok = [r for r in late if r["/consumingz"] == 200]
+    figures["consuming_false_ok_during_outage"] = f"{len(false_ok)}/{len(late)}"
+    assert not false_ok, false_ok[:2]
+    assert consuming is not None and consuming <= CONSUMING_BOUND, figures
+    after = sampler.rows(healed)
+    assert all(r["/livez"] == 200 for r in after), [r for r in after if r["/livez"] != 200][:3]
+
+
+def start(bed: FaultBed, tmp: Path, queue: str, pool: str) -> tuple[int, Path, Sampler, float]:
     from hangproof.lab.rabbitmq import free_port
 
-    queue = "health-q"
     port = free_port()
-    pid, log = spawn_worker(bed, tmp_path, queue, port)
-    sampler = Sampler(bed, tmp_path, port)
-    fault = make_fault("blackhole", bed.target)
-    figures: dict[str, object] = {}
-    try:
-        t0 = time.monotonic()
-        up = sampler.wait_for(lambda r: r["/consumingz"] == 200 and r["/livez"] == 200, 90, t0)
-        assert up is not None, f"never consuming: {sampler.rows()[-3:]}"
-        figures["consuming_after_start_s"] = round(up, 1)
-        time.sleep(2)
+    pid, log = spawn_worker(bed, tmp, queue, port, pool)
+    sampler = Sampler(bed, tmp, port)
+    t0 = time.monotonic()
+    up = sampler.wait_for(lambda r: r["/consumingz"] == 200 and r["/livez"] == 200, 90, t0)
+    assert up is not None, f"never consuming: {sampler.rows()[-3:]}\n{log.read_text()[-3000:]}"
+    return pid, log, sampler, up
 
+
+def test_gevent_outage(bed: FaultBed, tmp_path: Path) -> None:
+    """The same outage contract under the gevent pool (threads are greenlets there)."""
+    pid, log, sampler, up = start(bed, tmp_path, "health-gevent", "gevent")
+    figures: dict[str, object] = {"pool": "gevent", "consuming_after_start_s": round(up, 1)}
+    try:
+        time.sleep(2)
+        outage(bed, sampler, pid, figures)
+    finally:
+        print("figures", json.dumps(figures))
+        sampler.close()
+        processes.stop_pid(pid)
+        print(log.read_text(errors="replace")[-3000:])
+
+
+def test_prefork_outage_queue_delete_and_wedge(bed: FaultBed, tmp_path: Path) -> None:
+    queue = "health-q"
+    pid, log, sampler, up = start(bed, tmp_path, queue, "prefork")
+    figures: dict[str, object] = {"pool": "prefork", "consuming_after_start_s": round(up, 1)}
+    try:
+        time.sleep(2)
         # -- 1. broker outage: ready fails, live stays 200, consuming comes back
-        injected = time.monotonic()
-        fault.inject()
-        try:
-            not_ready = sampler.wait_for(
-                lambda r: r["/readyz"] != 200, READY_FAIL_BOUND + 5, injected
-            )
-            time.sleep(max(0.0, OUTAGE - (time.monotonic() - injected)))
-        finally:
-            fault.heal()
-        healed = time.monotonic()
-        consuming = sampler.wait_for(
-            lambda r: r["/consumingz"] == 200, CONSUMING_BOUND + 10, healed
-        )
-        outage = sampler.rows(injected, healed)
-        figures["ready_failed_after_s"] = None if not_ready is None else round(not_ready, 1)
-        figures["live_ok_during_outage"] = (
-            f"{sum(r['/livez'] == 200 for r in outage)}/{len(outage)}"
-        )
-        figures["healthz_ok_during_outage"] = (
-            f"{sum(r['/healthz'] == 200 for r in outage)}/{len(outage)}"
-        )
-        figures["consuming_after_heal_s"] = None if consuming is None else round(consuming, 1)
-        print(
-            "outage samples", json.dumps(outage[:: max(1, len(outage) // 12)], default=str)[:4000]
-        )
-        assert processes.pid_alive(pid), "worker exited during the outage"
-        assert not_ready is not None and not_ready <= READY_FAIL_BOUND, figures
-        assert len(outage) >= OUTAGE / 0.5 / 3, f"too few samples: {len(outage)}"
-        assert all(r["/livez"] == 200 for r in outage), [r for r in outage if r["/livez"] != 200][
-            :3
-        ]
-        assert consuming is not None and consuming <= CONSUMING_BOUND, figures
-        after = sampler.rows(healed)
-        assert all(r["/livez"] == 200 for r in after), [r for r in after if r["/livez"] != 200][:3]
+        outage(bed, sampler, pid, figures)
 
         # -- 2. the broker cancels the consumer (queue deleted while consumed):
         # Celery 5.7 takes py-amqp's ConsumerCancelled as a connection error,
@@ -229,13 +263,14 @@ def test_health_contract_outage_and_lost_consumer(bed: FaultBed, tmp_path: Path)
         assert not_live is not None, f"liveness never failed with a wedged loop: {figures}"
         # Not before the worker had recover_timeout to come back on its own.
         assert not_live >= RECOVER, figures
+        late = [r for r in rows if r["t"] >= wedged + not_ready + 1.0]
+        assert not [r for r in late if r["/consumingz"] == 200], figures
         last = sampler.rows(wedged)[-1]
         assert last["/livez"] != 200 and last["/healthz"] != 0, last  # it answers, with 503
     finally:
         print("figures", json.dumps(figures))
         sampler.close()
         processes.stop_pid(pid)
-        fault.heal()
         print(log.read_text(errors="replace")[-4000:])
         if os.environ.get("HANGPROOF_HEALTH_KEEP"):
             print(sampler.out.read_text()[-8000:])

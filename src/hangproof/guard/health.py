@@ -199,6 +199,12 @@ def assess(inputs: HealthInputs, policy: Policy) -> Health:
                 else "not every queue is consumed"
             )
 
+    if consuming and not decision.ready:
+        # The round is older than what the worker knows now: it lost its
+        # connection, or its loop stopped ticking, since (measured: 4.5 s of
+        # a stale 200 during a blackhole before this rule).
+        consuming, consuming_reason = False, f"the worker is not consuming now: {decision.reason}"
+
     # -- liveness -----------------------------------------------------------
     not_consuming_for: float | None = None
     # The trailing run of rounds that are reachable-and-bad: since when.

@@ -72,6 +72,14 @@ def test_broker_outage_is_never_a_liveness_failure(down_for: float) -> None:
     assert d.healthy == (down_for <= 12.0)
 
 
+def test_a_good_round_from_before_a_disconnect_proves_nothing() -> None:
+    """Measured in the lab: /consumingz said 200 for 4.5 s of a blackhole before this rule."""
+    d = disconnected(100.0, 98.0)
+    h = assess(HealthInputs(now=100.0, decision=d, connected=False, rounds=(ok_round(96.0),)), P)
+    assert not h.consuming and "not consuming now" in h.consuming_reason
+    assert h.live and not h.ready
+
+
 def test_outage_without_probe_data_stays_live() -> None:
     d = disconnected(100.0, 0.0)
     h = assess(HealthInputs(now=100.0, decision=d, connected=False), P)
