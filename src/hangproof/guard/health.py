@@ -163,7 +163,7 @@ def assess(inputs: HealthInputs, policy: Policy) -> Health:
     ...                    canary_rtt=0.01) for t in (80.0, 90.0, 99.0)]
     >>> h = assess(HealthInputs(now=100.0, decision=d, connected=True, rounds=tuple(gone)), p)
     >>> h.live, h.ready, h.consuming, h.live_reason
-    (False, False, False, 'broker reachable but not consuming for 19.0 s (> recover_timeout 12 s): q: 0 consumers')
+    (False, False, False, 'broker reachable but not consuming for 20.0 s (> recover_timeout 12 s): q: 0 consumers')
     """
     recover = float(policy.recover_timeout or 4 * policy.stall_timeout)
     decision = inputs.decision
