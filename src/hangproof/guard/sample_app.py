@@ -9,6 +9,7 @@ Configured by environment, so the same module runs stock or guarded:
 - ``HANGPROOF_STALL_TIMEOUT`` (seconds, default 15);
 - ``HANGPROOF_LIVENESS_PORT`` and ``HANGPROOF_HEARTBEAT_FILE`` (opt-in);
 - ``HANGPROOF_LATE_ACKS=1`` for at-least-once delivery;
+- ``HANGPROOF_CONSUMING_PROBE=0`` turns harden()'s consuming probe off;
 - ``HANGPROOF_LEDGER`` (a file): every executed task appends ``<id> <pid>``,
   so a test counts executed, lost and duplicated tasks without a result backend.
 
@@ -47,6 +48,7 @@ if os.environ.get("HANGPROOF_GUARD") == "1":
         late_acks=os.environ.get("HANGPROOF_LATE_ACKS") == "1",
         liveness_port=int(port) if port else None,
         heartbeat_file=os.environ.get("HANGPROOF_HEARTBEAT_FILE") or None,
+        consuming_probe=os.environ.get("HANGPROOF_CONSUMING_PROBE", "1") == "1",
     )
 elif os.environ.get("HANGPROOF_LATE_ACKS") == "1":
     app.conf.task_acks_late = True
