@@ -25,6 +25,7 @@ from hangproof.failure import Policy
 from hangproof.guard import connection, upstream
 from hangproof.guard.celery_steps import (
     APP_ATTRIBUTE,
+    ConsumingStep,
     GuardConsumerMixin,
     WatchdogStep,
     guard_consumer_class,
@@ -139,6 +140,7 @@ def harden(
     liveness_port: int | None = None,
     liveness_host: str = "127.0.0.1",
     heartbeat_file: str | Path | None = None,
+    consuming_probe: bool = True,
 ) -> Policy:
     """Configure ``app`` so its workers notice any stall within ``stall_timeout``.
 
@@ -159,8 +161,12 @@ def harden(
     - ``late_acks=True`` also sets ``task_acks_late`` and
       ``task_reject_on_worker_lost`` (at-least-once: a task interrupted by a
       lost worker or connection runs again, so it must be idempotent);
-    - ``liveness_port`` serves /healthz, /readyz, /metrics (0: any free port);
-      ``heartbeat_file`` is rewritten every watchdog round while healthy.
+    - ``liveness_port`` serves /livez, /readyz, /consumingz, /healthz,
+      /metrics (0: any free port); ``heartbeat_file`` is rewritten every
+      watchdog round while live;
+    - ``consuming_probe`` (default on): a private canary queue and a prober
+      that proves the worker consumes (the health contract: docs/guard.md);
+      one short-lived broker connection every ``stall_timeout`` seconds.
 
     Returns the policy in force.
 
@@ -223,6 +229,8 @@ def harden(
         conf.worker_consumer = guard_consumer_class(base)
     if WatchdogStep not in app.steps["consumer"]:
         app.steps["consumer"].add(WatchdogStep)
+    if consuming_probe and ConsumingStep not in app.steps["consumer"]:
+        app.steps["consumer"].add(ConsumingStep)
 
     setattr(
         app,

@@ -4,6 +4,12 @@
   :class:`~hangproof.guard.runtime.GuardState`, the watchdog thread and the
   liveness server; marks connected/disconnected; ticks the loop clock from
   the worker's own timer, so a tick proves the loop runs.
+- :class:`ConsumingStep` (consumer bootstep, after :class:`WatchdogStep`):
+  proves the worker consumes (the health contract, guard/health.py): a
+  private canary queue consumed on its own channel of the worker's
+  connection, and a prober thread that checks the broker's consumer counts
+  and the canary's round trip on a separate short-lived connection
+  (guard/consuming.py).
 - :func:`guard_consumer_class` builds a subclass of the configured
   ``worker_consumer`` class (Celery's documented setting) that
   - counts every connection error by how it was detected;
@@ -30,6 +36,7 @@ from celery.worker.state import active_requests
 
 from hangproof.failure import Policy
 from hangproof.guard import transport
+from hangproof.guard.consuming import CANARY_HEADER, Canary, Prober, canary_queue_name, probe_once
 from hangproof.guard.runtime import GuardState, LivenessConfig, LivenessServer, Watchdog
 from hangproof.guard.watchdog import Detection, classify_error
 
@@ -122,6 +129,93 @@ class WatchdogStep(bootsteps.StartStopStep):
         if self.server is not None:
             self.server.close()
             self.server = None
+
+
+#: The canary queue disappears this long after its worker stopped consuming it
+#: without a clean cancel (auto-delete covers the clean case), in ms.
+CANARY_QUEUE_EXPIRES_MS = 300_000
+
+
+class ConsumingStep(bootsteps.StartStopStep):
+    """Consumer bootstep: the canary consumer and the consuming prober (the health contract).
+
+    The canary queue (non-durable, auto-delete, ``x-expires``) is consumed on
+    a channel of its own with ``no_ack``: no prefetch window is shared with
+    the tasks (Celery applies a *global* basic.qos on RabbitMQ), so a worker
+    busy with long tasks still reads its canary. Under prefork (the hub) and
+    gevent/solo (synloop) the worker's loop drains every channel of its
+    connection, so a canary that comes back proves that loop reads the
+    broker. With the solo pool a task blocks the loop; the contract does not
+    count that as a wedge (guard/health.py).
+    """
+
+    label = "hangproof consuming"
+    requires = (WatchdogStep,)
+
+    def __init__(self, c: Any, **kwargs: Any) -> None:
+        self.canary = Canary(canary_queue_name(c.hostname))
+        self.prober: Prober | None = None
+        self.consumer: Any = None
+        super().__init__(c, **kwargs)
+
+    def _on_canary(self, body: Any, message: Any) -> None:
+        headers = getattr(message, "headers", None) or {}
+        self.canary.seen(headers.get(CANARY_HEADER))
+
+    def _consume_canary(self, c: Any) -> None:
+        from kombu import Consumer, Exchange, Queue
+
+        queue = Queue(
+            self.canary.queue,
+            Exchange("", type="direct"),
+            routing_key=self.canary.queue,
+            durable=False,
+            auto_delete=True,
+            queue_arguments={"x-expires": CANARY_QUEUE_EXPIRES_MS},
+        )
+        channel = c.connection.channel()
+        self.consumer = Consumer(
+            channel, queues=[queue], callbacks=[self._on_canary], no_ack=True, accept=["json"]
+        )
+        self.consumer.consume()
+
+    def start(self, c: Any) -> None:
+        state: GuardState = c.hangproof_guard
+        state.canary = self.canary
+        task_consumer = getattr(c, "task_consumer", None)
+        state.queues = tuple(sorted(q.name for q in getattr(task_consumer, "queues", ()) or ()))
+        try:
+            self._consume_canary(c)
+        except Exception as exc:  # recorded: the probe then shows no canary consumer
+            state.event("canary-consume-failed", error=repr(exc))
+        if self.prober is None:
+            budget = max(1.0, float(state.policy.stall_timeout) / 2)
+            app = c.app
+
+            def run_round() -> Any:
+                return probe_once(
+                    lambda: app.connection_for_read(heartbeat=0), state.queues, self.canary, budget
+                )
+
+            self.prober = Prober(
+                run_round,
+                state.record_round,
+                interval=state.probe_interval,
+                deadline=state.probe_deadline,
+            )
+            self.prober.start()
+
+    def stop(self, c: Any) -> None:
+        # No basic.cancel: the channel goes with the consumer's connection,
+        # which Celery closes next (possibly over a dead path); waiting for a
+        # Cancel-Ok here is exactly the hang kombu#670 reports.
+        self.consumer = None
+
+    def shutdown(self, c: Any) -> None:
+        self.stop(c)
+        if self.prober is not None:
+            self.prober.stop()
+            self.prober = None
 
 
 class GuardConsumerMixin:

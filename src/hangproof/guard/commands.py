@@ -9,6 +9,13 @@ is a second, independent net.
     $ hangproof check-worker --port 9808 --timeout 3 --json
     {"healthy": true, "source": "http://127.0.0.1:9808/healthz", ...}
 
+One mode per probe kind of the health contract (guard/health.py,
+docs/guard.md): ``--probe liveness`` asks ``/livez`` (Kubernetes
+livenessProbe: restart me), ``--probe readiness`` asks ``/readyz``
+(readinessProbe: not now), ``--probe consuming`` asks ``/consumingz`` (the
+broker shows a consumer on every queue and the worker's canary came back).
+Without ``--probe``, ``--path`` (default ``/healthz``) as before.
+
 Exit 0 healthy, 1 unhealthy (or no answer within the deadline), 2 usage.
 """
 
@@ -75,8 +82,38 @@ def socket_budget(timeout: float) -> float:
     return round(max(timeout * 0.75, timeout - 0.5), 3)
 
 
+#: ``--probe`` -> (path, the key of the worker's JSON that decides).
+PROBES: dict[str, tuple[str, str]] = {
+    "liveness": ("/livez", "live"),
+    "readiness": ("/readyz", "ready"),
+    "consuming": ("/consumingz", "consuming"),
+}
+#: The key that decides for each path (``/healthz``: ``healthy``).
+VERDICT_KEYS = {path: key for path, key in PROBES.values()}
+
+
+def probe_path(probe: str | None, path: str | None) -> str:
+    """The path to ask for ``--probe`` / ``--path`` (both given: they must agree).
+
+    >>> probe_path("liveness", None), probe_path(None, None), probe_path(None, "/readyz")
+    ('/livez', '/healthz', '/readyz')
+    """
+    if probe is None:
+        return path or "/healthz"
+    if probe not in PROBES:
+        raise HangproofError(
+            f"--probe must be one of {', '.join(PROBES)} (got {probe!r})", exit_code=EXIT_USAGE
+        )
+    wanted = PROBES[probe][0]
+    if path is not None and path != wanted:
+        raise HangproofError(
+            f"--probe {probe} asks {wanted}; drop --path {path}", exit_code=EXIT_USAGE
+        )
+    return wanted
+
+
 def check_http(host: str, port: int, path: str, timeout: float) -> dict[str, Any]:
-    """GET ``path`` with one socket deadline; healthy iff 200 with ``healthy`` true."""
+    """GET ``path`` with one socket deadline; healthy iff 200 and the path's verdict key true."""
     conn = http.client.HTTPConnection(host, port, timeout=timeout)
     try:
         conn.request("GET", path)
@@ -88,8 +125,13 @@ def check_http(host: str, port: int, path: str, timeout: float) -> dict[str, Any
         payload = json.loads(body or b"{}")
     except ValueError:
         payload = {"raw": body[:200].decode(errors="replace")}
-    healthy = response.status == 200 and bool(payload.get("healthy", payload.get("ready", True)))
-    return {"healthy": healthy, "status": response.status, "worker": payload}
+    key = VERDICT_KEYS.get(path, "healthy")
+    verdict = payload.get(key, payload.get("healthy", True)) if isinstance(payload, dict) else True
+    healthy = response.status == 200 and bool(verdict)
+    result: dict[str, Any] = {"healthy": healthy, "status": response.status, "worker": payload}
+    if isinstance(payload, dict) and f"{key}_reason" in payload:
+        result["reason"] = payload[f"{key}_reason"]
+    return result
 
 
 def check_heartbeat_file(path: Path, max_age: float) -> dict[str, Any]:
@@ -118,6 +160,10 @@ def run_check(
     """The probe's logic without the process-level deadline (used by tests)."""
     if port is None and heartbeat_file is None:
         raise HangproofError("check-worker needs --port or --heartbeat-file")
+    if port is None and path in ("/readyz", "/consumingz"):
+        raise HangproofError(
+            f"{path} needs --port (the heartbeat file only says live)", exit_code=EXIT_USAGE
+        )
     started = time.monotonic()
     result: dict[str, Any] = {"healthy": True, "checks": []}
     if heartbeat_file is not None:
@@ -147,8 +193,16 @@ def register(app: typer.Typer) -> None:
         ] = None,
         host: Annotated[str, typer.Option(help="liveness host")] = "127.0.0.1",
         path: Annotated[
-            str, typer.Option(help="/healthz (liveness) or /readyz (readiness)")
-        ] = "/healthz",
+            str | None,
+            typer.Option(help="the path to ask (default /healthz); prefer --probe"),
+        ] = None,
+        probe: Annotated[
+            str | None,
+            typer.Option(
+                help="liveness (/livez: restart me), readiness (/readyz: not now) or "
+                "consuming (/consumingz: proven consumer and canary)"
+            ),
+        ] = None,
         heartbeat_file: Annotated[
             Path | None, typer.Option(help="the worker's heartbeat file (harden(heartbeat_file=))")
         ] = None,
@@ -161,6 +215,11 @@ def register(app: typer.Typer) -> None:
         """Exec probe for a guarded worker: exit 0 healthy, 1 unhealthy, 2 usage."""
         if timeout <= 0:
             raise HangproofError("--timeout must be > 0", exit_code=EXIT_USAGE)
+        path = probe_path(probe, path)
+        if port is None and heartbeat_file is None:
+            raise HangproofError(
+                "check-worker needs --port or --heartbeat-file", exit_code=EXIT_USAGE
+            )
         done = _arm_deadline(timeout, as_json)
         try:
             result = run_check(
@@ -177,6 +236,8 @@ def register(app: typer.Typer) -> None:
                 signal.alarm(0)
         if not _VERDICT.acquire(timeout=5):
             time.sleep(5)  # a deadline net is writing its verdict and exiting
+        if probe is not None:
+            result["probe"] = probe
         if as_json:
             print(json.dumps(result, default=str))
         else:

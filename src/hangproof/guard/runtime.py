@@ -5,7 +5,9 @@ the consumer connects and disconnects and ticks its loop clock; a watchdog
 thread applies :func:`hangproof.guard.watchdog.decide` every
 ``policy.watchdog_interval`` seconds and shuts the consumer's socket down when
 the link is silent, which makes Celery's own recovery path reconnect. The
-opt-in HTTP server answers ``/healthz``, ``/readyz`` and ``/metrics``.
+opt-in HTTP server answers ``/livez``, ``/readyz``, ``/consumingz``,
+``/healthz`` (the watchdog's own verdict, as before) and ``/metrics``; the
+health contract behind the first three is :mod:`hangproof.guard.health`.
 
 Every detection and reconnect is logged on the ``hangproof.guard`` logger and
 kept (with wall-clock timestamps) in ``/healthz``'s ``events``, so the lab can
@@ -39,6 +41,8 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from hangproof.credentials import mask_url
 from hangproof.failure import Policy
 from hangproof.guard import upstream
+from hangproof.guard.consuming import Canary
+from hangproof.guard.health import Health, HealthInputs, ProbeRound, assess
 from hangproof.guard.transport import last_inbound_frame_at, note_path_fault, shutdown_socket
 from hangproof.guard.watchdog import Action, Decision, Detection, Observation, decide
 from hangproof.http_endpoint import NOT_FOUND, EndpointServer
@@ -141,6 +145,34 @@ class GuardState:
         )
         self.m_healthy = Gauge("hangproof_healthy", "1 if live", registry=self.registry)
         self.m_ready = Gauge("hangproof_ready", "1 if ready", registry=self.registry)
+        # The health contract (guard/health.py): /livez, /readyz, /consumingz.
+        self.m_live = Gauge(
+            "hangproof_live",
+            "1 unless the worker is wedged and a restart would help (/livez)",
+            registry=self.registry,
+        )
+        self.m_live.set(1)
+        self.m_consuming = Gauge(
+            "hangproof_consuming",
+            "1 if the broker shows a consumer on the queue and the worker's canary came back",
+            ["queue"],
+            registry=self.registry,
+        )
+        self.m_canary_rtt = Gauge(
+            "hangproof_canary_round_trip_seconds",
+            "Seconds the last canary took through the broker and the worker's consumer (-1: lost)",
+            registry=self.registry,
+        )
+        self.m_canary_rtt.set(-1)
+        #: Consuming probe (guard/consuming.py), set by the bootstep that runs it.
+        self.rounds: deque[ProbeRound] = deque(maxlen=64)
+        self.queues: tuple[str, ...] = ()
+        self.canary: Canary | None = None
+        self.probe_interval = max(1.0, float(policy.stall_timeout))
+        self.probe_deadline = float(
+            policy.handshake_deadline or policy.stall_timeout / 2
+        ) + 2.0 * float(policy.stall_timeout)
+        self.last_health: Health | None = None
 
     # -- inputs from the bootstep ------------------------------------------
     def _age(self, at: float | None) -> float:
@@ -262,8 +294,71 @@ class GuardState:
                 self.event("healthy-again", reason=decision.reason)
         self.last_decision = decision
         self.m_healthy.set(1 if decision.healthy else 0)
-        self.m_ready.set(1 if decision.ready else 0)
+        self.assess(decision)
         return decision
+
+    # -- the health contract -------------------------------------------------
+    def record_round(self, r: ProbeRound) -> None:
+        """A consuming-probe round finished (prober thread)."""
+        previous = self.rounds[-1] if self.rounds else None
+        with self._lock:
+            self.rounds.append(r)
+        if r.canary_sent:
+            self.m_canary_rtt.set(-1 if r.canary_rtt is None else r.canary_rtt)
+        if previous is None or previous.reachable != r.reachable:
+            self.event("broker-probe", reachable=r.reachable, error=r.error)
+        self.assess()
+
+    def assess(self, decision: Decision | None = None) -> Health:
+        """Live / ready / consuming now (pure logic in guard/health.py); updates the gauges."""
+        decision = decision or self.last_decision or decide(self.observe(), self.policy)
+        with self._lock:
+            rounds = tuple(self.rounds)
+        health = assess(
+            HealthInputs(
+                now=self._clock(),
+                decision=decision,
+                connected=self.connected,
+                rounds=rounds,
+                busy_in_loop=self.connected and self._busy_in_loop(),
+                blocked=bool(self.blocked),
+                probe_interval=self.probe_interval,
+                probe_deadline=self.probe_deadline,
+            ),
+            self.policy,
+        )
+        previous = self.last_health
+        if previous is not None and previous.live != health.live:
+            self.event("live" if health.live else "not-live", reason=health.live_reason)
+        if previous is not None and previous.consuming != health.consuming:
+            kind = "consuming" if health.consuming else "not-consuming"
+            self.event(kind, reason=health.consuming_reason)
+        self.last_health = health
+        self.m_live.set(1 if health.live else 0)
+        self.m_ready.set(1 if health.ready else 0)
+        for queue in self.queues:
+            self.m_consuming.labels(queue=queue).set(1 if health.queues.get(queue) else 0)
+        return health
+
+    def contract(self) -> dict[str, Any]:
+        """The JSON body of /livez, /readyz and /consumingz (a superset of /healthz's)."""
+        health = self.assess()
+        last = self.rounds[-1] if self.rounds else None
+        return {
+            **self.health(),
+            "live": health.live,
+            "live_reason": health.live_reason,
+            "ready": health.ready,
+            "ready_reason": health.ready_reason,
+            "consuming": health.consuming,
+            "consuming_reason": health.consuming_reason,
+            "queues": health.queues,
+            "not_consuming_for": health.not_consuming_for,
+            "probe": None
+            if last is None
+            else {**last.as_dict(), "age": round(self._age(last.at), 3)},
+            "canary_queue": self.canary.queue if self.canary else None,
+        }
 
     def health(self) -> dict[str, Any]:
         """The JSON body of /healthz and /readyz."""
@@ -324,7 +419,11 @@ class Watchdog:
         while not self._stop.wait(interval):
             try:
                 decision = self.state.check()
-                if self.heartbeat_file is not None and decision.healthy:
+                # The file means "live" (the health contract): it keeps being
+                # rewritten through a broker outage, so a file-based liveness
+                # probe does not restart every worker while the broker is down.
+                live = self.state.last_health.live if self.state.last_health else decision.healthy
+                if self.heartbeat_file is not None and live:
                     write_heartbeat_file(self.heartbeat_file, self.state.health())
             except Exception:  # the watchdog must outlive any one bad round
                 logger.exception("hangproof.guard: watchdog round failed")
@@ -360,8 +459,17 @@ def write_heartbeat_file(path: Path, health: dict[str, Any]) -> None:
         raise
 
 
+#: Path -> the key of :meth:`GuardState.contract` that decides 200 or 503.
+CONTRACT_PATHS = {"/livez": "live", "/readyz": "ready", "/consumingz": "consuming"}
+
+
 class LivenessServer(EndpointServer):
-    """``/healthz`` (liveness), ``/readyz`` (readiness), ``/metrics`` (Prometheus).
+    """``/livez``, ``/readyz``, ``/consumingz`` (the health contract), ``/healthz``, ``/metrics``.
+
+    ``/healthz`` is the watchdog's own verdict, unchanged: it also fails after
+    ``recover_timeout`` without a connection, whatever the cause. Point a
+    Kubernetes liveness probe at ``/livez``, which does not fail while the
+    broker is down (docs/guard.md, "Health contract").
 
     >>> from hangproof.failure import Policy
     >>> server = LivenessServer(GuardState(Policy()), "127.0.0.1", 0)
@@ -374,9 +482,16 @@ class LivenessServer(EndpointServer):
         def route(path: str) -> tuple[int, bytes, str]:
             if path == "/metrics":
                 return 200, generate_latest(state.registry), CONTENT_TYPE_LATEST
-            if path in ("/healthz", "/readyz"):
+            if path in CONTRACT_PATHS:
+                body = state.contract()
+                return (
+                    200 if body[CONTRACT_PATHS[path]] else 503,
+                    json.dumps(body, default=str).encode(),
+                    "application/json",
+                )
+            if path == "/healthz":
                 health = state.health()
-                ok = health["healthy"] if path == "/healthz" else health["ready"]
+                ok = health["healthy"]
                 return (
                     200 if ok else 503,
                     json.dumps(health, default=str).encode(),

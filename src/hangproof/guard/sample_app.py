@@ -9,6 +9,7 @@ Configured by environment, so the same module runs stock or guarded:
 - ``HANGPROOF_STALL_TIMEOUT`` (seconds, default 15);
 - ``HANGPROOF_LIVENESS_PORT`` and ``HANGPROOF_HEARTBEAT_FILE`` (opt-in);
 - ``HANGPROOF_LATE_ACKS=1`` for at-least-once delivery;
+- ``HANGPROOF_CONSUMING_PROBE=0`` turns harden()'s consuming probe off;
 - ``HANGPROOF_LEDGER`` (a file): every executed task appends ``<id> <pid>``,
   so a test counts executed, lost and duplicated tasks without a result backend.
 
@@ -47,6 +48,7 @@ if os.environ.get("HANGPROOF_GUARD") == "1":
         late_acks=os.environ.get("HANGPROOF_LATE_ACKS") == "1",
         liveness_port=int(port) if port else None,
         heartbeat_file=os.environ.get("HANGPROOF_HEARTBEAT_FILE") or None,
+        consuming_probe=os.environ.get("HANGPROOF_CONSUMING_PROBE", "1") == "1",
     )
 elif os.environ.get("HANGPROOF_LATE_ACKS") == "1":
     app.conf.task_acks_late = True
@@ -80,3 +82,22 @@ def sleep_then_record(self: object, key: str, seconds: float) -> None:
     """A long task: sleeps ``seconds`` (cooperatively under gevent), then records."""
     time.sleep(seconds)
     _ledger(key)
+
+
+if os.environ.get("HANGPROOF_WEDGE_ON_SIGUSR2") == "1":
+    # Lab only (tests/lab/test_guard_health.py): SIGUSR2 wedges the worker's
+    # event loop for good, the way a handler that blocks on a lock held by a
+    # forked-away thread, or a call without a timeout, wedges it in the field.
+    # Signal handlers run on the main thread, which under prefork *is* the
+    # consumer's loop; the watchdog and the liveness server (threads) keep
+    # running and must report the wedge. A socket shutdown cannot free it.
+    import signal
+    import threading
+
+    _never = threading.Lock()
+    _never.acquire()
+
+    def _wedge(signum: int, frame: object) -> None:
+        _never.acquire()
+
+    signal.signal(signal.SIGUSR2, _wedge)
