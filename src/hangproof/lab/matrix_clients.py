@@ -61,6 +61,21 @@ def message_key(body: Any) -> str:
     return str(body[0][0])
 
 
+def message_seconds(body: Any) -> float:
+    """How long a message asks its consumer to work: ``args[1]`` when given, else 0.
+
+    The slow variant of ``hangproof.record`` (``hangproof.sleep_then_record(key,
+    seconds)``, the consumer-timeout fault's task).
+
+    >>> message_seconds([["k1"], {}, {}]), message_seconds(b'[["k2", 2.5], {}, {}]')
+    (0.0, 2.5)
+    """
+    if isinstance(body, bytes | str):
+        body = json.loads(body)
+    args = body[0]
+    return float(args[1]) if len(args) > 1 and isinstance(args[1], int | float) else 0.0
+
+
 def record(ledger: str, key: str) -> None:
     """Append ``key`` to the ledger (one O_APPEND write: atomic across processes)."""
     fd = os.open(ledger, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
@@ -112,6 +127,7 @@ def kombu_consume(url: str, queue: str, ledger: str, guarded: bool, stall: float
     conn = kombu_connection(url, guarded, stall)
 
     def on_message(body: Any, message: Any) -> None:
+        time.sleep(message_seconds(body))  # a slow task blocks the loop, as a user's would
         record(ledger, message_key(body))
         message.ack()
 
@@ -175,6 +191,9 @@ async def aio_consume(url: str, queue: str, ledger: str, guarded: bool, stall: f
         connection.reconnect_callbacks.add(lambda *_: log.warning("consumer: reconnected"))
         log.info("connected to %s", url)
         channel = await connection.channel()
+        channel.close_callbacks.add(
+            lambda _sender, exc=None: log.warning("consumer: Channel closed: %r", exc)
+        )
         await channel.set_qos(prefetch_count=1)
         exchange = await channel.declare_exchange(queue, "direct", durable=True)
         amqp_queue = await channel.declare_queue(queue, durable=True)
@@ -183,6 +202,7 @@ async def aio_consume(url: str, queue: str, ledger: str, guarded: bool, stall: f
             log.info("consumer ready.")
             async for message in messages:
                 async with message.process():
+                    await asyncio.sleep(message_seconds(message.body))
                     record(ledger, message_key(message.body))
 
 
