@@ -14,7 +14,13 @@ embed]``), published by the matrix's producer with ``send_task``; the key is
 - ``kombu+guard``: the same loop on ``transport="hangproof.kombu:Transport"``
   with the policy's heartbeat and transport options.
 - ``aio-pika``: ``aio_pika.connect_robust(url)`` and a queue iterator.
-- ``aio-pika+guard``: the same on :func:`hangproof.aio.connect_robust`.
+- ``aio-pika+guard``: :func:`hangproof.aio.connect_robust` and the guard's
+  consumer, :func:`hangproof.aio.consume` (ack after the handler; a failed
+  ack on a channel the broker closed does not end it).
+
+A message whose args carry a second number (``hangproof.sleep_then_record(key,
+seconds)``, the consumer-timeout fault's slow task) makes every consumer work
+that long before it records and acks (:func:`message_seconds`).
 
 Over TLS (``--cafile CA``, the URL ``amqps://``): kombu gets ``ssl={"ca_certs":
 CA, "cert_reqs": CERT_REQUIRED}``, aio-pika the CA as aiormq's ``cafile`` query.
@@ -198,6 +204,18 @@ async def aio_consume(url: str, queue: str, ledger: str, guarded: bool, stall: f
         exchange = await channel.declare_exchange(queue, "direct", durable=True)
         amqp_queue = await channel.declare_queue(queue, durable=True)
         await amqp_queue.bind(exchange, routing_key=queue)
+        if guarded:
+            # The guard's consumer: its acks survive a channel or link the
+            # broker closed (hangproof.aio.consume).
+            from hangproof.aio import consume
+
+            async def handle(message: Any) -> None:
+                await asyncio.sleep(message_seconds(message.body))
+                record(ledger, message_key(message.body))
+
+            await consume(amqp_queue, handle)
+            log.info("consumer ready.")
+            await asyncio.Event().wait()  # until stopped (bounded by MAX_SECONDS)
         async with amqp_queue.iterator() as messages:
             log.info("consumer ready.")
             async for message in messages:

@@ -44,9 +44,9 @@ from hangproof.lab import processes
 from hangproof.lab.faults import CellContext, FaultTarget
 from hangproof.lab.faults.broker_view import log_since, log_size
 
-CONSUMER_TIMEOUT_MS = 1500
-TICK_MS = 500
-SLOW_SECONDS = 5.0
+CONSUMER_TIMEOUT_MS = 1000
+TICK_MS = 250
+SLOW_SECONDS = 3.0
 #: RabbitMQ 3.10's defaults (restored by heal()).
 DEFAULT_CONSUMER_TIMEOUT_MS = 1800000
 DEFAULT_TICK_MS = 60000
