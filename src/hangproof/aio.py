@@ -62,7 +62,7 @@ from aio_pika.robust_connection import RobustConnection
 
 from hangproof.failure import Policy
 from hangproof.guard import upstream
-from hangproof.guard.errors import BrokerBlocked, PublishTimeout
+from hangproof.guard.errors import BrokerBlocked, PublishTimeout, PublishUnroutable
 
 logger = logging.getLogger("hangproof.guard")
 
@@ -279,6 +279,16 @@ def _blocked(channel: Any) -> bool:
     return link is not None and upstream.aiormq_blocked(link)
 
 
+def _returned(result: Any) -> bool:
+    """Whether a publish's result is the broker's ``basic.return`` (unroutable), not a confirm."""
+    import aiormq.abc
+    from aiormq.abc import spec
+
+    return isinstance(result, aiormq.abc.DeliveredMessage) and isinstance(
+        result.delivery, spec.Basic.Return
+    )
+
+
 async def publish(
     channel: Any,
     message: Any,
@@ -294,7 +304,11 @@ async def publish(
     ``exchange`` defaults to the channel's default exchange. Raises
     :class:`~hangproof.guard.errors.BrokerBlocked` at once while the broker
     blocks the connection, :class:`~hangproof.guard.errors.PublishTimeout`
-    when no confirm arrives in time (the message may or may not be queued).
+    when no confirm arrives in time (the message may or may not be queued),
+    :class:`~hangproof.guard.errors.PublishUnroutable` when the broker
+    confirms it but routes it to no queue (aio-pika's mandatory publish
+    hands back the returned message instead of raising, unless the channel
+    has ``on_return_raises``; a deleted queue would otherwise be a false ok).
     """
     upstream.check("aiormq")
     upstream.check("aio-pika")
@@ -318,9 +332,15 @@ async def publish(
             done, _ = await asyncio.wait({task}, timeout=min(_BLOCKED_POLL, remaining))
             if done:
                 try:
-                    return task.result()
+                    result = task.result()
                 except TimeoutError:
                     break
+                if _returned(result):
+                    raise PublishUnroutable(
+                        f"the broker routed the publish to {routing_key!r} to no queue "
+                        "(basic.return: is the queue declared?)"
+                    )
+                return result
             if _blocked(channel):
                 raise BrokerBlocked.refused(reason, loop.time() - started, sent=True)
     finally:

@@ -28,7 +28,8 @@ from typing import Any
 from hangproof.lab.faults import CellContext, FaultTarget
 from hangproof.lab.faults.broker_view import queue_consumers
 
-_DELETED = re.compile(r"(\d+)\s+messages?")
+#: ``delete_queue`` answers "Queue was successfully deleted with N ready messages".
+_DELETED = re.compile(r"deleted with (\d+) ready messages?")
 
 
 class QueueDeleted:
