@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import logging
 import os
@@ -187,6 +188,19 @@ async def _aio_connect(url: str, guarded: bool, stall: float) -> Any:
     return await aio_pika.connect_robust(url)
 
 
+async def _log_broker_cancels(channel: Any) -> None:
+    """Log the broker's basic.cancel (queue deleted) on the channel's current link.
+
+    aio-pika recovers from it silently (aio-pika 10.2.1 requests a recovery);
+    the log line is how the matrix sees when the client noticed.
+    """
+    with contextlib.suppress(Exception):
+        underlay = await channel.get_underlay_channel()
+        underlay.on_consumer_cancel_callbacks.add(
+            lambda frame: log.warning("consumer: Consumer cancelled by the broker: %s", frame)
+        )
+
+
 async def aio_consume(url: str, queue: str, ledger: str, guarded: bool, stall: float) -> None:
     """Consume ``queue`` with a robust connection until stopped (at most :data:`MAX_SECONDS`)."""
     async with asyncio.timeout(MAX_SECONDS):
@@ -200,6 +214,8 @@ async def aio_consume(url: str, queue: str, ledger: str, guarded: bool, stall: f
         channel.close_callbacks.add(
             lambda _sender, exc=None: log.warning("consumer: Channel closed: %r", exc)
         )
+        await _log_broker_cancels(channel)
+        channel.reopen_callbacks.add(lambda *_: asyncio.ensure_future(_log_broker_cancels(channel)))
         await channel.set_qos(prefetch_count=1)
         exchange = await channel.declare_exchange(queue, "direct", durable=True)
         amqp_queue = await channel.declare_queue(queue, durable=True)
