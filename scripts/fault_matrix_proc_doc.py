@@ -23,12 +23,21 @@ from hangproof.failure import Backoff
 DETECT_FROM_HEAL = {"client-freeze"}
 
 
+def after_sigcont(cell: dict[str, Any]) -> float | None:
+    """client-freeze: detection counted from the SIGCONT (inject start + sigstop_after + frozen)."""
+    d = cell.get("fault_detail") or {}
+    if cell["detect_s"] is None:
+        return None
+    frozen = d.get("sigstop_after_s", 0.0) + d.get("frozen_s", cell["hold_s"])
+    return round(cell["detect_s"] - frozen, 1)
+
+
 def misses(cell: dict[str, Any], stall: float) -> list[str]:
     """Why a guarded cell misses the promise (empty: it keeps it)."""
     out = []
     detect = cell["detect_s"]
     if detect is not None and cell["fault"] in DETECT_FROM_HEAL:
-        detect = round(detect - cell["hold_s"], 1)
+        detect = after_sigcont(cell)
     if detect is None:
         out.append("never detected")
     elif detect > stall:
@@ -60,6 +69,7 @@ def markdown(report: dict[str, Any]) -> str:
             for k in (
                 "stopped",
                 "heartbeats",
+                "frozen_s",
                 "dropped_by_broker",
                 "channel_closed_by_broker",
                 "deleted",
@@ -70,7 +80,7 @@ def markdown(report: dict[str, Any]) -> str:
         )
         detect = "-" if c["detect_s"] is None else f"{c['detect_s']}s"
         if c["detect_s"] is not None and c["fault"] in DETECT_FROM_HEAL:
-            detect += f" ({round(c['detect_s'] - c['hold_s'], 1)}s after SIGCONT)"
+            detect += f" ({after_sigcont(c)}s after SIGCONT)"
         resume = c["resume_s"] if isinstance(c["resume_s"], str) else f"{c['resume_s']}s"
         if c["profile"].endswith(("+harden", "+guard")):
             miss = misses(c, stall)

@@ -27,7 +27,9 @@ another). Healed by SIGCONT.
 ``heartbeats`` (the heartbeat the broker negotiated with each of the client's
 connections, ``list_connections timeout``; 0 = none), and, read just before
 SIGCONT, ``dropped_by_broker`` (how many of those connections the broker had
-closed) and ``broker_log`` (its ``missed heartbeats`` lines). A stock client
+closed) and ``broker_log`` (its ``missed heartbeats`` lines); ``sigstop_after_s``
+(``inject()`` start to SIGSTOP) and ``frozen_s`` (SIGSTOP to SIGCONT), so
+detection can be counted from the SIGCONT. A stock client
 whose negotiated heartbeat is longer than the freeze is not dropped: that is
 part of what the cell measures.
 """
@@ -73,6 +75,7 @@ class ClientFreeze:
         self.detail: dict[str, Any] = {}
         self._conns: list[dict[str, Any]] = []
         self._log_offset = 0
+        self._stopped_at = 0.0
 
     def attach(self, ctx: CellContext) -> None:
         """Record the consumer's pid, its identity, and its connections as the broker sees them."""
@@ -93,10 +96,12 @@ class ClientFreeze:
         if not self._ours():
             raise HangproofError("client-freeze: the consumer process is gone or not attached")
         assert self.pid is not None
+        started = time.monotonic()
         with contextlib.suppress(Exception):
             self._conns = client_connections(self.target.node)
         self._log_offset = log_size(self.target.node)
         os.kill(self.pid, signal.SIGSTOP)
+        self._stopped_at = time.monotonic()
         self.stopped = True
         state = None
         for _ in range(40):  # bounded: <= 2 s
@@ -109,6 +114,8 @@ class ClientFreeze:
             "stopped": state == "T",
             "heartbeats": sorted({c["heartbeat"] for c in self._conns}),
             "connections": len(self._conns),
+            # inject() start -> SIGSTOP (the broker read before it).
+            "sigstop_after_s": round(self._stopped_at - started, 2),
         }
 
     def heal(self) -> None:
@@ -126,6 +133,8 @@ class ClientFreeze:
                 assert self.pid is not None
                 with contextlib.suppress(ProcessLookupError):
                     os.kill(self.pid, signal.SIGCONT)
+            # SIGSTOP -> SIGCONT: the hold plus heal()'s broker read.
+            self.detail["frozen_s"] = round(time.monotonic() - self._stopped_at, 2)
             self.stopped = False
 
 
