@@ -24,6 +24,15 @@ aio-pika names are read through :mod:`hangproof.guard.upstream` and checked
 when :func:`connect_robust` or :func:`publish` first runs: an aiormq that
 renamed them raises ``UpstreamChanged`` instead of a watchdog that goes quiet.
 
+Consuming: :func:`consume` starts a consumer whose acks survive the broker
+closing the channel under a running task (``406 PRECONDITION_FAILED``,
+``consumer_timeout``: celery#6760, aio-pika#612) or the link going away (a
+frozen process the broker dropped for missed heartbeats: celery#4980,
+py-amqp#396). The usual ``async with message.process()`` inside ``async for``
+raises ``ChannelInvalidStateError`` / ``ConnectionError`` from the ack in
+that case and ends the consumer (measured: the process exits); aio-pika's
+robust channel would have restored the consumer by itself.
+
 Publishing: aio-pika channels use publisher confirms by default, but aiormq
 waits *forever* for connection.unblocked before it writes a publish, and for
 the confirm unless given a timeout. :func:`publish` bounds both by
@@ -53,11 +62,11 @@ from aio_pika.robust_connection import RobustConnection
 
 from hangproof.failure import Policy
 from hangproof.guard import upstream
-from hangproof.guard.errors import BrokerBlocked, PublishTimeout
+from hangproof.guard.errors import BrokerBlocked, PublishTimeout, PublishUnroutable
 
 logger = logging.getLogger("hangproof.guard")
 
-__all__ = ["GuardedRobustConnection", "connect_robust", "publish"]
+__all__ = ["GuardedRobustConnection", "connect_robust", "consume", "publish"]
 
 #: Events kept per connection (``hangproof_events``); bounded in memory.
 MAX_EVENTS = 200
@@ -270,6 +279,16 @@ def _blocked(channel: Any) -> bool:
     return link is not None and upstream.aiormq_blocked(link)
 
 
+def _returned(result: Any) -> bool:
+    """Whether a publish's result is the broker's ``basic.return`` (unroutable), not a confirm."""
+    import aiormq.abc
+    from aiormq.abc import spec
+
+    return isinstance(result, aiormq.abc.DeliveredMessage) and isinstance(
+        result.delivery, spec.Basic.Return
+    )
+
+
 async def publish(
     channel: Any,
     message: Any,
@@ -285,7 +304,11 @@ async def publish(
     ``exchange`` defaults to the channel's default exchange. Raises
     :class:`~hangproof.guard.errors.BrokerBlocked` at once while the broker
     blocks the connection, :class:`~hangproof.guard.errors.PublishTimeout`
-    when no confirm arrives in time (the message may or may not be queued).
+    when no confirm arrives in time (the message may or may not be queued),
+    :class:`~hangproof.guard.errors.PublishUnroutable` when the broker
+    confirms it but routes it to no queue (aio-pika's mandatory publish
+    hands back the returned message instead of raising, unless the channel
+    has ``on_return_raises``; a deleted queue would otherwise be a false ok).
     """
     upstream.check("aiormq")
     upstream.check("aio-pika")
@@ -309,9 +332,15 @@ async def publish(
             done, _ = await asyncio.wait({task}, timeout=min(_BLOCKED_POLL, remaining))
             if done:
                 try:
-                    return task.result()
+                    result = task.result()
                 except TimeoutError:
                     break
+                if _returned(result):
+                    raise PublishUnroutable(
+                        f"the broker routed the publish to {routing_key!r} to no queue "
+                        "(basic.return: is the queue declared?)"
+                    )
+                return result
             if _blocked(channel):
                 raise BrokerBlocked.refused(reason, loop.time() - started, sent=True)
     finally:
@@ -325,3 +354,74 @@ async def publish(
         f"no publisher confirm from the broker within {limit:.1f} s; "
         "the message may or may not be queued"
     )
+
+
+#: Errors of an ack or nack whose channel or link is gone: the broker has
+#: already requeued the message (it redelivers it: at-least-once).
+def _channel_gone_errors() -> tuple[type[BaseException], ...]:
+    import aiormq.exceptions
+
+    return (
+        aiormq.exceptions.AMQPError,  # ChannelClosed, ConnectionClosed, MessageProcessError
+        aiormq.exceptions.ChannelInvalidStateError,  # the message's channel is gone
+        ConnectionError,
+    )
+
+
+async def settle(message: Any, *, ok: bool) -> bool:
+    """Ack (``ok``) or requeue ``message``; False if its channel or link is gone.
+
+    A message whose channel the broker closed (406 consumer_timeout,
+    celery#6760) or whose link died is requeued by the broker already: the
+    ack cannot and need not reach it. Logged as ``hangproof.guard:
+    ack-lost``, never raised, so a consumer is not ended by it.
+    """
+    try:
+        if ok:
+            await message.ack()
+        else:
+            await message.nack(requeue=True)
+    except _channel_gone_errors() as exc:
+        logger.warning(
+            "hangproof.guard: ack-lost %s",
+            {"error": repr(exc)[:200], "delivery_tag": getattr(message, "delivery_tag", None)},
+        )
+        return False
+    return True
+
+
+async def consume(queue: Any, callback: Any, **kwargs: Any) -> Any:
+    """Consume ``queue`` (a robust aio-pika queue): ``await callback(message)``, then ack.
+
+    At-least-once: the ack is sent after ``callback`` returns; if it raises,
+    the message is requeued. Where the usual ``async for message in
+    queue.iterator()`` with ``message.process()`` *ends* (the ack raises
+    once the broker closed the channel: 406 consumer_timeout, celery#6760;
+    or the link: a frozen process dropped for missed heartbeats, celery#4980,
+    py-amqp#396), this consumer keeps going: the failed ack is logged
+    (:func:`settle`), the broker redelivers the message, and aio-pika's
+    robust channel restores the consumer (after a channel close, a
+    reconnect, or the broker's basic.cancel when the queue was deleted:
+    aio-pika#612, kombu#814). Returns the consumer tag; ``kwargs`` go to
+    ``queue.consume`` (``no_ack`` is refused: it would lose messages).
+
+        >>> tag = await consume(queue, handle)  # doctest: +SKIP
+    """
+    if kwargs.get("no_ack"):
+        raise ValueError(
+            "hangproof.aio.consume acks after the callback; no_ack would lose messages"
+        )
+
+    async def on_message(message: Any) -> None:
+        try:
+            await callback(message)
+        except asyncio.CancelledError:
+            await settle(message, ok=False)
+            raise
+        except Exception:
+            logger.exception("hangproof.guard: consumer callback failed; message requeued")
+            await settle(message, ok=False)
+            return
+        await settle(message, ok=True)
+
+    return await queue.consume(on_message, **kwargs)

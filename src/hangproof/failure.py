@@ -76,6 +76,10 @@ class FaultClass(StrEnum):
     HEAL_AFTER_HALF_OPEN = "heal-after-half-open"
     MEMORY_ALARM = "memory-alarm"
     SILENT_FLOW_LOSS = "silent-flow-loss"
+    CLIENT_FREEZE = "client-freeze"
+    CONSUMER_TIMEOUT = "consumer-timeout"
+    QUEUE_DELETED = "queue-deleted"
+    CONNECTION_CLOSED = "connection-closed"
 
 
 class Severity(StrEnum):

@@ -154,3 +154,39 @@ def test_connect_robust_give_up_after_none_keeps_retrying() -> None:
         return still_trying
 
     assert asyncio.run(main())
+
+
+def test_aio_publish_refuses_a_confirm_that_routed_nowhere() -> None:
+    """The queue-deleted fault: aio-pika returns the basic.return as if it were a success."""
+    import aiormq.abc
+    from aiormq.abc import spec
+    from pamqp.header import ContentHeader
+
+    from hangproof.aio import publish
+    from hangproof.guard.errors import PublishUnroutable
+
+    returned = aiormq.abc.DeliveredMessage(
+        delivery=spec.Basic.Return(reply_code=312, reply_text="NO_ROUTE", exchange="q"),
+        header=ContentHeader(),
+        body=b"[]",
+        channel=None,  # type: ignore[arg-type]
+    )
+
+    class ReturningExchange(_FakeExchange):
+        async def publish(self, message: object, routing_key: str, *, timeout: float) -> object:
+            self.calls.append((routing_key, timeout))
+            return returned
+
+    async def main() -> None:
+        exchange = ReturningExchange(delay=0)
+        with pytest.raises(PublishUnroutable, match="to no queue"):
+            await publish(
+                _real_channel(blocked=False),
+                object(),
+                "q",
+                Policy(stall_timeout=3),
+                exchange=exchange,
+            )
+        assert exchange.calls == [("q", 1.5)]
+
+    asyncio.run(main())

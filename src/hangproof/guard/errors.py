@@ -19,7 +19,7 @@ try:
 except ImportError:  # hangproof.aio on an aio-pika-only install
     _PublishErrorBase = Exception  # type: ignore[assignment,misc]
 
-__all__ = ["BrokerBlocked", "PublishError", "PublishTimeout"]
+__all__ = ["BrokerBlocked", "PublishError", "PublishTimeout", "PublishUnroutable"]
 
 
 class PublishError(_PublishErrorBase):
@@ -56,4 +56,15 @@ class PublishTimeout(PublishError):
 
     The message may or may not have been queued (AMQP cannot tell): a retry
     may duplicate it.
+    """
+
+
+class PublishUnroutable(PublishError):
+    """The broker confirmed the publish but routed it to no queue (``basic.return``).
+
+    E.g. the queue was deleted and nobody has declared it again (the
+    queue-deleted fault, aio-pika#612, kombu#814): aio-pika's default
+    ``on_return_raises=False`` hands back the returned message as if it were
+    a success, so the caller would believe a task was queued that nobody
+    will ever run (a false ok).
     """

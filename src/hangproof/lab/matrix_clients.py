@@ -14,7 +14,13 @@ embed]``), published by the matrix's producer with ``send_task``; the key is
 - ``kombu+guard``: the same loop on ``transport="hangproof.kombu:Transport"``
   with the policy's heartbeat and transport options.
 - ``aio-pika``: ``aio_pika.connect_robust(url)`` and a queue iterator.
-- ``aio-pika+guard``: the same on :func:`hangproof.aio.connect_robust`.
+- ``aio-pika+guard``: :func:`hangproof.aio.connect_robust` and the guard's
+  consumer, :func:`hangproof.aio.consume` (ack after the handler; a failed
+  ack on a channel the broker closed does not end it).
+
+A message whose args carry a second number (``hangproof.sleep_then_record(key,
+seconds)``, the consumer-timeout fault's slow task) makes every consumer work
+that long before it records and acks (:func:`message_seconds`).
 
 Over TLS (``--cafile CA``, the URL ``amqps://``): kombu gets ``ssl={"ca_certs":
 CA, "cert_reqs": CERT_REQUIRED}``, aio-pika the CA as aiormq's ``cafile`` query.
@@ -30,6 +36,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import logging
 import os
@@ -59,6 +66,21 @@ def message_key(body: Any) -> str:
     if isinstance(body, bytes | str):
         body = json.loads(body)
     return str(body[0][0])
+
+
+def message_seconds(body: Any) -> float:
+    """How long a message asks its consumer to work: ``args[1]`` when given, else 0.
+
+    The slow variant of ``hangproof.record`` (``hangproof.sleep_then_record(key,
+    seconds)``, the consumer-timeout fault's task).
+
+    >>> message_seconds([["k1"], {}, {}]), message_seconds(b'[["k2", 2.5], {}, {}]')
+    (0.0, 2.5)
+    """
+    if isinstance(body, bytes | str):
+        body = json.loads(body)
+    args = body[0]
+    return float(args[1]) if len(args) > 1 and isinstance(args[1], int | float) else 0.0
 
 
 def record(ledger: str, key: str) -> None:
@@ -112,6 +134,7 @@ def kombu_consume(url: str, queue: str, ledger: str, guarded: bool, stall: float
     conn = kombu_connection(url, guarded, stall)
 
     def on_message(body: Any, message: Any) -> None:
+        time.sleep(message_seconds(body))  # a slow task blocks the loop, as a user's would
         record(ledger, message_key(body))
         message.ack()
 
@@ -165,6 +188,19 @@ async def _aio_connect(url: str, guarded: bool, stall: float) -> Any:
     return await aio_pika.connect_robust(url)
 
 
+async def _log_broker_cancels(channel: Any) -> None:
+    """Log the broker's basic.cancel (queue deleted) on the channel's current link.
+
+    aio-pika recovers from it silently (aio-pika 10.2.1 requests a recovery);
+    the log line is how the matrix sees when the client noticed.
+    """
+    with contextlib.suppress(Exception):
+        underlay = await channel.get_underlay_channel()
+        underlay.on_consumer_cancel_callbacks.add(
+            lambda frame: log.warning("consumer: Consumer cancelled by the broker: %s", frame)
+        )
+
+
 async def aio_consume(url: str, queue: str, ledger: str, guarded: bool, stall: float) -> None:
     """Consume ``queue`` with a robust connection until stopped (at most :data:`MAX_SECONDS`)."""
     async with asyncio.timeout(MAX_SECONDS):
@@ -175,14 +211,32 @@ async def aio_consume(url: str, queue: str, ledger: str, guarded: bool, stall: f
         connection.reconnect_callbacks.add(lambda *_: log.warning("consumer: reconnected"))
         log.info("connected to %s", url)
         channel = await connection.channel()
+        channel.close_callbacks.add(
+            lambda _sender, exc=None: log.warning("consumer: Channel closed: %r", exc)
+        )
+        await _log_broker_cancels(channel)
+        channel.reopen_callbacks.add(lambda *_: asyncio.ensure_future(_log_broker_cancels(channel)))
         await channel.set_qos(prefetch_count=1)
         exchange = await channel.declare_exchange(queue, "direct", durable=True)
         amqp_queue = await channel.declare_queue(queue, durable=True)
         await amqp_queue.bind(exchange, routing_key=queue)
+        if guarded:
+            # The guard's consumer: its acks survive a channel or link the
+            # broker closed (hangproof.aio.consume).
+            from hangproof.aio import consume
+
+            async def handle(message: Any) -> None:
+                await asyncio.sleep(message_seconds(message.body))
+                record(ledger, message_key(message.body))
+
+            await consume(amqp_queue, handle)
+            log.info("consumer ready.")
+            await asyncio.Event().wait()  # until stopped (bounded by MAX_SECONDS)
         async with amqp_queue.iterator() as messages:
             log.info("consumer ready.")
             async for message in messages:
                 async with message.process():
+                    await asyncio.sleep(message_seconds(message.body))
                     record(ledger, message_key(message.body))
 
 

@@ -39,6 +39,10 @@ FAULTS: dict[str, str] = {
     FaultClass.SILENT_FLOW_LOSS.value: "silent_flow_loss",
     FaultClass.VIP_RACE.value: "vip_race",
     FaultClass.VIP_FAILOVER.value: "vip_failover",
+    FaultClass.CLIENT_FREEZE.value: "client_freeze",
+    FaultClass.CONSUMER_TIMEOUT.value: "consumer_timeout",
+    FaultClass.QUEUE_DELETED.value: "queue_deleted",
+    FaultClass.CONNECTION_CLOSED.value: "connection_closed",
 }
 
 #: Where a fault runs: the two-namespace testbed (:mod:`.testbed`) unless its

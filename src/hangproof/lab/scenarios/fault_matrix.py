@@ -114,6 +114,14 @@ DEFAULT_HOLD = {
     # The open flows stay dead (heal brings nothing back): resume counts from
     # the end of inject(), i.e. fault -> first new task executed.
     "silent-flow-loss": 0.0,
+    # 3 x the guard's heartbeat at the default stall_timeout (5 s): the broker
+    # drops a client after two missed heartbeats.
+    "client-freeze": 15.0,
+    # Long enough for the slow task's delivery, the 406 and a reconnect.
+    "consumer-timeout": 15.0,
+    # Nothing to heal: the queue stays deleted, the connection stays closed.
+    "queue-deleted": 0.0,
+    "connection-closed": 0.0,
 }
 #: Faults whose detection counts from the end of inject() (see the module doc).
 DETECT_FROM_END_OF_INJECT = frozenset({"vip-race"})
@@ -178,6 +186,7 @@ DETECTION = re.compile(
     r"|Connection to broker lost|Cannot connect to|Unrecoverable error"
     r"|ConnectionResetError|Connection reset|consumer: Connection"
     r"|hangproof\.guard: stall-detected|Reconnecting after"
+    r"|consumer: Channel closed|consumer: Consumer cancelled"
 )
 LOG_STAMP = re.compile(r"^\[(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3}):")
 
@@ -388,6 +397,7 @@ def run_cell(
         time.sleep(max(0.0, hold - 1.0))
         fault.heal()
         healed_at = time.monotonic()
+        cell.fault_detail.update(getattr(fault, "detail", {}) or {})  # what heal() found
         if recorder:
             recorder.mark("heal")
         with contextlib.suppress(Exception):

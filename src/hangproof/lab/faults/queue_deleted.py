@@ -1,0 +1,67 @@
+"""queue-deleted: the queue a worker consumes is deleted under it.
+
+Real-world event: an operator, a deploy script or a policy (``x-expires``)
+deletes the queue while workers consume it; a cluster node that held a
+non-replicated queue goes away. RabbitMQ sends each consumer ``basic.cancel``
+(consumer cancel notification) and keeps the connection and channel open, so
+a client that ignores the cancel stays connected and consumes nothing, and
+publishes to the queue's exchange are confirmed but routed nowhere until
+somebody declares the queue again. Upstream reports: kombu PR#1953 (handling
+the broker's consumer cancel), aio-pika#612 (the robust channel does not
+consume again), kombu#814 and celery#3409 (reconnected but not consuming),
+rabbitmq-server#13758.
+
+Injected with ``rabbitmqctl delete_queue QUEUE`` through the node's
+``ctl()``. Nothing to heal: the queue stays deleted until a client declares
+it (the matrix holds it 0 s; resume counts from the end of ``inject()``).
+Messages in the queue when it is deleted, and those published to its
+exchange before a client declares it again, are discarded by the broker: the
+fault itself loses them, whatever the client does (``detail["deleted"]``:
+the broker's count of messages it discarded with the queue).
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+from hangproof.lab.faults import CellContext, FaultTarget
+from hangproof.lab.faults.broker_view import queue_consumers
+
+#: ``delete_queue`` answers "Queue was successfully deleted with N ready messages".
+_DELETED = re.compile(r"deleted with (\d+) ready messages?")
+
+
+class QueueDeleted:
+    """Delete the cell's queue while its consumer consumes it."""
+
+    name = "queue-deleted"
+
+    def __init__(self, target: FaultTarget) -> None:
+        self.target = target
+        self.queue = ""
+        self.detail: dict[str, Any] = {}
+
+    def configure(self, ctx: CellContext) -> None:
+        """Learn the cell's queue."""
+        self.queue = ctx.queue
+
+    def inject(self) -> None:
+        """``delete_queue`` (the broker cancels the queue's consumers)."""
+        before = queue_consumers(self.target.node, self.queue)
+        out = self.target.node.ctl("delete_queue", self.queue, timeout=30)
+        found = _DELETED.search(out)
+        self.detail = {
+            "consumers_before": before,
+            "deleted": int(found.group(1)) if found else None,
+            "ctl": out.strip()[:160],
+        }
+
+    def heal(self) -> None:
+        """Nothing comes back by itself: a client must declare the queue again."""
+        self.detail["consumers_at_heal"] = queue_consumers(self.target.node, self.queue)
+
+
+def make(target: FaultTarget) -> QueueDeleted:
+    """The queue-deleted fault for ``target``."""
+    return QueueDeleted(target)
