@@ -76,6 +76,9 @@ class FaultClass(StrEnum):
     HEAL_AFTER_HALF_OPEN = "heal-after-half-open"
     MEMORY_ALARM = "memory-alarm"
     SILENT_FLOW_LOSS = "silent-flow-loss"
+    BROKER_DOWN_AT_CALL = "broker-down-at-call"
+    BROKER_REJECT_AT_CALL = "broker-reject-at-call"
+    DISK_ALARM = "disk-alarm"
 
 
 class Severity(StrEnum):

@@ -39,6 +39,9 @@ FAULTS: dict[str, str] = {
     FaultClass.SILENT_FLOW_LOSS.value: "silent_flow_loss",
     FaultClass.VIP_RACE.value: "vip_race",
     FaultClass.VIP_FAILOVER.value: "vip_failover",
+    FaultClass.BROKER_DOWN_AT_CALL.value: "broker_down_at_call",
+    FaultClass.BROKER_REJECT_AT_CALL.value: "broker_reject_at_call",
+    FaultClass.DISK_ALARM.value: "disk_alarm",
 }
 
 #: Where a fault runs: the two-namespace testbed (:mod:`.testbed`) unless its
