@@ -168,3 +168,25 @@ def test_the_table_has_one_row_per_call_and_the_guarded_verdict() -> None:
         "| broker-down-at-call | delay | HANG >30.0s | error 0.3s OperationalError "
         "| kept (deadline 8.5 s) |"
     )
+
+
+def test_matrix_table_shows_the_calls_and_judges_only_guarded_cells() -> None:
+    from hangproof.lab.scenarios.fault_calls import format_matrix_table
+
+    base = {"detect_s": 0.5, "resume_s": 2.0, "published": 20, "executed": 20, "lost": 0,
+            "duplicated": 0, "worker_alive": True, "publish_during_fault": "error 0.0s E"}  # fmt: skip
+    hang = {**call_probe.as_dict(CallResult("delay", outcome="HANG", seconds=9.0)), "miss": None}
+    matrix = {
+        "stall_timeout": 4.0,
+        "cells": [
+            {**base, "fault": "disk-alarm", "profile": "celery-prefork", "calls": [hang]},
+            {**base, "fault": "disk-alarm", "profile": "celery-prefork+harden",
+             "calls": [{**hang, "miss": "HANG >9.0 s (deadline 3 s)"}]},
+            {**base, "fault": "memory-alarm", "profile": "kombu+guard", "lost": 2, "calls": []},
+            {**base, "fault": "blackhole", "profile": "kombu+guard"},
+        ],
+    }  # fmt: skip
+    rows = format_matrix_table(matrix).splitlines()[2:]
+    assert len(rows) == 2  # only the call faults' cells
+    assert rows[0].endswith("| delay: HANG >9.0s | - |")  # stock: measured, not judged
+    assert rows[1].endswith("| delay: HANG >9.0s | delay: HANG >9.0 s (deadline 3 s) |")

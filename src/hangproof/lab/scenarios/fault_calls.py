@@ -288,6 +288,55 @@ def format_table(report: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def format_matrix_table(matrix: dict[str, Any], faults: list[str] | None = None) -> str:
+    """Markdown of fault-matrix cells of the call faults: the cell's figures and its calls.
+
+    ``calls`` is each call's label (Celery profiles only; see
+    :func:`hangproof.lab.scenarios.fault_matrix._fault_calls`); ``promise``
+    lists the guarded cell's misses, or ``kept``.
+    """
+    faults = faults or list(CALLS_OF)
+    head = ["fault", "profile", "detect", "resume", "pub", "exec", "lost", "dup", "alive",
+            "publish during fault", "calls during fault", "promise"]  # fmt: skip
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for c in matrix["cells"]:
+        if c["fault"] not in faults:
+            continue
+        guarded = "+" in c["profile"]
+        misses = _cell_misses(c, float(matrix["stall_timeout"])) if guarded else []
+        calls = "; ".join(f"{k['call']}: {k['label']}" for k in c.get("calls") or []) or "-"
+        detect = "-" if c["detect_s"] is None else f"{c['detect_s']}s"
+        resume = c["resume_s"] if isinstance(c["resume_s"], str) else f"{c['resume_s']}s"
+        row = [c["fault"], c["profile"], detect, str(resume), str(c["published"]),
+               str(c["executed"]), str(c["lost"]), str(c["duplicated"]),
+               "yes" if c["worker_alive"] else "NO", c["publish_during_fault"] or "-", calls,
+               "; ".join(misses) if guarded and misses else ("kept" if guarded else "-")]  # fmt: skip
+        lines.append("| " + " | ".join(v.replace("|", "/") for v in row) + " |")
+    return "\n".join(lines)
+
+
+def _cell_misses(cell: dict[str, Any], stall: float) -> list[str]:
+    """A guarded matrix cell's misses of the issue's promise (the parts this row measures).
+
+    >>> _cell_misses({"detect_s": 1.0, "resume_s": 3.0, "lost": 0, "worker_alive": True,
+    ...               "publish_during_fault": "ok 0.1s", "calls": []}, 4.0)
+    ['publish during fault ok but never executed']
+    """
+    misses = [c["call"] + ": " + c["miss"] for c in cell.get("calls") or [] if c.get("miss")]
+    if cell["detect_s"] is None or cell["detect_s"] > stall:
+        misses.append(f"detect {cell['detect_s']} s > stall_timeout {stall:g} s")
+    if not isinstance(cell["resume_s"], float | int):
+        misses.append(f"resume {cell['resume_s']}")
+    if cell["lost"]:
+        misses.append(f"{cell['lost']} lost")
+    if not cell["worker_alive"]:
+        misses.append("worker exited")
+    during = cell.get("publish_during_fault") or ""
+    if during.startswith("ok") and "(executed)" not in during:
+        misses.append("publish during fault ok but never executed")
+    return misses
+
+
 def main(argv: list[str] | None = None) -> int:
     """``run`` (root) prints the report; ``table FILE`` prints a report's markdown table."""
     parser = argparse.ArgumentParser(prog="fault_calls")
@@ -301,9 +350,14 @@ def main(argv: list[str] | None = None) -> int:
     r.add_argument("--json", action="store_true")
     t = sub.add_parser("table")
     t.add_argument("file")
+    m = sub.add_parser("matrix-table", help="the call faults' cells of a fault-matrix JSON")
+    m.add_argument("file")
     args = parser.parse_args(argv)
     if args.cmd == "table":
         print(format_table(json.loads(Path(args.file).read_text())))
+        return 0
+    if args.cmd == "matrix-table":
+        print(format_matrix_table(json.loads(Path(args.file).read_text())))
         return 0
     work = Path(tempfile.mkdtemp(prefix="hpfault-calls-"))
     report = run(
