@@ -78,3 +78,23 @@ def test_guarded_calls_keep_their_deadline_during_the_fault(
             if c["call"] == "close":
                 steps = {s["step"]: s for s in c["steps"]}
                 assert steps["release"]["outcome"] == "ok", c["label"]  # close() returned
+
+
+def test_stock_celery_under_the_disk_alarm_gives_a_false_ok_and_close_hangs(
+    bed: FaultBed, tmp_path: Path
+) -> None:
+    """The upstream symptoms, so the assertions above can fail: celery#1828 and pika#764.
+
+    Stock Celery's publish returns ok at once although the broker never queues
+    the task (it is not even there after the alarm clears), and ``release()``
+    of the blocked connection waits for Close-Ok past any bound.
+    """
+    report = measure_fault(
+        bed, "disk-alarm", ["celery"], tmp_path, stall=STALL, bound=8.0,
+        calls=["apply_async", "close"],
+    )  # fmt: skip
+    assert report["fault_happened"], report["fault_detail"]
+    by_call = {c["call"]: c for c in report["calls"]}
+    assert by_call["apply_async"]["false_ok"], by_call["apply_async"]["label"]
+    assert by_call["close"]["outcome"] == "HANG", by_call["close"]["label"]
+    assert by_call["close"]["hung_in"] == "release", by_call["close"]["label"]

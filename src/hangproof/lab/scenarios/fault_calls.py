@@ -27,6 +27,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import os
 import platform
 import re
 import subprocess
@@ -222,6 +223,8 @@ def versions(bed: FaultBed | None = None) -> dict[str, str]:
         with contextlib.suppress(Exception):
             out = bed.node.ctl("eval", "rabbit_misc:version().", timeout=30)
             found["rabbitmq"] = out.strip().strip('"')
+    if os.environ.get("HANGPROOF_COMMIT"):  # run from a snapshot of the tree (not a git checkout)
+        found["commit"] = os.environ["HANGPROOF_COMMIT"]
     with contextlib.suppress(Exception):
         here = Path(__file__).resolve().parent
         found["commit"] = subprocess.run(
