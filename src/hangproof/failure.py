@@ -80,6 +80,9 @@ class FaultClass(StrEnum):
     CONSUMER_TIMEOUT = "consumer-timeout"
     QUEUE_DELETED = "queue-deleted"
     CONNECTION_CLOSED = "connection-closed"
+    BROKER_DOWN_AT_CALL = "broker-down-at-call"
+    BROKER_REJECT_AT_CALL = "broker-reject-at-call"
+    DISK_ALARM = "disk-alarm"
 
 
 class Severity(StrEnum):

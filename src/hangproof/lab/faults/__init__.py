@@ -43,6 +43,9 @@ FAULTS: dict[str, str] = {
     FaultClass.CONSUMER_TIMEOUT.value: "consumer_timeout",
     FaultClass.QUEUE_DELETED.value: "queue_deleted",
     FaultClass.CONNECTION_CLOSED.value: "connection_closed",
+    FaultClass.BROKER_DOWN_AT_CALL.value: "broker_down_at_call",
+    FaultClass.BROKER_REJECT_AT_CALL.value: "broker_reject_at_call",
+    FaultClass.DISK_ALARM.value: "disk_alarm",
 }
 
 #: Where a fault runs: the two-namespace testbed (:mod:`.testbed`) unless its

@@ -66,6 +66,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
 from hangproof.errors import HangproofError
+from hangproof.failure import Policy
 from hangproof.lab import processes
 from hangproof.lab.faults import (
     FAULTS,
@@ -122,6 +123,12 @@ DEFAULT_HOLD = {
     # Nothing to heal: the queue stays deleted, the connection stays closed.
     "queue-deleted": 0.0,
     "connection-closed": 0.0,
+    # The call faults (issue 10): held longer than the call probe's bound
+    # (hold - CALL_BOUND_MARGIN), so a call still blocked at the bound was
+    # blocked for the whole fault: a HANG, not a wait that heal ended.
+    "broker-down-at-call": 25.0,
+    "broker-reject-at-call": 25.0,
+    "disk-alarm": 25.0,
 }
 #: Faults whose detection counts from the end of inject() (see the module doc).
 DETECT_FROM_END_OF_INJECT = frozenset({"vip-race"})
@@ -213,6 +220,9 @@ class Cell:
     notes: list[str] = field(default_factory=list)
     #: The cell's timeline (HTML, PNG, event log), when a report was asked for.
     timeline: dict[str, str] | None = None
+    #: Celery profiles under the call faults: each call made during the fault
+    #: (:mod:`hangproof.lab.call_probe`: outcome, seconds, queued, false_ok, miss).
+    calls: list[dict[str, Any]] = field(default_factory=list)
 
 
 def _log_events(log: Path, since: float) -> list[tuple[float, str]]:
@@ -393,8 +403,10 @@ def run_cell(
             recorder.mark("detect_base", injected_at)
         cell.fault_detail = dict(getattr(fault, "detail", {}) or {})
         time.sleep(min(1.0, hold))
+        fault_started = time.monotonic()
         probe = _publish_once(bed, prof, queue, f"{queue}-during", env, stall_timeout)
-        time.sleep(max(0.0, hold - 1.0))
+        calls = _fault_calls(bed, fault_name, prof, queue, env, hold)
+        time.sleep(max(0.0, hold - 1.0 - (time.monotonic() - fault_started)))
         fault.heal()
         healed_at = time.monotonic()
         cell.fault_detail.update(getattr(fault, "detail", {}) or {})  # what heal() found
@@ -436,6 +448,9 @@ def run_cell(
         cell.duplicated = len(executed) - len(set(executed))
         if f"{queue}-during" in _ledger_keys(ledger):
             cell.publish_during_fault += " (executed)"
+        cell.calls = _judge_calls(
+            calls, fault_name, prof, queue, _ledger_keys(ledger), stall_timeout
+        )
         events = _log_events(log, injected_at)
         if events:
             cell.detect_s = round(events[0][0] - injected_at, 1)
@@ -464,6 +479,58 @@ def run_cell(
             if proc is not None:
                 processes.stop_pid(proc.pid)
         close_fault(fault)
+
+
+#: The call probe's bound in a cell is the hold minus this (seconds).
+CALL_BOUND_MARGIN = 3.0
+
+
+def _fault_calls(
+    bed: Bed, fault_name: str, profile: Profile, queue: str, env: dict[str, str], hold: float
+) -> list[Any]:
+    """Make the call fault's calls (delay, apply_async, ping...) from the clients' namespace.
+
+    Only for Celery profiles under the faults of
+    :data:`hangproof.lab.scenarios.fault_calls.CALLS_OF`; each call is
+    bounded by ``hold - CALL_BOUND_MARGIN`` (a call still running then is a
+    HANG). The tasks go to the cell's queue with keys ending ``-during``, so
+    the consumer's ledger says whether an ok publish was really queued.
+    """
+    from hangproof.lab.call_probe import run_calls
+    from hangproof.lab.scenarios.fault_calls import CALLS_OF
+
+    if profile.kind != "celery" or fault_name not in CALLS_OF:
+        return []
+    return run_calls(
+        CALLS_OF[fault_name], bed.client_netns, env,
+        lambda call: queue, lambda call: f"{queue}-call-{call}-during",
+        max(2.0, hold - CALL_BOUND_MARGIN),
+    )  # fmt: skip
+
+
+def _judge_calls(
+    calls: list[Any], fault_name: str, profile: Profile, queue: str, executed: list[str],
+    stall_timeout: float,
+) -> list[dict[str, Any]]:  # fmt: skip
+    """Each call as JSON: queued (its task executed), false_ok, and for guarded cells the miss."""
+    from hangproof.lab.call_probe import PUBLISHING, as_dict, deadline, judge
+    from hangproof.lab.scenarios.fault_calls import MUST_FAIL
+
+    policy = Policy(stall_timeout=stall_timeout)
+    rows = []
+    for r in calls:
+        r.profile = "guarded" if profile.guarded else "stock"
+        if r.call in PUBLISHING:
+            r.queued = f"{queue}-call-{r.call}-during" in executed
+        r.deadline_s = deadline(
+            r.call, float(policy.publish_timeout or 0), float(policy.handshake_deadline or 0)
+        )
+        row = as_dict(r)
+        row["miss"] = (
+            judge(r, r.deadline_s, must_fail=fault_name in MUST_FAIL) if profile.guarded else None
+        )
+        rows.append(row)
+    return rows
 
 
 def run_matrix(
