@@ -76,6 +76,7 @@ class FaultClass(StrEnum):
     HEAL_AFTER_HALF_OPEN = "heal-after-half-open"
     MEMORY_ALARM = "memory-alarm"
     SILENT_FLOW_LOSS = "silent-flow-loss"
+    DNS_STALL = "dns-stall"
 
 
 class Severity(StrEnum):

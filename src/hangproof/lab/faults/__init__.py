@@ -39,6 +39,7 @@ FAULTS: dict[str, str] = {
     FaultClass.SILENT_FLOW_LOSS.value: "silent_flow_loss",
     FaultClass.VIP_RACE.value: "vip_race",
     FaultClass.VIP_FAILOVER.value: "vip_failover",
+    FaultClass.DNS_STALL.value: "dns_stall",
 }
 
 #: Where a fault runs: the two-namespace testbed (:mod:`.testbed`) unless its

@@ -114,6 +114,8 @@ DEFAULT_HOLD = {
     # The open flows stay dead (heal brings nothing back): resume counts from
     # the end of inject(), i.e. fault -> first new task executed.
     "silent-flow-loss": 0.0,
+    # DNS silent (and the old address dead) for as long as a blackhole.
+    "dns-stall": 40.0,
 }
 #: Faults whose detection counts from the end of inject() (see the module doc).
 DETECT_FROM_END_OF_INJECT = frozenset({"vip-race"})
@@ -410,6 +412,8 @@ def run_cell(
         else:
             # EXIT: the worker process died (needs a supervisor restart to resume).
             cell.resume_s = "HANG" if not resumed_or_died else "EXIT"
+        # What the fault saw up to now (counters read at heal, queries after it).
+        cell.fault_detail.update(dict(getattr(fault, "detail", {}) or {}))
         evidence = getattr(fault, "evidence", None)
         if evidence is not None and cell.resume_s == "HANG":
             # Read while the hung client still holds its socket.
