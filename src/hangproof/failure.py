@@ -77,6 +77,8 @@ class FaultClass(StrEnum):
     MEMORY_ALARM = "memory-alarm"
     SILENT_FLOW_LOSS = "silent-flow-loss"
     DNS_STALL = "dns-stall"
+    URL_FAILOVER = "url-failover"
+    CLUSTER_PARTITION = "cluster-partition"
 
 
 class Severity(StrEnum):

@@ -40,6 +40,8 @@ FAULTS: dict[str, str] = {
     FaultClass.VIP_RACE.value: "vip_race",
     FaultClass.VIP_FAILOVER.value: "vip_failover",
     FaultClass.DNS_STALL.value: "dns_stall",
+    FaultClass.URL_FAILOVER.value: "url_failover",
+    FaultClass.CLUSTER_PARTITION.value: "cluster_partition",
 }
 
 #: Where a fault runs: the two-namespace testbed (:mod:`.testbed`) unless its

@@ -79,6 +79,7 @@ from hangproof.lab.faults import (
     make_fault,
     prepare_fault,
 )
+from hangproof.lab.faults.cluster_bed import SEED_CLUSTER, ClusterBed
 from hangproof.lab.faults.seed_bed import PREFIX as SEED_LAB_PREFIX
 from hangproof.lab.faults.seed_bed import SeedBed
 from hangproof.lab.faults.testbed import PREFIX, FaultBed
@@ -116,6 +117,10 @@ DEFAULT_HOLD = {
     "silent-flow-loss": 0.0,
     # DNS silent (and the old address dead) for as long as a blackhole.
     "dns-stall": 40.0,
+    # The first node of the failover list stopped for as long as a blackhole.
+    "url-failover": 40.0,
+    # net_ticktime 10 on the cluster bed: the minority pauses ~10-20 s in.
+    "cluster-partition": 45.0,
 }
 #: Faults whose detection counts from the end of inject() (see the module doc).
 DETECT_FROM_END_OF_INJECT = frozenset({"vip-race"})
@@ -493,13 +498,15 @@ def run_matrix(
         )
     work.mkdir(parents=True, exist_ok=True)
     cells: list[Cell] = []
-    for bed_kind in ("testbed", SEED_LAB):
+    for bed_kind in ("testbed", SEED_LAB, SEED_CLUSTER):
         bed_faults = [f for f in faults if fault_bed(f) == bed_kind]
         if not bed_faults:
             continue
         bed: Bed = (
             SeedBed(lab_name, tls=tls)
             if bed_kind == SEED_LAB
+            else ClusterBed(f"{lab_name}c")  # plain AMQP only
+            if bed_kind == SEED_CLUSTER
             else FaultBed(work / "bed", prefix, tls=tls)
         )
         try:
