@@ -43,8 +43,8 @@ def verdict(cell: dict[str, Any], stall: float) -> str:
         misses.append("publish hang")
     elif m.group(1) == "ok" and "(executed)" not in during and not cell["stranded"]:
         misses.append("false ok")
-    elif m.group(1) == "error" and float(m.group(2)) > stall / 2 + PUBLISH_SLACK:
-        misses.append(f"publish error late ({m.group(2)} s)")
+    elif float(m.group(2)) > stall / 2 + PUBLISH_SLACK:
+        misses.append(f"publish {m.group(1)} after {m.group(2)} s")
     return "ok" if not misses else "MISS: " + ", ".join(misses)
 
 

@@ -117,10 +117,10 @@ DEFAULT_HOLD = {
     "silent-flow-loss": 0.0,
     # DNS silent (and the old address dead) for as long as a blackhole.
     "dns-stall": 40.0,
-    # The first node of the failover list stopped for as long as a blackhole.
-    "url-failover": 40.0,
-    # net_ticktime 10 on the cluster bed: the minority pauses ~10-20 s in.
-    "cluster-partition": 45.0,
+    # The first node of the failover list stopped (the worker moves at once).
+    "url-failover": 20.0,
+    # net_ticktime 10 on the cluster bed: the minority pauses ~8-15 s in.
+    "cluster-partition": 30.0,
 }
 #: Faults whose detection counts from the end of inject() (see the module doc).
 DETECT_FROM_END_OF_INJECT = frozenset({"vip-race"})
