@@ -84,7 +84,7 @@ CHECKED_VERSIONS: dict[str, str] = {
 #: by the upstream class that defines them first. Everything else private is
 #: reached only through the accessors below.
 OVERRIDES: dict[str, frozenset[str]] = {
-    "amqp.transport:_AbstractTransport": frozenset({"_setup_transport"}),
+    "amqp.transport:_AbstractTransport": frozenset({"_setup_transport", "_connect"}),
     "amqp.transport:SSLTransport": frozenset({"_setup_transport", "_shutdown_transport"}),
     "amqp.connection:Connection": frozenset({"_METHODS", "_on_blocked", "_on_unblocked"}),
     "amqp.channel:Channel": frozenset({"_on_basic_ack", "_on_basic_nack", "_do_revive"}),
