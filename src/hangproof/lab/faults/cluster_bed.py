@@ -132,7 +132,7 @@ class ClusterBed:
         """Build the lab with the cluster (bounded by the brokers' timeouts), set the policy."""
         try:
             self.lab.up()
-            self.node.ctl("set_policy", *HA_POLICY[:2], HA_POLICY[2], "--apply-to", "queues")
+            self.node.ctl("set_policy", "--apply-to", "queues", *HA_POLICY, timeout=60)
         except BaseException:
             self.close()
             raise
