@@ -70,3 +70,18 @@ def test_cluster_partition_drops_only_inter_node_ports_both_ways_on_the_worker_n
     assert ports == {"25672", "4369"}  # never 5672: clients still reach the node
     assert {r[0] for r in rules} == {"INPUT", "OUTPUT"} and len(rules) == 8
     assert fault.netns == "hpzz-n2p"  # type: ignore[attr-defined]
+
+
+def test_guarded_kombu_client_keeps_the_guard_on_every_failover_alternate() -> None:
+    from kombu import Connection
+
+    from hangproof.lab.matrix_clients import kombu_connection
+
+    # What kombu does by itself: the alternate's scheme wins over transport=.
+    plain = Connection("amqp://a:5672//;amqp://b:5672//", transport="hangproof.kombu:Transport")
+    plain.switch(plain.alt[1])
+    assert plain.transport_cls == "amqp"
+    guarded = kombu_connection("amqp://a:5672//;amqp://b:5672//", True, 15.0)
+    assert guarded.transport_cls in ("hangproof", "hangproof.kombu:Transport")
+    guarded.switch(guarded.alt[1])
+    assert guarded.transport_cls == "hangproof" and guarded.hostname == "b"
