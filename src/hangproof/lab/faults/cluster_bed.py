@@ -164,17 +164,24 @@ def wait_cluster(bed: ClusterBed, bound: float) -> bool:
 
 
 def connections_by_node(lab: Lab, exclude: tuple[str, ...] = ()) -> dict[str, int]:
-    """AMQP connections each node holds from peers not in ``exclude`` (-1: it did not answer)."""
-    counts: dict[str, int] = {}
+    """AMQP connections per cluster node from peers not in ``exclude`` ({}: no node answered).
+
+    ``rabbitmqctl list_connections`` lists the whole cluster's connections
+    from whichever node it asks, so each is attributed by its ``node`` column.
+    """
+    by_address = {f"rabbit@{lab.topo.node(b).pod_address}": b for b in lab.topo.brokers}
     for name in lab.topo.brokers:
         try:
-            out = lab.broker(name).ctl("list_connections", "peer_host", timeout=20)
+            out = lab.broker(name).ctl("list_connections", "node", "peer_host", timeout=20)
         except Exception:
-            counts[name] = -1
             continue
-        peers = [line.strip() for line in out.splitlines() if line.strip()]
-        counts[name] = sum(1 for p in peers if p not in exclude)
-    return counts
+        counts = dict.fromkeys(lab.topo.brokers, 0)
+        for line in out.splitlines():
+            node, _, peer = line.strip().partition("\t")
+            if node in by_address and peer.strip() not in exclude:
+                counts[by_address[node]] += 1
+        return counts
+    return {}
 
 
 def pod_address(lab: Lab, node: str) -> str:
