@@ -245,6 +245,7 @@ class DnsStall:
             resolv.unlink()
             with contextlib.suppress(OSError):
                 resolv.parent.rmdir()
+                NETNS_ETC.rmdir()  # only when empty: /etc/netns was not there before
         if self.server_pid is not None:
             processes.stop_pid(self.server_pid, grace=1)
             self.server_pid = None
