@@ -83,6 +83,9 @@ class FaultClass(StrEnum):
     BROKER_DOWN_AT_CALL = "broker-down-at-call"
     BROKER_REJECT_AT_CALL = "broker-reject-at-call"
     DISK_ALARM = "disk-alarm"
+    DNS_STALL = "dns-stall"
+    URL_FAILOVER = "url-failover"
+    CLUSTER_PARTITION = "cluster-partition"
 
 
 class Severity(StrEnum):

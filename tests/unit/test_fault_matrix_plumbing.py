@@ -20,7 +20,11 @@ def test_vip_faults_need_the_seed_lab_and_the_others_the_testbed() -> None:
     assert {f: fault_bed(f) for f in ("vip-race", "vip-failover")} == dict.fromkeys(
         ("vip-race", "vip-failover"), SEED_LAB
     )
-    assert all(fault_bed(f) == TESTBED for f in FAULTS if not f.startswith("vip-"))
+    cluster = ("url-failover", "cluster-partition")  # the 3-node cluster bed
+    assert {f: fault_bed(f) for f in cluster} == dict.fromkeys(cluster, "seed-cluster")
+    assert all(
+        fault_bed(f) == TESTBED for f in FAULTS if not f.startswith("vip-") and f not in cluster
+    )
 
 
 def test_fault_matrix_needs_no_shared_lab_and_prints_its_table() -> None:

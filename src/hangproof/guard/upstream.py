@@ -36,6 +36,7 @@ aio-pika 9.4.0 / 9.5.8 / 10.2.1. When you add a version, add it to the matrix.
 | amqp | ``Channel._basic_publish`` | method, called | the plain publish (``basic_publish`` is rebound to the confirm variant when ``confirm_publish``); the guard writes, then waits for the ack under one deadline | the confirm wait falls back to py-amqp's per-read timeout, which heartbeats reset |
 | amqp | ``Channel._confirm_selected`` | instance attr, read + set | py-amqp's own "confirm.select sent" flag, kept in step with ours | confirm.select sent twice, or never |
 | amqp | ``Channel._do_revive`` | method, overridden (calls super) | py-amqp reopens a channel the broker closed here; 5.2.0-5.4.1 keep ``_confirm_selected`` set (py-amqp#285), so the guard clears it | after a channel error (e.g. 404 on publish) every confirmed publish is a false ``PublishTimeout`` |
+| amqp | ``_AbstractTransport._connect`` | method, overridden (calls super per address) | py-amqp resolves the broker's name in it with an unbounded ``getaddrinfo``; the guard looks the name up within the handshake deadline and dials each address through it | an unreachable resolver holds every reconnect ``timeout x attempts`` (10 s by glibc's defaults) past the deadline (celery#2417) |
 | kombu | ``Connection._connection`` | instance attr, read | the py-amqp connection *without* connecting (``.connection`` dials when closed) | the watchdog thread could dial the broker just by looking at the clock |
 | celery | ``Celery._connection`` | method, source checked | it builds every broker connection from ``app.amqp.Connection`` (front door: ``amqp_cls``), which carries the policy's reconnect intervals | the worker reconnects with kombu's 2 s, +2 s, max 30 s |
 | aiormq | ``Connection.__last_frame_time`` (``_Connection__last_frame_time``) | name-mangled instance attr, read (``__reader``'s source checked: it must still stamp it per frame) | aiormq stamps every inbound frame there; no public accessor | the aio watchdog never sees a silent link (aiormq's own check waits 3 × (heartbeat + 1)) |
@@ -83,7 +84,7 @@ CHECKED_VERSIONS: dict[str, str] = {
 #: by the upstream class that defines them first. Everything else private is
 #: reached only through the accessors below.
 OVERRIDES: dict[str, frozenset[str]] = {
-    "amqp.transport:_AbstractTransport": frozenset({"_setup_transport"}),
+    "amqp.transport:_AbstractTransport": frozenset({"_setup_transport", "_connect"}),
     "amqp.transport:SSLTransport": frozenset({"_setup_transport", "_shutdown_transport"}),
     "amqp.connection:Connection": frozenset({"_METHODS", "_on_blocked", "_on_unblocked"}),
     "amqp.channel:Channel": frozenset({"_on_basic_ack", "_on_basic_nack", "_do_revive"}),
@@ -363,6 +364,24 @@ def _amqp_setup_hook() -> str | None:
     )
 
 
+def _amqp_connect_hook() -> str | None:
+    from amqp.transport import _AbstractTransport
+
+    # The guard's _connect looks the broker's name up within the handshake
+    # deadline, then dials each address through py-amqp's own _connect; that
+    # needs connect() to go through _connect(host, port, timeout).
+    problem = _has(_AbstractTransport, "_connect") or _source_has(
+        _AbstractTransport.connect, "self._connect(self.host, self.port, self.connect_timeout)"
+    )
+    if problem:
+        return problem
+    if list(inspect.signature(_AbstractTransport._connect).parameters) != [
+        "self", "host", "port", "timeout"
+    ]:  # fmt: skip
+        return "_AbstractTransport._connect no longer takes (host, port, timeout)"
+    return None
+
+
 def _amqp_connection_names() -> str | None:
     import amqp
     from amqp import spec
@@ -533,6 +552,7 @@ REQUIREMENTS: tuple[Requirement, ...] = (
     Requirement("celery", "Consumer and app hooks", _celery_names),
     Requirement("aiormq", "Connection.__last_frame_time/__connection_unblocked", _aiormq_names),
     Requirement("aio-pika", "Channel._connection, RobustConnection", _aio_pika_names),
+    Requirement("amqp", "_AbstractTransport._connect", _amqp_connect_hook),
 )
 
 _passed: set[str] = set()

@@ -108,9 +108,15 @@ def kombu_connection(url: str, guarded: bool, stall: float) -> Any:
 
     if not guarded:
         return Connection(url, ssl=_kombu_ssl())
-    from hangproof.celery import transport_options
+    from hangproof.celery import _guard_url, transport_options
 
     policy = Policy(stall_timeout=stall)
+    # kombu's Connection.switch() re-parses a failover alternate and takes its
+    # transport from the URL scheme, dropping transport= (measured: the 2nd
+    # alternate of "amqp://a;amqp://b" is stock py-amqp); the guard's scheme
+    # keeps the guard transport on every alternate, as harden() does for Celery.
+    if ";" in url:
+        url = ";".join(_guard_url(u) for u in url.split(";"))
     return Connection(
         url,
         ssl=_kombu_ssl(),

@@ -46,6 +46,9 @@ FAULTS: dict[str, str] = {
     FaultClass.BROKER_DOWN_AT_CALL.value: "broker_down_at_call",
     FaultClass.BROKER_REJECT_AT_CALL.value: "broker_reject_at_call",
     FaultClass.DISK_ALARM.value: "disk_alarm",
+    FaultClass.DNS_STALL.value: "dns_stall",
+    FaultClass.URL_FAILOVER.value: "url_failover",
+    FaultClass.CLUSTER_PARTITION.value: "cluster_partition",
 }
 
 #: Where a fault runs: the two-namespace testbed (:mod:`.testbed`) unless its

@@ -80,6 +80,7 @@ from hangproof.lab.faults import (
     make_fault,
     prepare_fault,
 )
+from hangproof.lab.faults.cluster_bed import SEED_CLUSTER, ClusterBed
 from hangproof.lab.faults.seed_bed import PREFIX as SEED_LAB_PREFIX
 from hangproof.lab.faults.seed_bed import SeedBed
 from hangproof.lab.faults.testbed import PREFIX, FaultBed
@@ -129,6 +130,12 @@ DEFAULT_HOLD = {
     "broker-down-at-call": 25.0,
     "broker-reject-at-call": 25.0,
     "disk-alarm": 25.0,
+    # DNS silent (and the old address dead) for as long as a blackhole.
+    "dns-stall": 40.0,
+    # The first node of the failover list stopped (the worker moves at once).
+    "url-failover": 20.0,
+    # net_ticktime 10 on the cluster bed: the minority pauses ~8-15 s in.
+    "cluster-partition": 30.0,
 }
 #: Faults whose detection counts from the end of inject() (see the module doc).
 DETECT_FROM_END_OF_INJECT = frozenset({"vip-race"})
@@ -432,6 +439,8 @@ def run_cell(
         else:
             # EXIT: the worker process died (needs a supervisor restart to resume).
             cell.resume_s = "HANG" if not resumed_or_died else "EXIT"
+        # What the fault saw up to now (counters read at heal, queries after it).
+        cell.fault_detail.update(dict(getattr(fault, "detail", {}) or {}))
         evidence = getattr(fault, "evidence", None)
         if evidence is not None and cell.resume_s == "HANG":
             # Read while the hung client still holds its socket.
@@ -566,13 +575,15 @@ def run_matrix(
         )
     work.mkdir(parents=True, exist_ok=True)
     cells: list[Cell] = []
-    for bed_kind in ("testbed", SEED_LAB):
+    for bed_kind in ("testbed", SEED_LAB, SEED_CLUSTER):
         bed_faults = [f for f in faults if fault_bed(f) == bed_kind]
         if not bed_faults:
             continue
         bed: Bed = (
             SeedBed(lab_name, tls=tls)
             if bed_kind == SEED_LAB
+            else ClusterBed(f"{lab_name}c")  # plain AMQP only
+            if bed_kind == SEED_CLUSTER
             else FaultBed(work / "bed", prefix, tls=tls)
         )
         try:
