@@ -372,7 +372,9 @@ def run_cell(
     worker = producer = probe = None
     recorder = CellRecorder(fault_name, profile, ledger, published_file, log) if report else None
     if recorder and isinstance(bed, SeedBed):  # the VIP faults: watch the SYNs and conntrack too
-        recorder.watch_connections(bed.client_netns, bed.lab.topo.vip, bed.lab.topo.node_port)
+        recorder.watch_connections(
+            bed.client_netns, bed.lab.topo.vip, bed.lab.topo.node_port, bed.lab.vip_holders
+        )
     try:
         prepare_fault(fault)
         worker = processes.spawn(argv, netns=bed.client_netns, env=env, log=log)
