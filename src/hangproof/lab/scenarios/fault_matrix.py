@@ -36,6 +36,26 @@ is the set-up, the wedged reconnect is the fault.
 
 Stock cells are measured like the others, never assumed.
 
+Per cell, besides the counts: ``consumers_after_heal`` (the queue's consumer
+count in the broker's own view, ``rabbitmqctl list_queues``, read after heal,
+resume and drain), ``publish_verdict`` (:func:`classify_publish`: error /
+late-error / ok+queued / false-ok / HANG), ``false_ok`` (ok, but the message
+was neither executed nor in the queue: read with ``basic_get`` and never
+acked once the consumers stopped) and, for guarded cells, ``promise``
+(:func:`judge_promise`; stock cells: None, measured, not judged).
+
+**Parallel mode** (the default of :func:`run_matrix`): the profiles of a
+testbed fault run against ONE injection of it (:func:`run_group`): each its
+own queue, ledger, consumer, producer and publish probes, one inject, one
+heal. The cells then share the fault's moments and differ only in the
+client; a fault that cannot share runs one cell at a time
+(:func:`_fault_parallel`: ``PARALLEL = False``, a fault with ``attach()``
+unless it says ``PARALLEL = True``, and vip-race). ``--serial`` runs every
+cell alone as before, ``--group-size N`` limits how many consumers share one
+injection (memory/CPU), ``--subset ci`` is :data:`SUBSETS` ["ci"]. Timing of a
+serial cell: 60-80 s; of a shared injection of 8 profiles: one cell's time
+plus the slowest consumer's start.
+
 ``--tls`` runs every cell over TLS: the brokers get a TLS listener
 (certificates made at run time, :mod:`hangproof.lab.tls`), every client of
 every profile dials ``amqps://`` verified against the lab CA, the link faults
@@ -48,6 +68,8 @@ TLS listener (so the port holder is a TLS port that never answers).
 Run it directly (root)::
 
     python -m hangproof.lab.scenarios.fault_matrix run --faults blackhole,broker-freeze --json
+    python -m hangproof.lab.scenarios.fault_matrix run --subset ci --stall-timeout 4
+    python -m hangproof.lab.scenarios.fault_matrix run --hang-bound 60 --json --publish-docs docs
 """
 
 from __future__ import annotations
