@@ -780,7 +780,9 @@ def _run_group(
         for run in live:
             _collect_probe(run.resume_probe, resume_started + PUBLISH_PROBE_BOUND)
             processes.stop_pid(run.resume_probe.pid, grace=1)
-        _wait(lambda: all(r.done_waiting() for r in live), hang_bound, step=0.5)
+        # Every run is polled each round (a list, not all()'s short-circuit), so
+        # each resume is stamped when it happens, not when a slower one does.
+        _wait(lambda: all([r.done_waiting() for r in live]), hang_bound, step=0.5)
         for run in live:
             cell = run.cell
             if run.done_waiting() and run.resumed_at is not None:
