@@ -769,14 +769,15 @@ def _run_group(
             run.cell.heal_s = heal_s
             if run.recorder:
                 run.recorder.mark("heal")
+        # Work resumes when a task published after heal executes. Published at
+        # once for every cell: one cell's hanging probe must not delay another's.
+        resume_started = time.monotonic()
+        for run in live:
+            run.resume_probe = run.publish("resume")
         for run in live:
             run.cell.publish_during_fault = _collect_probe(
                 run.probe, probe_started + PUBLISH_PROBE_BOUND
             )
-        # Work resumes when a task published after heal executes.
-        resume_started = time.monotonic()
-        for run in live:
-            run.resume_probe = run.publish("resume")
         for run in live:
             _collect_probe(run.resume_probe, resume_started + PUBLISH_PROBE_BOUND)
             processes.stop_pid(run.resume_probe.pid, grace=1)
