@@ -1108,7 +1108,7 @@ def run(lab: Lab | None, options: RunOptions) -> dict[str, Any]:
         extra.get("faults"), extra.get("profiles"), extra.get("hang_bound"), extra.get("subset")
     )
     work = Path(extra.get("work") or tempfile.mkdtemp(prefix="hpfault-"))
-    return run_matrix(
+    result = run_matrix(
         faults, profiles, work,
         report=Path(extra["report"]) if extra.get("report") else None,
         stall_timeout=float(extra.get("stall_timeout") or DEFAULT_STALL_TIMEOUT),
@@ -1118,6 +1118,9 @@ def run(lab: Lab | None, options: RunOptions) -> dict[str, Any]:
         parallel=not extra.get("serial"),
         group_size=int(extra["group_size"]) if extra.get("group_size") else None,
     )  # fmt: skip
+    if extra.get("subset"):
+        result["subset"] = extra["subset"]
+    return result
 
 
 def summary(result: dict[str, Any]) -> str:
