@@ -574,14 +574,6 @@ class _CellRun:
                 processes.stop_pid(proc.pid)
 
 
-def _collect_probe(proc: Any, deadline: float) -> str:
-    """The one-line answer of a publish probe, or ``HANG >Ns`` if it did not end by ``deadline``."""
-    with contextlib.suppress(Exception):
-        out, _ = proc.communicate(timeout=max(0.5, deadline - time.monotonic()))
-        return str(out.decode().strip() or "no output")
-    return f"HANG >{PUBLISH_PROBE_BOUND:.0f}s"
-
-
 def _queue_stats(bed: Bed, *columns: str) -> dict[str, dict[str, int]]:
     """``{queue: {column: n}}`` from the broker's own view (rabbitmqctl list_queues), or {}."""
     columns = columns or ("messages", "consumers")
@@ -770,20 +762,17 @@ def _run_group(
             if run.recorder:
                 run.recorder.mark("heal")
         # Work resumes when a task published after heal executes. Published at
-        # once for every cell: one cell's hanging probe must not delay another's.
+        # once for every cell, and everything polled in one loop: one cell's
+        # hanging probe must not delay another's probe or its resume stamp.
         resume_started = time.monotonic()
         for run in live:
             run.resume_probe = run.publish("resume")
-        for run in live:
-            run.cell.publish_during_fault = _collect_probe(
-                run.probe, probe_started + PUBLISH_PROBE_BOUND
-            )
-        for run in live:
-            _collect_probe(run.resume_probe, resume_started + PUBLISH_PROBE_BOUND)
-            processes.stop_pid(run.resume_probe.pid, grace=1)
-        # Every run is polled each round (a list, not all()'s short-circuit), so
-        # each resume is stamped when it happens, not when a slower one does.
-        _wait(lambda: all([r.done_waiting() for r in live]), hang_bound, step=0.5)
+        _await_probes_and_resume(
+            live,
+            during_deadline=probe_started + PUBLISH_PROBE_BOUND,
+            resume_probe_deadline=resume_started + PUBLISH_PROBE_BOUND,
+            hang_deadline=healed_at + hang_bound,
+        )
         for run in live:
             cell = run.cell
             if run.done_waiting() and run.resumed_at is not None:
@@ -822,6 +811,49 @@ def _run_group(
         for run in runs:
             run.stop()
         close_fault(fault)
+
+
+def _probe_answer(proc: Any) -> str:
+    out = proc.stdout.read() if proc.stdout is not None else b""
+    return str(out.decode(errors="replace").strip() or "no output")
+
+
+def _await_probes_and_resume(
+    live: list[_CellRun],
+    *,
+    during_deadline: float,
+    resume_probe_deadline: float,
+    hang_deadline: float,
+    step: float = 0.25,
+) -> None:
+    """Poll every cell's probes and resume together until all are settled or past their bounds.
+
+    Sets ``publish_during_fault`` (the probe's answer, or ``HANG >60s``),
+    stops each resume probe once it answered (or at its bound) and stamps
+    each cell's ``resumed_at`` the round its resume key shows in its ledger.
+    """
+    pending_during = {id(r): r for r in live}
+    pending_resume = {id(r): r for r in live}
+    last = max(during_deadline, resume_probe_deadline, hang_deadline)
+    for _ in range(int((last - time.monotonic()) / step) + 2):
+        now = time.monotonic()
+        for key, run in list(pending_during.items()):
+            if run.probe.poll() is not None:
+                run.cell.publish_during_fault = _probe_answer(run.probe)
+                del pending_during[key]
+            elif now > during_deadline:
+                run.cell.publish_during_fault = f"HANG >{PUBLISH_PROBE_BOUND:.0f}s"
+                del pending_during[key]
+        for key, run in list(pending_resume.items()):
+            if run.resume_probe.poll() is not None or now > resume_probe_deadline:
+                processes.stop_pid(run.resume_probe.pid, grace=1)
+                del pending_resume[key]
+        waiting = [r for r in live if not r.done_waiting()]  # stamps resumes
+        if not pending_during and not pending_resume and (not waiting or now > hang_deadline):
+            return
+        if now > last:
+            return
+        time.sleep(step)
 
 
 def _finish(run: _CellRun, stats: dict[str, int] | None, injected_at: float) -> None:
