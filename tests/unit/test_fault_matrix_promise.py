@@ -120,7 +120,11 @@ def test_false_ok_needs_the_queue_to_lack_the_message() -> None:
     ran = Cell("blackhole", "aio-pika+guard", publish_during_fault="ok 15.6s (executed)")
     ran.during_executed = True
     _judge_publish(ran, key, None, STALL)
-    assert ran.publish_verdict == "ok+queued"
+    # Queued, but it held its caller 15.6 s: recorded beside the verdict.
+    assert (ran.publish_verdict, ran.publish_s) == ("ok+queued", 15.6)
+    hung = Cell("blackhole", "aio-pika", publish_during_fault="HANG >60s")
+    _judge_publish(hung, key, [], STALL)
+    assert (hung.publish_verdict, hung.publish_s, hung.false_ok) == ("HANG", None, False)
 
 
 def test_subsets_and_selection() -> None:

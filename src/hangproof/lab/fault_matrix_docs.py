@@ -123,7 +123,7 @@ def render_markdown(report: dict[str, Any]) -> str:
             c["fault"], c["profile"], _detect(c), _resume(c), c.get("published", 0),
             c.get("executed", 0), c.get("stranded", 0), c.get("lost", 0),
             c.get("duplicated", 0), "yes" if c.get("worker_alive") else "NO",
-            "-" if consumers is None else consumers, c.get("publish_during_fault", ""),
+            "-" if consumers is None else consumers, c.get("publish_during_fault", "")[:60],
             c.get("publish_verdict") or "-", "YES" if c.get("false_ok") else "no",
             promise_mark(c),
         )  # fmt: skip

@@ -248,6 +248,9 @@ class Cell:
     promise: dict[str, Any] | None = None
     #: Run with other profiles against one injection of the fault (:func:`run_group`).
     shared_with: int = 1
+    #: Seconds the publish during the fault took to answer (its own clock), None
+    #: if it never answered: an ok after many seconds held its caller that long.
+    publish_s: float | None = None
 
 
 #: One reconnect backoff step the promise allows after heal (the guard's
@@ -360,6 +363,8 @@ def _judge_publish(
         queued = key in queued_keys
     publish_timeout = float(Policy(stall_timeout=stall_timeout).publish_timeout or stall_timeout)
     cell.publish_verdict = classify_publish(cell.publish_during_fault, publish_timeout, queued)
+    answer = _PROBE_ANSWER.match(cell.publish_during_fault)
+    cell.publish_s = float(answer.group(2)) if answer else None
     cell.false_ok = cell.publish_verdict == "false-ok"
 
 
