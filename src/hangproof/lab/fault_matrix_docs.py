@@ -75,8 +75,32 @@ def _header(report: dict[str, Any]) -> list[str]:
         f"{report.get('backoff_step')} s, HANG bound {report.get('hang_bound')} s after heal, "
         f"producer {report.get('producer_rate')} tasks/s per cell"
         + (", over TLS" if report.get("tls") else ""),
+        f"- measure again: `{rerun_command(report)}`",
         "",
     ]
+
+
+def rerun_command(report: dict[str, Any]) -> str:
+    """The command that measures the same cells with the same settings (from the JSON alone).
+
+    >>> rerun_command({"cells": [{"fault": "blackhole", "profile": "kombu"}],
+    ...                "stall_timeout": 4.0, "hang_bound": 60.0, "mode": "serial"})  # doctest: +ELLIPSIS
+    'labrun .venv/bin/python -m ... run --faults blackhole --profiles kombu --stall-timeout 4 --hang-bound 60 --serial --json --publish-docs docs'
+    """
+    cells = report.get("cells") or []
+    faults = ",".join(dict.fromkeys(c["fault"] for c in cells))
+    profiles = ",".join(dict.fromkeys(c["profile"] for c in cells))
+    argv = ["labrun", ".venv/bin/python", "-m", "hangproof.lab.scenarios.fault_matrix", "run"]
+    argv += ["--faults", faults, "--profiles", profiles]
+    argv += ["--stall-timeout", f"{report.get('stall_timeout', 15.0):g}"]
+    argv += ["--hang-bound", f"{report.get('hang_bound', 300.0):g}"]
+    if report.get("mode") == "serial":
+        argv.append("--serial")
+    if report.get("group_size"):
+        argv += ["--group-size", str(report["group_size"])]
+    if report.get("tls"):
+        argv.append("--tls")
+    return " ".join([*argv, "--json", "--publish-docs", "docs"])
 
 
 def render_markdown(report: dict[str, Any]) -> str:
