@@ -701,6 +701,7 @@ class GuardConnection(pyamqp.Connection):
         on_blocked: Callable[[str], Any] | None = None,
         on_unblocked: Callable[[], Any] | None = None,
         teardown_timeout: float | None = None,
+        silence_limit: float | None = None,
         **kwargs: Any,
     ) -> None:
         # Fail closed: a py-amqp/kombu that renamed what the guard relies on
@@ -722,6 +723,9 @@ class GuardConnection(pyamqp.Connection):
         #: (mingle, pidbox replies) must not turn a broker alarm into a crash.
         self.refuse_when_blocked = refuse_when_blocked
         self.on_blocked = on_blocked
+        #: Transport option ``silence_limit`` (seconds; None: off, py-amqp's
+        #: 2 x heartbeat only): see :meth:`heartbeat_tick`.
+        self.silence_limit = None if silence_limit is None else float(silence_limit)
         self.on_unblocked = on_unblocked
         self.Transport = _guard_transport_factory
 
@@ -878,12 +882,36 @@ class GuardConnection(pyamqp.Connection):
             return super().close(*args, **kwargs)
 
     def heartbeat_tick(self, rate: int = 2) -> Any:
-        """py-amqp's heartbeat check; a miss is also a path fault (see :func:`note_path_fault`)."""
+        """py-amqp's heartbeat check; a miss is also a path fault (see :func:`note_path_fault`).
+
+        With ``silence_limit`` (a kombu consumer without the Celery watchdog:
+        ``Policy.silence_limit``, calling ``heartbeat_check()`` at least every
+        ``Policy.watchdog_interval``), it also raises ``ConnectionForced``
+        once no broker frame arrived for longer than that: py-amqp alone waits
+        2 x heartbeat (6 s at the 3 s minimum), later than a small
+        ``stall_timeout``. RabbitMQ sends a heartbeat every heartbeat / 2 on
+        an idle link, so a healthy link is never that silent.
+        """
         try:
-            return super().heartbeat_tick(rate)
+            result = super().heartbeat_tick(rate)
         except amqp.exceptions.ConnectionForced:
             note_path_fault(f"heartbeats missed on {self.host}")
             raise
+        silent = silent_for(self.last_inbound_frame_at, monotonic(), self.silence_limit)
+        if silent is not None and self.connected:
+            note_path_fault(f"link silent on {self.host}")
+            logger.warning(
+                "hangproof.guard: stall-detected link-silent: no inbound frame for %.1f s "
+                "(> silence_limit %.1f s) on %s",
+                silent,
+                self.silence_limit,
+                self.host,
+            )
+            raise amqp.exceptions.ConnectionForced(
+                f"link silent: no inbound frame for {silent:.1f} s "
+                f"(> silence_limit {self.silence_limit:g} s)"
+            )
+        return result
 
     def collect(self) -> None:
         self._clear_blocked("connection closed while blocked")
@@ -998,6 +1026,18 @@ class SSLTransport(Transport):
         super().__init__(*args, **kwargs)
         if not self.client.ssl:  # kombu.transport.pyamqp.SSLTransport does the same
             self.client.ssl = True
+
+
+def silent_for(last_frame_at: float | None, now: float, limit: float | None) -> float | None:
+    """Seconds the link has been silent, if more than ``limit`` (else None; None limit: off).
+
+    >>> silent_for(10.0, 13.5, 3.2), silent_for(10.0, 13.0, 3.2), silent_for(10.0, 99.0, None)
+    (3.5, None, None)
+    """
+    if limit is None or last_frame_at is None:
+        return None
+    silent = now - last_frame_at
+    return round(silent, 3) if silent > limit else None
 
 
 def last_inbound_frame_at(connection: Any) -> float | None:

@@ -303,6 +303,20 @@ def run(
         float | None,
         typer.Option(help="fault-matrix: seconds each held fault lasts (default: per fault)."),
     ] = None,
+    serial: Annotated[
+        bool,
+        typer.Option(
+            "--serial", help="fault-matrix: one cell at a time (no injection shared by profiles)."
+        ),
+    ] = False,
+    subset: Annotated[
+        str | None,
+        typer.Option(help="fault-matrix: a documented set of cells (ci: 3 faults x 4 profiles)."),
+    ] = None,
+    group_size: Annotated[
+        int | None,
+        typer.Option("--group-size", help="fault-matrix: profiles per shared injection (all)."),
+    ] = None,
     name: NameOpt = "hplab",
     report: ReportOpt = None,
     json_out: JsonOpt = False,
@@ -337,6 +351,9 @@ def run(
             "time_scale": time_scale,
             "tls": tls,
             "hold": hold,
+            "serial": serial,
+            "subset": subset,
+            "group_size": group_size,
             "progress": lambda cell: progress(
                 f"cell {cell.fault} x {cell.profile}: {cell.resume_s}"
             ),

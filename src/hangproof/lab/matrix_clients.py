@@ -8,7 +8,8 @@ embed]``), published by the matrix's producer with ``send_task``; the key is
 ``args[0]``.
 
 - ``kombu``: ``kombu.Connection(url)`` with its defaults (connect_timeout 5 s,
-  no heartbeat), ``ensure_connection`` and a ``drain_events(timeout=1)`` loop
+  no heartbeat), ``ensure_connection`` and a ``drain_events(timeout=1)`` loop (guard:
+  every ``watchdog_interval``, and the transport's ``silence_limit``)
   with ``heartbeat_check()``; on a connection error it logs, releases and goes
   round again.
 - ``kombu+guard``: the same loop on ``transport="hangproof.kombu:Transport"``
@@ -123,7 +124,9 @@ def kombu_connection(url: str, guarded: bool, stall: float) -> Any:
         transport="hangproof.kombu:Transport",
         heartbeat=policy.heartbeat,
         connect_timeout=policy.handshake_deadline,
-        transport_options=transport_options(policy),
+        # kombu alone has no Celery watchdog: the guard transport's own
+        # link-silence check (heartbeat_check() every watchdog_interval below).
+        transport_options={**transport_options(policy), "silence_limit": policy.silence_limit},
     )
 
 
@@ -138,6 +141,13 @@ def kombu_consume(url: str, queue: str, ledger: str, guarded: bool, stall: float
     """Consume ``queue`` until stopped (at most :data:`MAX_SECONDS`)."""
 
     conn = kombu_connection(url, guarded, stall)
+    # Guarded: heartbeat_check() at least every watchdog_interval, so the
+    # transport's silence_limit is noticed within stall_timeout.
+    drain_timeout = (
+        min(DRAIN_TIMEOUT, Policy(stall_timeout=stall).watchdog_interval or DRAIN_TIMEOUT)
+        if guarded
+        else DRAIN_TIMEOUT
+    )
 
     def on_message(body: Any, message: Any) -> None:
         time.sleep(message_seconds(body))  # a slow task blocks the loop, as a user's would
@@ -160,7 +170,7 @@ def kombu_consume(url: str, queue: str, ledger: str, guarded: bool, stall: float
                 log.info("consumer ready.")
                 while time.monotonic() < deadline:
                     try:
-                        conn.drain_events(timeout=DRAIN_TIMEOUT)
+                        conn.drain_events(timeout=drain_timeout)
                     except TimeoutError:
                         conn.heartbeat_check()
         except conn.connection_errors + conn.channel_errors as exc:

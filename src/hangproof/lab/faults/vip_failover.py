@@ -25,6 +25,8 @@ from hangproof.lab.faults.seed_bed import (
 )
 
 BED = SEED_LAB
+#: fault-matrix may run every profile against one failover (one VIP move).
+PARALLEL = True
 
 
 class VipFailover(SeedBedFault):

@@ -35,6 +35,8 @@ from hangproof.lab.faults.seed_bed import (
 )
 
 BED = SEED_LAB
+#: fault-matrix runs one cell at a time: the race is per connection, timed per cell.
+PARALLEL = False
 #: How long we wait for a reconnecting SYN (Celery retries at once; kombu's
 #: ensure_connection and aio-pika's robust reconnect within ~5 s).
 TRIGGER_TIMEOUT = 20.0

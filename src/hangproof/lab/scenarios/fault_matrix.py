@@ -36,6 +36,26 @@ is the set-up, the wedged reconnect is the fault.
 
 Stock cells are measured like the others, never assumed.
 
+Per cell, besides the counts: ``consumers_after_heal`` (the queue's consumer
+count in the broker's own view, ``rabbitmqctl list_queues``, read after heal,
+resume and drain), ``publish_verdict`` (:func:`classify_publish`: error /
+late-error / ok+queued / false-ok / HANG), ``false_ok`` (ok, but the message
+was neither executed nor in the queue: read with ``basic_get`` and never
+acked once the consumers stopped) and, for guarded cells, ``promise``
+(:func:`judge_promise`; stock cells: None, measured, not judged).
+
+**Parallel mode** (the default of :func:`run_matrix`): the profiles of a
+testbed fault run against ONE injection of it (:func:`run_group`): each its
+own queue, ledger, consumer, producer and publish probes, one inject, one
+heal. The cells then share the fault's moments and differ only in the
+client; a fault that cannot share runs one cell at a time
+(:func:`_fault_parallel`: ``PARALLEL = False``, a fault with ``attach()``
+unless it says ``PARALLEL = True``, and vip-race). ``--serial`` runs every
+cell alone as before, ``--group-size N`` limits how many consumers share one
+injection (memory/CPU), ``--subset ci`` is :data:`SUBSETS` ["ci"]. Timing of a
+serial cell: 60-80 s; of a shared injection of 8 profiles: one cell's time
+plus the slowest consumer's start.
+
 ``--tls`` runs every cell over TLS: the brokers get a TLS listener
 (certificates made at run time, :mod:`hangproof.lab.tls`), every client of
 every profile dials ``amqps://`` verified against the lab CA, the link faults
@@ -48,6 +68,8 @@ TLS listener (so the port holder is a TLS port that never answers).
 Run it directly (root)::
 
     python -m hangproof.lab.scenarios.fault_matrix run --faults blackhole,broker-freeze --json
+    python -m hangproof.lab.scenarios.fault_matrix run --subset ci --stall-timeout 4
+    python -m hangproof.lab.scenarios.fault_matrix run --hang-bound 60 --json --publish-docs docs
 """
 
 from __future__ import annotations
@@ -61,12 +83,12 @@ import sys
 import tempfile
 import time
 from dataclasses import asdict, dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
 from hangproof.errors import HangproofError
-from hangproof.failure import Policy
+from hangproof.failure import Backoff, Policy
 from hangproof.lab import processes
 from hangproof.lab.faults import (
     FAULTS,
@@ -143,6 +165,9 @@ PRODUCER_RATE = 2.0  # tasks per second; enough to see loss, light on 2 cores
 DRAIN_SECONDS = 30.0
 WORKER_READY_SECONDS = 90.0
 PUBLISH_PROBE_BOUND = 60.0
+#: Extra seconds a group waits for each consumer beyond the first to be ready
+#: (they start together on 2 shared cores).
+READY_SECONDS_PER_EXTRA_CELL = 15.0
 
 
 @dataclass(frozen=True)
@@ -230,6 +255,142 @@ class Cell:
     #: Celery profiles under the call faults: each call made during the fault
     #: (:mod:`hangproof.lab.call_probe`: outcome, seconds, queued, false_ok, miss).
     calls: list[dict[str, Any]] = field(default_factory=list)
+    #: How long ``inject()`` took, and inject -> heal done (s), for judging resume.
+    inject_s: float | None = None
+    heal_s: float | None = None
+    #: The "publish during fault" message was executed by the consumer.
+    during_executed: bool = False
+    #: The queue's consumer count in the broker's own view (rabbitmqctl
+    #: list_queues), read after heal, resume and drain, consumers still running.
+    consumers_after_heal: int | None = None
+    #: error / late-error / ok+queued / false-ok / HANG (:func:`classify_publish`).
+    publish_verdict: str | None = None
+    #: The publish during the fault said ok, but the message was neither
+    #: executed nor in the queue afterwards (a lie to the caller).
+    false_ok: bool = False
+    #: Guarded cells: :func:`judge_promise`'s ``{"met", "failures"}``; stock cells
+    #: None (measured, not judged).
+    promise: dict[str, Any] | None = None
+    #: Run with other profiles against one injection of the fault (:func:`run_group`).
+    shared_with: int = 1
+    #: Seconds the publish during the fault took to answer (its own clock), None
+    #: if it never answered: an ok after many seconds held its caller that long.
+    publish_s: float | None = None
+
+
+#: One reconnect backoff step the promise allows after heal (the guard's
+#: Backoff().maximum: the longest single wait between reconnect attempts).
+DEFAULT_BACKOFF_STEP = Backoff().maximum
+#: Verdicts of the publish during the fault.
+PUBLISH_VERDICTS = ("error", "late-error", "ok+queued", "false-ok", "HANG", "ok+unknown", "unknown")
+_PROBE_ANSWER = re.compile(r"^(ok|error) (\d+(?:\.\d+)?)s")
+
+
+def classify_publish(answer: str, publish_timeout: float, queued: bool | None) -> str | None:
+    """The verdict on the publish during the fault, from the probe's one-line ``answer``.
+
+    ``error`` within ``publish_timeout`` + 1 s, ``late-error`` after that,
+    ``ok+queued`` (ok, and the message was executed or is in the queue),
+    ``false-ok`` (ok, but neither), ``HANG`` (no answer within the probe's
+    bound). ``ok+unknown``: ok, but whether it was queued could not be read
+    (the broker still counted unacked messages of a dead consumer);
+    ``unknown``: the probe gave no parsable answer. None: no probe ran.
+
+    >>> classify_publish("error 2.1s OperationalError: timed out", 2.0, None)
+    'error'
+    >>> classify_publish("error 9.0s OperationalError: x", 2.0, None)
+    'late-error'
+    >>> classify_publish("ok 0.1s (executed)", 2.0, True), classify_publish("ok 0.1s", 2.0, False)
+    ('ok+queued', 'false-ok')
+    >>> classify_publish("HANG >60s", 2.0, None), classify_publish("", 2.0, None) is None
+    ('HANG', True)
+    """
+    if not answer:
+        return None
+    if answer.startswith("HANG"):
+        return "HANG"
+    m = _PROBE_ANSWER.match(answer)
+    if not m:
+        return "unknown"
+    if m.group(1) == "error":
+        return "late-error" if float(m.group(2)) > publish_timeout + 1.0 else "error"
+    if queued is None:
+        return "ok+unknown"
+    return "ok+queued" if queued else "false-ok"
+
+
+def judge_promise(
+    cell: dict[str, Any], stall_timeout: float, backoff_step: float = DEFAULT_BACKOFF_STEP
+) -> dict[str, Any]:
+    """Does a guarded cell keep the guard's promise? ``{"met": bool, "failures": [reason]}``.
+
+    The promise (issue 10): detect <= ``stall_timeout`` (from inject);
+    resume <= ``stall_timeout`` + ``backoff_step`` after the fault heals, or
+    after detection for faults that never heal on their own (held 0 s);
+    0 lost; 0 false ok; the worker never exits; the queue has a consumer
+    again (broker's view, >= 1). Pure: reads only the recorded cell dict.
+
+    >>> ok = {"detect_s": 3.0, "resume_s": 4.0, "hold_s": 12.0, "heal_s": 12.5, "lost": 0,
+    ...       "false_ok": False, "worker_alive": True, "consumers_after_heal": 1}
+    >>> judge_promise(ok, 4.0, 5.0)
+    {'met': True, 'failures': []}
+    >>> judge_promise({**ok, "resume_s": "HANG", "lost": 2}, 4.0, 5.0)["failures"]
+    ['resume HANG (promise <= 9 s after heal)', 'lost 2 (promise 0)']
+    """
+    failures: list[str] = []
+    detect = cell.get("detect_s")
+    if detect is None:
+        failures.append(f"never detected (promise <= {stall_timeout:g} s)")
+    elif detect > stall_timeout:
+        failures.append(f"detect {detect:g} s > stall_timeout {stall_timeout:g} s")
+    bound = stall_timeout + backoff_step
+    resume = cell.get("resume_s")
+    never_heals = not cell.get("hold_s")
+    if not isinstance(resume, int | float):
+        base = "detection" if never_heals else "heal"
+        failures.append(f"resume {resume} (promise <= {bound:g} s after {base})")
+    elif never_heals:
+        # resume_s counts from heal (the end of inject); the promise from detection.
+        if detect is not None:
+            after = round(resume + float(cell.get("heal_s") or 0.0) - detect, 1)
+            if after > bound:
+                failures.append(f"resume {after:g} s after detection > {bound:g} s")
+    elif resume > bound:
+        failures.append(f"resume {resume:g} s after heal > {bound:g} s")
+    if cell.get("lost"):
+        failures.append(f"lost {cell['lost']} (promise 0)")
+    if cell.get("false_ok"):
+        failures.append(f"false ok: {cell.get('publish_during_fault', '')}".strip())
+    if not cell.get("worker_alive", True) or resume == "EXIT":
+        failures.append("the worker exited")
+    consumers = cell.get("consumers_after_heal")
+    if consumers is None:
+        failures.append("consumer count not read")
+    elif consumers < 1:
+        failures.append("no consumer on the queue after heal")
+    return {"met": not failures, "failures": failures}
+
+
+def _needs_queue_check(cell: Cell) -> bool:
+    """The publish during the fault said ok but its message never ran: is it queued?"""
+    return cell.publish_during_fault.startswith("ok") and not cell.during_executed
+
+
+def _judge_publish(
+    cell: Cell, key: str, queued_keys: list[str] | None, stall_timeout: float
+) -> None:
+    """Set ``publish_verdict`` and ``false_ok`` from the probe's answer and the queue's keys."""
+    if cell.during_executed:
+        queued: bool | None = True
+    elif queued_keys is None:
+        queued = None
+    else:
+        queued = key in queued_keys
+    publish_timeout = float(Policy(stall_timeout=stall_timeout).publish_timeout or stall_timeout)
+    cell.publish_verdict = classify_publish(cell.publish_during_fault, publish_timeout, queued)
+    answer = _PROBE_ANSWER.match(cell.publish_during_fault)
+    cell.publish_s = float(answer.group(2)) if answer else None
+    cell.false_ok = cell.publish_verdict == "false-ok"
 
 
 def _log_events(log: Path, since: float) -> list[tuple[float, str]]:
@@ -336,6 +497,437 @@ def _publish_once(
     )
 
 
+class _CellRun:
+    """One cell's processes, files and measurements inside a (possibly shared) fault run.
+
+    :func:`run_group` drives several of these against one injection of one
+    fault; :func:`run_cell` is a group of one.
+    """
+
+    def __init__(
+        self,
+        bed: Bed,
+        fault: Any,
+        fault_name: str,
+        profile: str,
+        work: Path,
+        *,
+        stall_timeout: float,
+        hold: float,
+        report: Path | None,
+    ) -> None:
+        self.bed, self.fault, self.profile, self.work = bed, fault, PROFILES[profile], work
+        self.stall_timeout, self.report = stall_timeout, report
+        self.cell = Cell(fault_name, profile, hold_s=hold)
+        self.queue = queue = re.sub(r"[^a-z0-9]+", "-", f"fm-{fault_name}-{profile}")
+        self.ledger, self.log = work / f"{queue}.ledger", work / f"{queue}.log"
+        self.published_file, self.stop_file = work / f"{queue}.published", work / f"{queue}.stop"
+        for p in (self.ledger, self.published_file, self.stop_file):
+            p.unlink(missing_ok=True)
+        ssl = getattr(bed, "client_ssl", None)  # TLS beds only
+        prof = self.profile
+        self.ctx = CellContext(
+            queue=queue, client_netns=bed.client_netns, client_url=bed.client_url,
+            producer_url=bed.producer_url, kind=prof.kind, guarded=prof.guarded, work=work,
+            stall_timeout=stall_timeout,
+        )  # fmt: skip
+        configure_fault(fault, self.ctx)
+        self.env = {
+            **_worker_env(self.ctx.client_url, prof, stall_timeout, self.ledger, ssl),
+            **self.ctx.env,
+        }
+        self.argv = _consumer_argv(
+            prof, self.ctx.client_url, queue, self.ledger, stall_timeout, ssl
+        )
+        self.worker: Any = None
+        self.producer: Any = None
+        self.probe: Any = None
+        self.resume_probe: Any = None
+        self.ready = False
+        self.resumed_at: float | None = None
+        self.recorder = (
+            CellRecorder(fault_name, profile, self.ledger, self.published_file, self.log)
+            if report
+            else None
+        )
+        if self.recorder and isinstance(bed, SeedBed):  # VIP faults: watch SYNs and conntrack
+            self.recorder.watch_connections(
+                bed.client_netns, bed.lab.topo.vip, bed.lab.topo.node_port, bed.lab.vip_holders
+            )
+
+    # -- phases ------------------------------------------------------------------------
+    def start_worker(self) -> None:
+        self.worker = processes.spawn(
+            self.argv, netns=self.bed.client_netns, env=self.env, log=self.log
+        )
+        if self.recorder:
+            self.recorder.start()
+
+    def is_ready(self) -> bool:
+        return " ready." in (self.log.read_text() if self.log.exists() else "")
+
+    def start_producer(self) -> None:
+        self.ctx.worker_pid = self.worker.pid
+        attach_fault(self.fault, self.ctx)
+        argv = [sys.executable, "-m", MODULE, "produce", self.bed.producer_url, self.queue]
+        argv += [str(self.published_file), str(self.stop_file), str(PRODUCER_RATE)]
+        self.producer = processes.spawn(
+            argv, netns=self.bed.broker_netns, log=self.work / f"{self.queue}.producer.log"
+        )
+
+    def publish(self, suffix: str) -> Any:
+        return _publish_once(
+            self.bed, self.profile, self.queue, f"{self.queue}-{suffix}", self.env,
+            self.stall_timeout,
+        )  # fmt: skip
+
+    def has_run(self, suffix: str) -> bool:
+        return f"{self.queue}-{suffix}" in _ledger_keys(self.ledger)
+
+    def done_waiting(self) -> bool:
+        """Resumed (the resume probe executed) or the worker died: nothing more to wait for."""
+        if self.resumed_at is None and self.has_run("resume"):
+            self.resumed_at = time.monotonic()
+        return self.resumed_at is not None or not processes.pid_alive(self.worker.pid)
+
+    def published(self) -> list[str]:
+        return self.published_file.read_text().split() if self.published_file.exists() else []
+
+    def drained(self) -> bool:
+        return set(self.published()) <= set(_ledger_keys(self.ledger))
+
+    def stop(self) -> None:
+        if self.recorder:
+            self.recorder.stop()
+        for proc in (self.probe, self.resume_probe, self.producer, self.worker):
+            if proc is not None:
+                processes.stop_pid(proc.pid)
+
+
+def _queue_stats(bed: Bed, *columns: str) -> dict[str, dict[str, int]]:
+    """``{queue: {column: n}}`` from the broker's own view (rabbitmqctl list_queues), or {}."""
+    columns = columns or ("messages", "consumers")
+    stats: dict[str, dict[str, int]] = {}
+    with contextlib.suppress(Exception):
+        out = bed.node.ctl("list_queues", "name", *columns, timeout=30)
+        for line in out.splitlines():
+            parts = [v.strip() for v in line.split("\t")]
+            if len(parts) == len(columns) + 1 and all(v.isdigit() for v in parts[1:]):
+                stats[parts[0]] = {c: int(v) for c, v in zip(columns, parts[1:], strict=True)}
+    return stats
+
+
+#: How long to wait, once the consumers are stopped, for the broker to requeue
+#: what they held unacked before the queue's messages are read.
+REQUEUE_SECONDS = 10.0
+
+
+def _queued_keys(bed: Bed, queues: list[str]) -> dict[str, list[str] | None]:
+    """The task keys of the messages in ``queues`` (read, never removed).
+
+    A queue's entry is None when it cannot be known: the broker still counts
+    unacked messages (a dead consumer's connection it has not dropped yet) or
+    the queue could not be read.
+    """
+    if not queues:
+        return {}
+    unacked: dict[str, dict[str, int]] = {}
+
+    def requeued() -> bool:
+        nonlocal unacked
+        unacked = _queue_stats(bed, "messages_unacknowledged")
+        return all(unacked.get(q, {}).get("messages_unacknowledged", 1) == 0 for q in queues)
+
+    _wait(requeued, REQUEUE_SECONDS, step=2.0)
+    found: dict[str, Any] = {}
+    with contextlib.suppress(Exception):
+        result = processes.run(
+            [sys.executable, "-m", MODULE, "queued", bed.producer_url, ",".join(queues)],
+            netns=bed.broker_netns, timeout=60, check=False,
+        )  # fmt: skip
+        found = json.loads(result.stdout.strip().splitlines()[-1])
+    return {
+        q: (
+            list(found[q])
+            if isinstance(found.get(q), list)
+            and unacked.get(q, {}).get("messages_unacknowledged", 1) == 0
+            else None
+        )
+        for q in queues
+    }
+
+
+def queued(url: str, queues: list[str], limit: int = 20000) -> dict[str, list[str] | None]:
+    """Read (basic_get, never ack: all is requeued at close) the task keys in each queue."""
+    import kombu
+
+    from hangproof.lab.matrix_clients import message_key
+
+    found: dict[str, list[str] | None] = {}
+    with kombu.Connection(url, connect_timeout=10) as conn:
+        for queue in queues:
+            channel = conn.channel()
+            keys: list[str] = []
+            try:
+                for _ in range(limit):
+                    message = channel.basic_get(queue, no_ack=False)
+                    if message is None:
+                        break
+                    with contextlib.suppress(Exception):
+                        keys.append(message_key(message.body))
+                found[queue] = keys
+            except Exception:
+                found[queue] = None
+            finally:
+                with contextlib.suppress(Exception):
+                    channel.close()
+    return found
+
+
+def _fault_parallel(fault_name: str, fault: Any) -> bool:
+    """Whether the cells of ``fault_name`` may share one injection (see :func:`run_group`).
+
+    A fault module says so with ``PARALLEL = True/False``. Without it: the VIP
+    faults (seed lab) and faults with ``attach()`` (they act on one consumer)
+    run one cell at a time; the others share.
+    """
+    import importlib
+
+    module = importlib.import_module(f"hangproof.lab.faults.{FAULTS[fault_name]}")
+    declared = getattr(module, "PARALLEL", None)
+    if declared is not None:
+        return bool(declared)
+    if fault_bed(fault_name) == SEED_LAB:
+        return False
+    return getattr(fault, "attach", None) is None
+
+
+def run_group(
+    bed: Bed,
+    fault_name: str,
+    profiles: list[str],
+    work: Path,
+    *,
+    stall_timeout: float = DEFAULT_STALL_TIMEOUT,
+    hang_bound: float = DEFAULT_HANG_BOUND,
+    hold: float | None = None,
+    report: Path | None = None,
+) -> list[Cell]:
+    """Measure ``profiles`` against ONE injection of ``fault_name``; returns one cell per profile.
+
+    Each profile has its own queue, ledger, consumer process, producer and
+    publish probes; the fault is injected once, held, and healed once, so the
+    cells share inject/heal moments and differ only in the client. The fault's
+    optional ``configure(ctx)`` and ``attach(ctx)`` are called once per
+    profile (its ``prepare()`` once). Everything started is stopped by pid
+    before it returns. With ``report`` (a directory), each cell's timeline is
+    written to ``report/cells/FAULT--PROFILE/``.
+    """
+    reports = [report / "cells" / f"{fault_name}--{p}" if report else None for p in profiles]
+    return _run_group(
+        bed, fault_name, profiles, work, reports, stall_timeout=stall_timeout,
+        hang_bound=hang_bound, hold=hold,
+    )  # fmt: skip
+
+
+def _run_group(
+    bed: Bed,
+    fault_name: str,
+    profiles: list[str],
+    work: Path,
+    reports: list[Path | None],
+    *,
+    stall_timeout: float,
+    hang_bound: float,
+    hold: float | None,
+) -> list[Cell]:
+    hold = DEFAULT_HOLD.get(fault_name, 30.0) if hold is None else hold
+    fault = make_fault(fault_name, bed.target)
+    runs: list[_CellRun] = []
+    try:
+        for profile, cell_report in zip(profiles, reports, strict=True):
+            runs.append(
+                _CellRun(bed, fault, fault_name, profile, work, stall_timeout=stall_timeout,
+                         hold=hold, report=cell_report)
+            )  # fmt: skip
+            runs[-1].cell.shared_with = len(profiles)
+        prepare_fault(fault)
+        for run in runs:
+            run.start_worker()
+        ready_bound = WORKER_READY_SECONDS + READY_SECONDS_PER_EXTRA_CELL * (len(runs) - 1)
+        _wait(lambda: all(r.is_ready() for r in runs), ready_bound, step=0.5)
+        for run in runs:
+            run.ready = run.is_ready()
+            if not run.ready:
+                run.cell.notes.append(f"worker not ready within {ready_bound:.0f} s")
+                run.cell.worker_alive = processes.pid_alive(run.worker.pid)
+        live = [r for r in runs if r.ready]
+        if not live:
+            return [r.cell for r in runs]
+        for run in live:
+            run.start_producer()
+        time.sleep(4)  # steady state before the fault
+        injected_at = time.time()
+        fault.inject()
+        inject_s = time.time() - injected_at
+        if fault_name in DETECT_FROM_END_OF_INJECT:
+            injected_at = time.time()
+        detail = dict(getattr(fault, "detail", {}) or {})
+        for run in live:
+            run.cell.fault_detail = dict(detail)
+            run.cell.inject_s = round(inject_s, 2)
+            if run.recorder:
+                run.recorder.mark("inject", injected_at)
+                run.recorder.mark("detect_base", injected_at)
+        time.sleep(min(1.0, hold))
+        probe_started = time.monotonic()
+        for run in live:
+            run.probe = run.publish("during")
+        # The call faults: each Celery cell's calls (delay, apply_async, ping...) during the fault.
+        calls = {
+            id(run): _fault_calls(bed, fault_name, run.profile, run.queue, run.env, hold)
+            for run in live
+        }
+        time.sleep(max(0.0, hold - 1.0 - (time.monotonic() - probe_started)))
+        fault.heal()
+        healed_at = time.monotonic()
+        heal_s = round(time.time() - injected_at, 1)
+        healed_detail = dict(getattr(fault, "detail", {}) or {})  # what heal() found
+        for run in live:
+            run.cell.heal_s = heal_s
+            run.cell.fault_detail.update(healed_detail)
+            if run.recorder:
+                run.recorder.mark("heal")
+        # Work resumes when a task published after heal executes. Published at
+        # once for every cell, and everything polled in one loop: one cell's
+        # hanging probe must not delay another's probe or its resume stamp.
+        resume_started = time.monotonic()
+        for run in live:
+            run.resume_probe = run.publish("resume")
+        _await_probes_and_resume(
+            live,
+            during_deadline=probe_started + PUBLISH_PROBE_BOUND,
+            resume_probe_deadline=resume_started + PUBLISH_PROBE_BOUND,
+            hang_deadline=healed_at + hang_bound,
+        )
+        for run in live:
+            cell = run.cell
+            if run.done_waiting() and run.resumed_at is not None:
+                cell.resume_s = round(run.resumed_at - healed_at, 1)
+            else:
+                # EXIT: the worker process died (needs a supervisor restart to resume).
+                cell.resume_s = "EXIT" if not processes.pid_alive(run.worker.pid) else "HANG"
+            # What the fault saw up to now (counters read at heal, queries after it).
+            cell.fault_detail.update(dict(getattr(fault, "detail", {}) or {}))
+            evidence = getattr(fault, "evidence", None)
+            if evidence is not None and cell.resume_s == "HANG":
+                # Read while the hung client still holds its socket.
+                cell.fault_detail["evidence"] = evidence()
+        for run in live:
+            run.stop_file.write_text("stop")
+        _wait(lambda: all(not processes.pid_alive(r.producer.pid) for r in live), 15)
+        resumed = [r for r in live if isinstance(r.cell.resume_s, float)]
+        _wait(lambda: all(r.drained() for r in resumed), DRAIN_SECONDS, step=0.5)
+        stats = _queue_stats(bed)  # the broker's view, consumers still running
+        for run in live:
+            _finish(run, stats.get(run.queue), injected_at)
+            run.cell.calls = _judge_calls(
+                calls[id(run)], fault_name, run.profile, run.queue, _ledger_keys(run.ledger),
+                stall_timeout,
+            )  # fmt: skip
+        # What the broker holds for each queue, read once the consumers are gone.
+        for run in live:
+            run.stop()
+        unsure = [r for r in live if _needs_queue_check(r.cell)]
+        queued = _queued_keys(bed, [r.queue for r in unsure])
+        for run in live:
+            _judge_publish(run.cell, f"{run.queue}-during", queued.get(run.queue), stall_timeout)
+            if run.profile.guarded:
+                run.cell.promise = judge_promise(asdict(run.cell), stall_timeout)
+            if run.recorder and run.report:
+                run.recorder.mark("end")
+                run.cell.timeline = write_report(
+                    run.recorder.event_log(asdict(run.cell)), run.report
+                )
+        return [r.cell for r in runs]
+    finally:
+        for run in runs:
+            run.stop()
+        close_fault(fault)
+
+
+def _probe_answer(proc: Any) -> str:
+    out = proc.stdout.read() if proc.stdout is not None else b""
+    return str(out.decode(errors="replace").strip() or "no output")
+
+
+def _await_probes_and_resume(
+    live: list[_CellRun],
+    *,
+    during_deadline: float,
+    resume_probe_deadline: float,
+    hang_deadline: float,
+    step: float = 0.25,
+) -> None:
+    """Poll every cell's probes and resume together until all are settled or past their bounds.
+
+    Sets ``publish_during_fault`` (the probe's answer, or ``HANG >60s``),
+    stops each resume probe once it answered (or at its bound) and stamps
+    each cell's ``resumed_at`` the round its resume key shows in its ledger.
+    """
+    pending_during = {id(r): r for r in live}
+    pending_resume = {id(r): r for r in live}
+    last = max(during_deadline, resume_probe_deadline, hang_deadline)
+    for _ in range(int((last - time.monotonic()) / step) + 2):
+        now = time.monotonic()
+        for key, run in list(pending_during.items()):
+            if run.probe.poll() is not None:
+                run.cell.publish_during_fault = _probe_answer(run.probe)
+                del pending_during[key]
+            elif now > during_deadline:
+                run.cell.publish_during_fault = f"HANG >{PUBLISH_PROBE_BOUND:.0f}s"
+                del pending_during[key]
+        for key, run in list(pending_resume.items()):
+            if run.resume_probe.poll() is not None or now > resume_probe_deadline:
+                processes.stop_pid(run.resume_probe.pid, grace=1)
+                del pending_resume[key]
+        waiting = [r for r in live if not r.done_waiting()]  # stamps resumes
+        if not pending_during and not pending_resume and (not waiting or now > hang_deadline):
+            return
+        if now > last:
+            return
+        time.sleep(step)
+
+
+def _finish(run: _CellRun, stats: dict[str, int] | None, injected_at: float) -> None:
+    """Fill ``run.cell``'s counts from its ledger and the broker's view of its queue."""
+    cell, ledger = run.cell, run.ledger
+    published = run.published()
+    keys = _ledger_keys(ledger)
+    executed = [k for k in keys if not k.endswith(("-resume", "-during"))]
+    cell.published = len(published)
+    cell.executed = len(set(executed))
+    unexecuted = len(set(published) - set(executed))
+    cell.duplicated = len(executed) - len(set(executed))
+    cell.during_executed = f"{run.queue}-during" in keys
+    if cell.during_executed:
+        cell.publish_during_fault += " (executed)"
+    events = _log_events(run.log, injected_at)
+    if events:
+        cell.detect_s = round(events[0][0] - injected_at, 1)
+        cell.detected_by = events[0][1]
+    cell.worker_alive = processes.pid_alive(run.worker.pid)
+    if stats is not None:
+        cell.left_in_queue = stats["messages"]
+        cell.consumers_after_heal = stats["consumers"]
+    # Unexecuted tasks still in the queue are stranded, not lost: they run
+    # once a worker consumes again (the probes may be among them).
+    cell.stranded = min(unexecuted, cell.left_in_queue or 0)
+    cell.lost = unexecuted - cell.stranded
+    if not cell.worker_alive:
+        cell.notes.append("worker process exited")
+
+
 def run_cell(
     bed: Bed,
     fault_name: str,
@@ -349,147 +941,53 @@ def run_cell(
 ) -> Cell:
     """Measure one cell; everything it starts is stopped by pid before it returns.
 
-    With ``report`` (a directory), the cell's timeline is written there.
+    With ``report`` (a directory), the cell's timeline is written there. A
+    group of one (:func:`run_group`).
     """
-    prof = PROFILES[profile]
-    hold = DEFAULT_HOLD.get(fault_name, 30.0) if hold is None else hold
-    cell = Cell(fault_name, profile, hold_s=hold)
-    queue = re.sub(r"[^a-z0-9]+", "-", f"fm-{fault_name}-{profile}")
-    ledger, log = work / f"{queue}.ledger", work / f"{queue}.log"
-    published_file, stop_file = work / f"{queue}.published", work / f"{queue}.stop"
-    for p in (ledger, published_file, stop_file):
-        p.unlink(missing_ok=True)
-    ssl = getattr(bed, "client_ssl", None)  # TLS beds only
-    fault = make_fault(fault_name, bed.target)
-    ctx = CellContext(
-        queue=queue, client_netns=bed.client_netns, client_url=bed.client_url,
-        producer_url=bed.producer_url, kind=prof.kind, guarded=prof.guarded, work=work,
-        stall_timeout=stall_timeout,
-    )  # fmt: skip
-    configure_fault(fault, ctx)
-    env = {**_worker_env(ctx.client_url, prof, stall_timeout, ledger, ssl), **ctx.env}
-    argv = _consumer_argv(prof, ctx.client_url, queue, ledger, stall_timeout, ssl)
-    worker = producer = probe = None
-    recorder = CellRecorder(fault_name, profile, ledger, published_file, log) if report else None
-    if recorder and isinstance(bed, SeedBed):  # the VIP faults: watch the SYNs and conntrack too
-        recorder.watch_connections(
-            bed.client_netns, bed.lab.topo.vip, bed.lab.topo.node_port, bed.lab.vip_holders
-        )
-    try:
-        prepare_fault(fault)
-        worker = processes.spawn(argv, netns=bed.client_netns, env=env, log=log)
-        wpid = worker.pid
-        if recorder:
-            recorder.start()
-        if not _wait(lambda: " ready." in (log.read_text() if log.exists() else ""), 90):
-            cell.notes.append("worker not ready within 90 s")
-            cell.worker_alive = processes.pid_alive(worker.pid)
-            return cell
-        ctx.worker_pid = wpid
-        attach_fault(fault, ctx)
-        producer = processes.spawn(
-            [
-                sys.executable,
-                "-m",
-                MODULE,
-                "produce",
-                bed.producer_url,
-                queue,
-                str(published_file),
-                str(stop_file),
-                str(PRODUCER_RATE),
-            ],
-            netns=bed.broker_netns,
-            log=work / f"{queue}.producer.log",
-        )
-        time.sleep(4)  # steady state before the fault
-        injected_at = time.time()
-        fault.inject()
-        if fault_name in DETECT_FROM_END_OF_INJECT:
-            injected_at = time.time()
-        if recorder:
-            recorder.mark("inject", injected_at)
-            recorder.mark("detect_base", injected_at)
-        cell.fault_detail = dict(getattr(fault, "detail", {}) or {})
-        time.sleep(min(1.0, hold))
-        fault_started = time.monotonic()
-        probe = _publish_once(bed, prof, queue, f"{queue}-during", env, stall_timeout)
-        calls = _fault_calls(bed, fault_name, prof, queue, env, hold)
-        time.sleep(max(0.0, hold - 1.0 - (time.monotonic() - fault_started)))
-        fault.heal()
-        healed_at = time.monotonic()
-        cell.fault_detail.update(getattr(fault, "detail", {}) or {})  # what heal() found
-        if recorder:
-            recorder.mark("heal")
+    return _run_group(
+        bed, fault_name, [profile], work, [report], stall_timeout=stall_timeout,
+        hang_bound=hang_bound, hold=hold,
+    )[0]  # fmt: skip
+
+
+#: ``--subset ci``: 3 faults x the 4 guarded profiles, HANG bound 60 s (the
+#: promise needs resume <= stall_timeout + one backoff step, far below it).
+#: One fault that heals (blackhole: silent half-open link), one that kills
+#: the broker (RST, restart), one that never heals (silent-flow-loss: judged
+#: from detection). About 7 min on 2 shared cores in parallel mode.
+SUBSETS: dict[str, dict[str, Any]] = {
+    "ci": {
+        "faults": ["blackhole", "broker-kill", "silent-flow-loss"],
+        "profiles": ["celery-prefork+harden", "celery-gevent+harden", "kombu+guard",
+                     "aio-pika+guard"],
+        "hang_bound": 60.0,
+    },
+}  # fmt: skip
+
+
+def version_set(bed: Bed | None = None) -> dict[str, str]:
+    """The versions a run measured (OS, RabbitMQ, the clients) and the commit of the code."""
+    from importlib import metadata
+
+    versions: dict[str, str] = {}
+    with contextlib.suppress(OSError):
+        versions["debian"] = Path("/etc/debian_version").read_text().strip()
+    if bed is not None:
         with contextlib.suppress(Exception):
-            out, _ = probe.communicate(timeout=max(1.0, PUBLISH_PROBE_BOUND - hold))
-            cell.publish_during_fault = out.decode().strip() or "no output"
-        if probe.poll() is None:
-            cell.publish_during_fault = f"HANG >{PUBLISH_PROBE_BOUND:.0f}s"
-        # Work resumes when a task published after heal executes.
-        resume_probe = _publish_once(bed, prof, queue, f"{queue}-resume", env, stall_timeout)
-        with contextlib.suppress(Exception):
-            resume_probe.communicate(timeout=PUBLISH_PROBE_BOUND)
-        processes.stop_pid(resume_probe.pid, grace=1)
-        resumed_or_died = _wait(
-            lambda: f"{queue}-resume" in _ledger_keys(ledger) or not processes.pid_alive(wpid),
-            hang_bound,
-            step=0.5,
-        )
-        if f"{queue}-resume" in _ledger_keys(ledger):
-            cell.resume_s = round(time.monotonic() - healed_at, 1)
-        else:
-            # EXIT: the worker process died (needs a supervisor restart to resume).
-            cell.resume_s = "HANG" if not resumed_or_died else "EXIT"
-        # What the fault saw up to now (counters read at heal, queries after it).
-        cell.fault_detail.update(dict(getattr(fault, "detail", {}) or {}))
-        evidence = getattr(fault, "evidence", None)
-        if evidence is not None and cell.resume_s == "HANG":
-            # Read while the hung client still holds its socket.
-            cell.fault_detail["evidence"] = evidence()
-        stop_file.write_text("stop")
-        _wait(lambda: producer is not None and not processes.pid_alive(producer.pid), 15)
-        published = published_file.read_text().split() if published_file.exists() else []
-        if isinstance(cell.resume_s, float):
-            _wait(lambda: set(published) <= set(_ledger_keys(ledger)), DRAIN_SECONDS, step=0.5)
-        executed = [k for k in _ledger_keys(ledger) if not k.endswith(("-resume", "-during"))]
-        cell.published = len(published)
-        cell.executed = len(set(executed))
-        unexecuted = len(set(published) - set(executed))
-        cell.duplicated = len(executed) - len(set(executed))
-        if f"{queue}-during" in _ledger_keys(ledger):
-            cell.publish_during_fault += " (executed)"
-        cell.calls = _judge_calls(
-            calls, fault_name, prof, queue, _ledger_keys(ledger), stall_timeout
-        )
-        events = _log_events(log, injected_at)
-        if events:
-            cell.detect_s = round(events[0][0] - injected_at, 1)
-            cell.detected_by = events[0][1]
-        cell.worker_alive = processes.pid_alive(worker.pid)
-        with contextlib.suppress(Exception):
-            for line in bed.node.ctl("list_queues", "name", "messages", timeout=20).splitlines():
-                name, _, count = line.partition("\t")
-                if name.strip() == queue:
-                    cell.left_in_queue = int(count)
-        # Unexecuted tasks still in the queue are stranded, not lost: they run
-        # once a worker consumes again (the probes may be among them).
-        cell.stranded = min(unexecuted, cell.left_in_queue or 0)
-        cell.lost = unexecuted - cell.stranded
-        if not cell.worker_alive:
-            cell.notes.append("worker process exited")
-        if recorder and report:
-            recorder.mark("end")
-            recorder.stop()
-            cell.timeline = write_report(recorder.event_log(asdict(cell)), report)
-        return cell
-    finally:
-        if recorder:
-            recorder.stop()
-        for proc in (probe, producer, worker):
-            if proc is not None:
-                processes.stop_pid(proc.pid)
-        close_fault(fault)
+            out = bed.node.ctl("version", timeout=30).strip()
+            versions["rabbitmq"] = out.splitlines()[-1] if out else "?"
+    for dist in ("celery", "kombu", "amqp", "aio-pika", "aiormq", "gevent", "hangproof"):
+        with contextlib.suppress(metadata.PackageNotFoundError):
+            versions[dist] = metadata.version(dist)
+    here = Path(__file__).resolve().parent
+    with contextlib.suppress(Exception):
+        head = processes.run(["git", "-C", str(here), "rev-parse", "HEAD"], check=False).stdout
+        dirty = processes.run(
+            ["git", "-C", str(here), "status", "--porcelain", "--untracked-files=no"], check=False
+        ).stdout
+        if head.strip():
+            versions["commit"] = head.strip() + ("-dirty" if dirty.strip() else "")
+    return versions
 
 
 #: The call probe's bound in a cell is the hold minus this (seconds).
@@ -557,8 +1055,16 @@ def run_matrix(
     lab_name: str = SEED_LAB_PREFIX,
     tls: bool = False,
     hold: float | None = None,
+    parallel: bool = True,
+    group_size: int | None = None,
 ) -> dict[str, Any]:
     """Measure every cell, one bed at a time: the testbed, then the seed lab.
+
+    ``parallel`` (the default): the profiles of a fault run against one
+    injection of it (:func:`run_group`), ``group_size`` profiles at a time
+    (all when None); faults that cannot share (:func:`_fault_parallel`: the
+    VIP faults, faults that act on one consumer, ``PARALLEL = False``) run
+    one cell at a time, as ``parallel=False`` runs every fault.
 
     With ``report``, each cell's timeline goes to ``report/cells/FAULT--PROFILE/``
     and the heatmap (each cell linking to its timeline) to ``report/``.
@@ -575,8 +1081,13 @@ def run_matrix(
             f"unknown fault or profile {unknown[0]!r}; faults: {', '.join(sorted(FAULTS))}; "
             f"profiles: {', '.join(PROFILES)}"
         )
+    if group_size is not None and group_size < 1:
+        raise HangproofError(f"--group-size must be >= 1, got {group_size}")
     work.mkdir(parents=True, exist_ok=True)
     cells: list[Cell] = []
+    started = time.time()
+    versions: dict[str, str] = {}
+    groups_run: list[dict[str, Any]] = []
     for bed_kind in ("testbed", SEED_LAB, SEED_CLUSTER):
         bed_faults = [f for f in faults if fault_bed(f) == bed_kind]
         if not bed_faults:
@@ -590,20 +1101,38 @@ def run_matrix(
         )
         try:
             bed.up()  # type: ignore[attr-defined]
+            versions = {**version_set(bed), **versions}
             for fault_name in bed_faults:
-                for profile in profiles:
+                shared = parallel and _fault_parallel(
+                    fault_name, make_fault(fault_name, bed.target)
+                )
+                size = (group_size or len(profiles)) if shared else 1
+                for i in range(0, len(profiles), size):
+                    group = profiles[i : i + size]
+                    group_started = time.monotonic()
                     try:
-                        cell = run_cell(
-                            bed, fault_name, profile, work, stall_timeout=stall_timeout,
-                            hang_bound=hang_bound,
-                            report=report / "cells" / f"{fault_name}--{profile}" if report else None,
-                            hold=_hold(fault_name, hold),
+                        found = run_group(
+                            bed, fault_name, group, work, stall_timeout=stall_timeout,
+                            hang_bound=hang_bound, report=report, hold=_hold(fault_name, hold),
                         )  # fmt: skip
                     except Exception as exc:
-                        cell = Cell(fault_name, profile, resume_s="ERROR", notes=[repr(exc)[:300]])
-                    cells.append(cell)
-                    if progress:
-                        progress(cell)
+                        found = [
+                            Cell(fault_name, p, resume_s="ERROR", notes=[repr(exc)[:300]])
+                            for p in group
+                        ]
+                    groups_run.append({
+                        "fault": fault_name, "profiles": group,
+                        "seconds": round(time.monotonic() - group_started, 1),
+                    })  # fmt: skip
+                    for cell in found:
+                        cells.append(cell)
+                        if progress:
+                            progress(cell)
+                    # A crash later loses nothing measured so far.
+                    with contextlib.suppress(OSError):
+                        (work / "matrix-partial.json").write_text(
+                            json.dumps({"groups": groups_run, "cells": [asdict(c) for c in cells]})
+                        )
                     if not bed.healthy():
                         raise HangproofError(f"the broker of the {bed_kind} did not recover")
         finally:
@@ -613,7 +1142,14 @@ def run_matrix(
         "tls": tls,
         "stall_timeout": stall_timeout,
         "hang_bound": hang_bound,
+        "backoff_step": DEFAULT_BACKOFF_STEP,
         "producer_rate": PRODUCER_RATE,
+        "mode": "parallel" if parallel else "serial",
+        "group_size": group_size,
+        "started": datetime.fromtimestamp(started, UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        "wall_s": round(time.time() - started, 1),
+        "versions": versions or version_set(),
+        "groups": groups_run,
         "cells": [asdict(c) for c in cells],
     }
     if report:
@@ -668,26 +1204,52 @@ def _names(value: Any, default: list[str]) -> list[str]:
     return list(value)
 
 
+def resolve_selection(
+    faults: Any, profiles: Any, hang_bound: float | None, subset: str | None
+) -> tuple[list[str], list[str], float]:
+    """Faults, profiles and HANG bound of a run: given ones win, then ``subset``'s, then all.
+
+    >>> resolve_selection(None, None, None, "ci")[2], resolve_selection("blackhole", None, 9, None)[::2]
+    (60.0, (['blackhole'], 9.0))
+    """
+    chosen: dict[str, Any] = {}
+    if subset:
+        if subset not in SUBSETS:
+            raise HangproofError(f"unknown subset {subset!r}; choose one of: {', '.join(SUBSETS)}")
+        chosen = SUBSETS[subset]
+    return (
+        _names(faults, list(chosen.get("faults") or sorted(FAULTS))),
+        _names(profiles, list(chosen.get("profiles") or DEFAULT_PROFILES)),
+        float(hang_bound or chosen.get("hang_bound") or DEFAULT_HANG_BOUND),
+    )
+
+
 def run(lab: Lab | None, options: RunOptions) -> dict[str, Any]:
     """Scenario entry point; ``lab`` is unused (:data:`NEEDS_LAB` is False: it builds its beds).
 
     ``options.extra`` may carry ``faults`` and ``profiles`` (lists or
-    comma-separated), ``stall_timeout``, ``hang_bound``, ``work``, ``tls``.
-    comma-separated), ``stall_timeout``, ``hang_bound``, ``hold``, ``work``.
+    comma-separated), ``stall_timeout``, ``hang_bound``, ``hold``, ``work``,
+    ``tls``, ``serial``, ``subset`` (:data:`SUBSETS`) and ``group_size``.
     """
     extra = options.extra
     tls = bool(extra.get("tls"))
-    faults = _names(extra.get("faults"), sorted(FAULTS))
-    profiles = _names(extra.get("profiles"), DEFAULT_PROFILES)
+    faults, profiles, hang_bound = resolve_selection(
+        extra.get("faults"), extra.get("profiles"), extra.get("hang_bound"), extra.get("subset")
+    )
     work = Path(extra.get("work") or tempfile.mkdtemp(prefix="hpfault-"))
-    return run_matrix(
+    result = run_matrix(
         faults, profiles, work,
         report=Path(extra["report"]) if extra.get("report") else None,
         stall_timeout=float(extra.get("stall_timeout") or DEFAULT_STALL_TIMEOUT),
-        hang_bound=float(extra.get("hang_bound") or DEFAULT_HANG_BOUND),
+        hang_bound=hang_bound,
         progress=extra.get("progress"), tls=tls,
         hold=None if extra.get("hold") is None else float(extra["hold"]),
+        parallel=not extra.get("serial"),
+        group_size=int(extra["group_size"]) if extra.get("group_size") else None,
     )  # fmt: skip
+    if extra.get("subset"):
+        result["subset"] = extra["subset"]
+    return result
 
 
 def summary(result: dict[str, Any]) -> str:
@@ -695,7 +1257,10 @@ def summary(result: dict[str, Any]) -> str:
     return (
         f"fault-matrix{' over TLS' if result.get('tls') else ''}: "
         f"stall_timeout {result['stall_timeout']} s, HANG bound "
-        f"{result['hang_bound']} s, producer {result['producer_rate']}/s\n" + format_table(result)
+        f"{result['hang_bound']} s, producer {result['producer_rate']}/s"
+        + (f", {result['mode']}, {result['wall_s']} s" if result.get("wall_s") is not None else "")
+        + "\n"
+        + format_table(result)
     )
 
 
@@ -728,11 +1293,22 @@ def main(argv: list[str] | None = None) -> int:
     p = sub.add_parser("produce")
     for name in ("url", "queue", "published", "stop", "rate"):
         p.add_argument(name)
+    q = sub.add_parser("queued")
+    q.add_argument("url")
+    q.add_argument("queues")
     r = sub.add_parser("run")
-    r.add_argument("--faults", default=",".join(sorted(FAULTS)))
-    r.add_argument("--profiles", default=",".join(DEFAULT_PROFILES))
+    r.add_argument("--faults", default=None, help="comma-separated (default: all, or the subset's)")
+    r.add_argument(
+        "--profiles", default=None, help="comma-separated (default: the 8, or the subset's)"
+    )
     r.add_argument("--stall-timeout", type=float, default=DEFAULT_STALL_TIMEOUT)
-    r.add_argument("--hang-bound", type=float, default=DEFAULT_HANG_BOUND)
+    r.add_argument("--hang-bound", type=float, default=None, help="default 300 (ci subset: 60)")
+    r.add_argument("--serial", action="store_true", help="one cell at a time (no shared injection)")
+    r.add_argument(
+        "--subset", default=None, choices=sorted(SUBSETS), help="a documented set of cells"
+    )
+    r.add_argument("--group-size", type=int, default=None, help="profiles per shared injection")
+    r.add_argument("--publish-docs", default=None, help="also write DIR/fault-matrix-run.{json,md}")
     r.add_argument("--work", default=None)
     r.add_argument("--report", default=None, help="write the heatmap and each cell's timeline here")
     r.add_argument("--json", action="store_true")
@@ -743,13 +1319,31 @@ def main(argv: list[str] | None = None) -> int:
     if args.cmd == "produce":
         produce(args.url, args.queue, Path(args.published), Path(args.stop), float(args.rate))
         return 0
-    work = Path(args.work or tempfile.mkdtemp(prefix="hpfault-"))
-    report = run_matrix(
-        args.faults.split(","), args.profiles.split(","), work, tls=args.tls,
-        stall_timeout=args.stall_timeout, hang_bound=args.hang_bound, prefix=args.prefix,
-        lab_name=args.lab_name, report=Path(args.report) if args.report else None,
-        progress=None if args.json else lambda c: print(json.dumps(asdict(c)), flush=True),
-    )  # fmt: skip
+    if args.cmd == "queued":
+        print(json.dumps(queued(args.url, args.queues.split(","))))
+        return 0
+    try:
+        faults, profiles, hang_bound = resolve_selection(
+            args.faults, args.profiles, args.hang_bound, args.subset
+        )
+        work = Path(args.work or tempfile.mkdtemp(prefix="hpfault-"))
+        report = run_matrix(
+            faults, profiles, work, tls=args.tls,
+            stall_timeout=args.stall_timeout, hang_bound=hang_bound, prefix=args.prefix,
+            lab_name=args.lab_name, report=Path(args.report) if args.report else None,
+            progress=None if args.json else lambda c: print(json.dumps(asdict(c)), flush=True),
+            parallel=not args.serial, group_size=args.group_size,
+        )  # fmt: skip
+    except HangproofError as exc:
+        print(f"fault-matrix: {exc}", file=sys.stderr)
+        return 2
+    if args.subset:
+        report["subset"] = args.subset
+    if args.publish_docs:
+        from hangproof.lab.fault_matrix_docs import publish
+
+        for path in publish(report, Path(args.publish_docs)):
+            print(f"wrote {path}", file=sys.stderr)
     print(json.dumps(report, indent=2) if args.json else format_table(report))
     return 0
 
