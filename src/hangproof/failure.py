@@ -76,6 +76,10 @@ class FaultClass(StrEnum):
     HEAL_AFTER_HALF_OPEN = "heal-after-half-open"
     MEMORY_ALARM = "memory-alarm"
     SILENT_FLOW_LOSS = "silent-flow-loss"
+    ONE_WAY_LOSS_IN = "one-way-loss-in"
+    ONE_WAY_LOSS_OUT = "one-way-loss-out"
+    FLOW_STATE_EXPIRY = "flow-state-expiry"
+    FLOW_STATE_RST = "flow-state-rst"
 
 
 class Severity(StrEnum):

@@ -70,6 +70,7 @@ from hangproof.lab import processes
 from hangproof.lab.faults import (
     FAULTS,
     SEED_LAB,
+    TESTBED_ROUTER,
     CellContext,
     FaultTarget,
     attach_fault,
@@ -114,6 +115,10 @@ DEFAULT_HOLD = {
     # The open flows stay dead (heal brings nothing back): resume counts from
     # the end of inject(), i.e. fault -> first new task executed.
     "silent-flow-loss": 0.0,
+    "one-way-loss-in": 20.0,
+    "one-way-loss-out": 20.0,
+    "flow-state-expiry": 20.0,
+    "flow-state-rst": 20.0,
 }
 #: Faults whose detection counts from the end of inject() (see the module doc).
 DETECT_FROM_END_OF_INJECT = frozenset({"vip-race"})
@@ -489,14 +494,14 @@ def run_matrix(
         )
     work.mkdir(parents=True, exist_ok=True)
     cells: list[Cell] = []
-    for bed_kind in ("testbed", SEED_LAB):
+    for bed_kind in ("testbed", SEED_LAB, TESTBED_ROUTER):
         bed_faults = [f for f in faults if fault_bed(f) == bed_kind]
         if not bed_faults:
             continue
         bed: Bed = (
             SeedBed(lab_name, tls=tls)
             if bed_kind == SEED_LAB
-            else FaultBed(work / "bed", prefix, tls=tls)
+            else FaultBed(work / "bed", prefix, tls=tls, router=bed_kind == TESTBED_ROUTER)
         )
         try:
             bed.up()  # type: ignore[attr-defined]
