@@ -28,13 +28,14 @@ broker's namespace is not on that interface and is untouched).
 "Publishing enough to fill the send buffer": ``attach()`` starts a *filler* in
 the clients' namespace, a stock ``kombu`` producer (no confirms, what
 kombu#463's users ran) already connected before the fault. ``inject()`` tells
-it to publish 16 KiB messages (at most :data:`FILL_MESSAGES`, to the default
+it to publish 4 KiB messages (at most :data:`FILL_MESSAGES`, to the default
 exchange with a routing key no queue has, so the broker discards them) and it
-writes each one it got through ``publish()`` to its log; it blocks once the
+logs each ``publish()`` it starts and each it got through; it blocks once the
 socket's send buffer is full. ``heal()`` reads, before the rule goes,
 ``detail["measured"]``: ``dropped_packets`` (the DROP rule's own counter),
-``filler_published_during_fault`` and ``filler_blocked`` (it stopped advancing
-before the heal). ``detail["measured"]`` is a dict the fault fills at heal,
+``filler_connected``, ``filler_published_during_fault`` and
+``filler_blocked`` (a ``publish()`` started and had not returned a second
+later: blocked in ``sendall`` on a full send buffer). ``detail["measured"]`` is a dict the fault fills at heal,
 so the matrix's copy of ``detail`` (taken after ``inject()``) shows it.
 """
 
@@ -51,10 +52,10 @@ from hangproof.lab.faults import CellContext, FaultTarget, delete_rules, insert_
 
 #: Marks our rules, so heal deletes exactly what inject added.
 RULE_COMMENT = "hpfault-one-way-loss"
-#: Messages the filler publishes at most (x 16 KiB = 16 MiB: above Linux's
+#: Messages the filler publishes at most (x 4 KiB = 16 MiB: above Linux's
 #: default wmem_max autotuning ceiling of 4 MiB, so the buffer does fill).
-FILL_MESSAGES = 1024
-FILL_BYTES = 16 * 1024
+FILL_MESSAGES = 4096
+FILL_BYTES = 4 * 1024
 #: The filler stops by itself after this long (close() stops it by pid first).
 FILL_MAX_SECONDS = 600.0
 _PKTS = re.compile(r"^\s*(\d+)\s+\d+\s.*" + RULE_COMMENT, re.MULTILINE)
@@ -97,6 +98,7 @@ class OneWayLoss:
         deadline = time.monotonic() + 20
         while time.monotonic() < deadline and "connected" not in self._fill_text():
             time.sleep(0.2)
+        self.measured["filler_connected"] = "connected" in self._fill_text()
 
     def _fill_text(self) -> str:
         log = self._fill_log
@@ -104,6 +106,9 @@ class OneWayLoss:
 
     def _fill_count(self) -> int:
         return self._fill_text().count("published ")
+
+    def _fill_started(self) -> int:
+        return self._fill_text().count("publishing ")
 
     def inject(self) -> None:
         """Insert the DROP rule, then let the filler publish into the dead direction."""
@@ -132,9 +137,7 @@ class OneWayLoss:
                 time.sleep(1.0)
                 after = self._fill_count()
                 self.measured["filler_published_during_fault"] = after - self._fill_mark
-                self.measured["filler_blocked"] = (
-                    after == before and after - self._fill_mark < FILL_MESSAGES
-                )
+                self.measured["filler_blocked"] = after == before < self._fill_started()
         delete_rules(self.target.broker_netns, self._rules())
 
     def close(self) -> None:
@@ -146,7 +149,7 @@ class OneWayLoss:
 
 
 def fill(url: str, go: Path) -> None:
-    """The filler: connect, wait for ``go``, publish :data:`FILL_MESSAGES` x 16 KiB (bounded)."""
+    """The filler: connect, wait for ``go``, publish :data:`FILL_MESSAGES` x 4 KiB (bounded)."""
     from kombu import Connection
 
     deadline = time.monotonic() + FILL_MAX_SECONDS
@@ -160,6 +163,7 @@ def fill(url: str, go: Path) -> None:
         for i in range(FILL_MESSAGES):
             if time.monotonic() > deadline:
                 return
+            print(f"publishing {i}", flush=True)
             producer.publish(body, exchange="", routing_key="hpfault-nowhere", retry=False)
             print(f"published {i}", flush=True)
 
