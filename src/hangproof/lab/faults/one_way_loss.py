@@ -150,12 +150,14 @@ class OneWayLoss:
 
 def fill(url: str, go: Path) -> None:
     """The filler: connect, wait for ``go``, publish :data:`FILL_MESSAGES` x 4 KiB (bounded)."""
-    from kombu import Connection
+    from kombu import Connection, Producer
 
     deadline = time.monotonic() + FILL_MAX_SECONDS
     with Connection(url, connect_timeout=5) as conn:
-        producer = conn.Producer()
         conn.connect()
+        # Open the channel now: a publish during the fault must block on the
+        # full send buffer, not on a Channel.OpenOk that cannot arrive.
+        producer = Producer(conn.channel())
         print("connected", flush=True)
         while not go.exists() and time.monotonic() < deadline:
             time.sleep(0.05)
