@@ -35,7 +35,9 @@ socket's send buffer is full. ``heal()`` reads, before the rule goes,
 ``detail["measured"]``: ``dropped_packets`` (the DROP rule's own counter),
 ``filler_connected``, ``filler_published_during_fault`` and
 ``filler_blocked`` (a ``publish()`` started and had not returned a second
-later: blocked in ``sendall`` on a full send buffer). ``detail["measured"]`` is a dict the fault fills at heal,
+later: blocked in ``sendall`` on a full send buffer) and ``filler_error``
+(how the blocked publish ended, if it did before the heal: py-amqp 5.4.2
+raises ``basic_publish: timed out`` once the socket's timeout passes). ``detail["measured"]`` is a dict the fault fills at heal,
 so the matrix's copy of ``detail`` (taken after ``inject()``) shows it.
 """
 
@@ -138,6 +140,8 @@ class OneWayLoss:
                 after = self._fill_count()
                 self.measured["filler_published_during_fault"] = after - self._fill_mark
                 self.measured["filler_blocked"] = after == before < self._fill_started()
+                errors = [ln for ln in self._fill_text().splitlines() if ln.startswith("error ")]
+                self.measured["filler_error"] = errors[0] if errors else None
         delete_rules(self.target.broker_netns, self._rules())
 
     def close(self) -> None:
@@ -162,11 +166,16 @@ def fill(url: str, go: Path) -> None:
         while not go.exists() and time.monotonic() < deadline:
             time.sleep(0.05)
         body = b"x" * FILL_BYTES
+        started = time.monotonic()
         for i in range(FILL_MESSAGES):
             if time.monotonic() > deadline:
                 return
             print(f"publishing {i}", flush=True)
-            producer.publish(body, exchange="", routing_key="hpfault-nowhere", retry=False)
+            try:
+                producer.publish(body, exchange="", routing_key="hpfault-nowhere", retry=False)
+            except Exception as exc:  # what a stock publisher sees: record it, stop
+                print(f"error after {time.monotonic() - started:.1f}s: {exc!r}"[:200], flush=True)
+                return
             print(f"published {i}", flush=True)
 
 
