@@ -35,7 +35,10 @@ network namespace):
 ``detail["measured"]`` (filled by ``inject()`` and ``heal()``, so the matrix's
 copy of ``detail`` shows it): ``entries_before`` (the clients' established
 AMQP flows in the router's table just before inject), ``entries_after``
-(the same a moment after: 0 once they expired), and at heal
+(the same a second after: a flow that carried a packet in that second has
+expired; a quieter one, e.g. a Celery worker's second connection, keeps its
+entry until its next packet, since the kernel applies the timeout when a
+packet refreshes the entry), and at heal
 ``invalid_packets`` (the INVALID rule's own counter: packets dropped or
 answered with a RST).
 """
