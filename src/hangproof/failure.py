@@ -86,6 +86,10 @@ class FaultClass(StrEnum):
     DNS_STALL = "dns-stall"
     URL_FAILOVER = "url-failover"
     CLUSTER_PARTITION = "cluster-partition"
+    ONE_WAY_LOSS_IN = "one-way-loss-in"
+    ONE_WAY_LOSS_OUT = "one-way-loss-out"
+    FLOW_STATE_EXPIRY = "flow-state-expiry"
+    FLOW_STATE_RST = "flow-state-rst"
 
 
 class Severity(StrEnum):

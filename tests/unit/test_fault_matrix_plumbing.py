@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from hangproof.errors import HangproofError
-from hangproof.lab.faults import FAULTS, SEED_LAB, TESTBED, fault_bed
+from hangproof.lab.faults import FAULTS, SEED_LAB, TESTBED, TESTBED_ROUTER, fault_bed
 from hangproof.lab.matrix_clients import message_key
 from hangproof.lab.scenarios import needs_lab, scenario_summary
 from hangproof.lab.scenarios.fault_matrix import (
@@ -22,9 +22,10 @@ def test_vip_faults_need_the_seed_lab_and_the_others_the_testbed() -> None:
     )
     cluster = ("url-failover", "cluster-partition")  # the 3-node cluster bed
     assert {f: fault_bed(f) for f in cluster} == dict.fromkeys(cluster, "seed-cluster")
-    assert all(
-        fault_bed(f) == TESTBED for f in FAULTS if not f.startswith("vip-") and f not in cluster
-    )
+    middle_box = ("flow-state-expiry", "flow-state-rst")
+    assert all(fault_bed(f) == TESTBED_ROUTER for f in middle_box)
+    others = [f for f in FAULTS if not f.startswith("vip-") and f not in cluster + middle_box]
+    assert all(fault_bed(f) == TESTBED for f in others)
 
 
 def test_fault_matrix_needs_no_shared_lab_and_prints_its_table() -> None:

@@ -49,6 +49,10 @@ FAULTS: dict[str, str] = {
     FaultClass.DNS_STALL.value: "dns_stall",
     FaultClass.URL_FAILOVER.value: "url_failover",
     FaultClass.CLUSTER_PARTITION.value: "cluster_partition",
+    FaultClass.ONE_WAY_LOSS_IN.value: "one_way_loss_in",
+    FaultClass.ONE_WAY_LOSS_OUT.value: "one_way_loss_out",
+    FaultClass.FLOW_STATE_EXPIRY.value: "flow_state_expiry",
+    FaultClass.FLOW_STATE_RST.value: "flow_state_rst",
 }
 
 #: Where a fault runs: the two-namespace testbed (:mod:`.testbed`) unless its
@@ -56,6 +60,9 @@ FAULTS: dict[str, str] = {
 #: port holders and VIP: :mod:`.seed_bed`).
 TESTBED = "testbed"
 SEED_LAB = "seed-lab"
+#: The testbed with a router namespace between clients and broker
+#: (``FaultBed(router=True)``): the middle-box faults.
+TESTBED_ROUTER = "testbed-router"
 
 
 @dataclass
@@ -74,6 +81,10 @@ class FaultTarget:
     #: they act on, and the node whose namespace the clients run in.
     lab: Lab | None = None
     client_node: str = "n1"
+    #: Set on the router bed (``FaultBed(router=True)``): the middle box's
+    #: namespace, and the clients' address as it forwards them.
+    router_netns: str | None = None
+    client_ip: str | None = None
 
 
 class Fault(Protocol):

@@ -19,6 +19,15 @@ epmd with their identity. A matrix run that crashes leaves nothing that
     ...     bed.node.url
     'amqp://guest:guest@198.18.200.1:5672/'
 
+``FaultBed(..., router=True)``: a third namespace, a router, sits between
+clients and broker (the middle-box faults: its conntrack, its FORWARD chain)::
+
+    hpfault-c                    hpfault-r (router, ip_forward)               hpfault-b
+    hpf-c0 198.18.200.6/30 <---> hpf-rc 198.18.200.5/30
+                                 hpf-rb 198.18.200.2/30 <---> hpf-b0 198.18.200.1/30
+
+The default (``router=False``) is the two-namespace bed above, unchanged.
+
 ``FaultBed(..., tls=True)``: the broker also listens with TLS (5671, lab CA),
 clients dial ``amqps://`` (``client_url``, ``client_ssl``) and link faults act
 on that port; the producer in the broker's namespace stays on plain 5672.
@@ -43,6 +52,12 @@ BROKER_IFACE = "hpf-b0"
 CLIENT_IFACE = "hpf-c0"
 BROKER_IP = "198.18.200.1"
 CLIENT_IP = "198.18.200.2"
+#: The router bed (``FaultBed(router=True)``): router ifaces and the clients' address.
+ROUTER_BROKER_IFACE = "hpf-rb"
+ROUTER_CLIENT_IFACE = "hpf-rc"
+ROUTER_BROKER_IP = "198.18.200.2"
+ROUTER_CLIENT_IP = "198.18.200.5"
+ROUTED_CLIENT_IP = "198.18.200.6"
 
 
 def _ip(*args: str, netns: str | None = None) -> None:
@@ -52,10 +67,16 @@ def _ip(*args: str, netns: str | None = None) -> None:
 class FaultBed:
     """Build the two namespaces and start the broker; ``close()`` removes all of it."""
 
-    def __init__(self, state_dir: Path, prefix: str = PREFIX, *, tls: bool = False) -> None:
+    def __init__(
+        self, state_dir: Path, prefix: str = PREFIX, *, tls: bool = False, router: bool = False
+    ) -> None:
         self.state_dir = Path(state_dir)
         self.broker_netns = f"{prefix}b"
         self.client_netns = f"{prefix}c"
+        #: The middle box's namespace (``router=True``), else None.
+        self.router_netns: str | None = f"{prefix}r" if router else None
+        #: The clients' source address as the broker sees it.
+        self.client_ip = ROUTED_CLIENT_IP if router else CLIENT_IP
         self.tls = tls
         self.node = RabbitNode(
             "fault", self.state_dir / "rabbit", host=BROKER_IP, netns=self.broker_netns, tls=tls
@@ -66,7 +87,11 @@ class FaultBed:
     @property
     def target(self) -> FaultTarget:
         """What faults act on."""
-        return FaultTarget(self.node, self.broker_netns, BROKER_IFACE)
+        target = FaultTarget(self.node, self.broker_netns, BROKER_IFACE)
+        if self.router_netns is not None:
+            target.router_netns = self.router_netns
+            target.client_ip = self.client_ip
+        return target
 
     @property
     def client_url(self) -> str:
@@ -109,7 +134,8 @@ class FaultBed:
     def up(self) -> None:
         """Create namespaces and link, then start the broker (bounded by its timeout)."""
         existing = network.existing_namespaces()
-        if self.broker_netns in existing or self.client_netns in existing:
+        ours = [self.broker_netns, self.client_netns, self.router_netns]
+        if any(ns in existing for ns in ours if ns):
             raise HangproofError(
                 f"{self.broker_netns}/{self.client_netns} already exist (another fault run, "
                 f"or a crashed one: `hangproof lab down --name {self.state.name}` removes it)"
@@ -121,9 +147,15 @@ class FaultBed:
             )
         self.state.save()
         try:
-            for ns in (self.broker_netns, self.client_netns):
+            for ns in (self.broker_netns, self.client_netns, self.router_netns):
+                if ns is None:
+                    continue
                 network.add_owned_namespace(self.state, ns)
                 _ip("link", "set", "lo", "up", netns=ns)
+            if self.router_netns is not None:
+                self._link_router(self.router_netns)
+                self._start_broker()
+                return
             _ip(
                 "link", "add", BROKER_IFACE, "netns", self.broker_netns,
                 "type", "veth", "peer", "name", CLIENT_IFACE, "netns", self.client_netns,
@@ -138,6 +170,27 @@ class FaultBed:
         except BaseException:
             self.close()
             raise
+
+    def _link_router(self, router: str) -> None:
+        """Broker <-> router <-> clients, routed: two veths, ip_forward in the router only."""
+        links = (
+            (self.broker_netns, BROKER_IFACE, BROKER_IP, ROUTER_BROKER_IFACE, ROUTER_BROKER_IP),
+            (self.client_netns, CLIENT_IFACE, ROUTED_CLIENT_IP, ROUTER_CLIENT_IFACE,
+             ROUTER_CLIENT_IP),
+        )  # fmt: skip
+        for ns, iface, addr, router_iface, router_addr in links:
+            _ip(
+                "link", "add", iface, "netns", ns,
+                "type", "veth", "peer", "name", router_iface, "netns", router,
+            )  # fmt: skip
+            for where, dev, ip in ((ns, iface, addr), (router, router_iface, router_addr)):
+                _ip("addr", "add", f"{ip}/30", "dev", dev, netns=where)
+                _ip("link", "set", dev, "up", netns=where)
+        broker, client = self.broker_netns, self.client_netns
+        _ip("route", "add", f"{ROUTED_CLIENT_IP}/32", "via", ROUTER_BROKER_IP, netns=broker)
+        _ip("route", "add", f"{BROKER_IP}/32", "via", ROUTER_CLIENT_IP, netns=client)
+        # net.* sysctls are per network namespace: this forwards in the router only.
+        processes.run(["sysctl", "-q", "-w", "net.ipv4.ip_forward=1"], netns=router, timeout=15)
 
     def close(self) -> None:
         """Stop the broker by pid, then delete our namespaces (idempotent)."""

@@ -93,6 +93,7 @@ from hangproof.lab import processes
 from hangproof.lab.faults import (
     FAULTS,
     SEED_LAB,
+    TESTBED_ROUTER,
     CellContext,
     FaultTarget,
     attach_fault,
@@ -158,6 +159,10 @@ DEFAULT_HOLD = {
     "url-failover": 20.0,
     # net_ticktime 10 on the cluster bed: the minority pauses ~8-15 s in.
     "cluster-partition": 30.0,
+    "one-way-loss-in": 20.0,
+    "one-way-loss-out": 20.0,
+    "flow-state-expiry": 20.0,
+    "flow-state-rst": 20.0,
 }
 #: Faults whose detection counts from the end of inject() (see the module doc).
 DETECT_FROM_END_OF_INJECT = frozenset({"vip-race"})
@@ -1088,7 +1093,7 @@ def run_matrix(
     started = time.time()
     versions: dict[str, str] = {}
     groups_run: list[dict[str, Any]] = []
-    for bed_kind in ("testbed", SEED_LAB, SEED_CLUSTER):
+    for bed_kind in ("testbed", SEED_LAB, SEED_CLUSTER, TESTBED_ROUTER):
         bed_faults = [f for f in faults if fault_bed(f) == bed_kind]
         if not bed_faults:
             continue
@@ -1097,7 +1102,7 @@ def run_matrix(
             if bed_kind == SEED_LAB
             else ClusterBed(f"{lab_name}c")  # plain AMQP only
             if bed_kind == SEED_CLUSTER
-            else FaultBed(work / "bed", prefix, tls=tls)
+            else FaultBed(work / "bed", prefix, tls=tls, router=bed_kind == TESTBED_ROUTER)
         )
         try:
             bed.up()  # type: ignore[attr-defined]

@@ -1,0 +1,16 @@
+"""one-way-loss-out: only client -> broker packets vanish (see :mod:`.one_way_loss`).
+
+Upstream reports: kombu#670 (``basic_cancel`` waits forever for Cancel-Ok),
+kombu#463. Real-world event: an asymmetric path failure whose outbound leg
+(worker to broker) black-holes while the broker's heartbeats still arrive.
+"""
+
+from __future__ import annotations
+
+from hangproof.lab.faults import FaultTarget
+from hangproof.lab.faults.one_way_loss import OneWayLoss
+
+
+def make(target: FaultTarget) -> OneWayLoss:
+    """The one-way-loss-out fault for ``target``."""
+    return OneWayLoss(target, "out")

@@ -1,0 +1,72 @@
+"""The link faults' pure parts: which rules, which counters, which bed; and the promise judge."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+
+from hangproof.errors import HangproofError
+from hangproof.lab.faults import FaultTarget, fault_bed, flow_state, one_way_loss
+from hangproof.lab.faults.flow_state import FlowStateLoss
+from hangproof.lab.faults.one_way_loss import OneWayLoss
+from hangproof.lab.rabbitmq import RabbitNode
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
+from fault_matrix_doc import misses
+
+IPTABLES_L = """Chain OUTPUT (policy ACCEPT 0 packets, 0 bytes)
+    pkts      bytes target     prot opt in     out     source               destination
+      54     8123 DROP       tcp  --  *      hpf-b0  0.0.0.0/0            0.0.0.0/0            tcp spt:5672 /* hpfault-one-way-loss */
+       3      180 ACCEPT     tcp  --  *      *       0.0.0.0/0            0.0.0.0/0
+"""
+
+
+def _target(tmp_path: Path, router: str | None = None) -> FaultTarget:
+    node = RabbitNode("fault", tmp_path / "rabbit", host="198.18.200.1", netns="hpfault-b")
+    return FaultTarget(node, "hpfault-b", "hpf-b0", router_netns=router, client_ip="198.18.200.6")
+
+
+def test_one_way_loss_drops_exactly_one_direction(tmp_path: Path) -> None:
+    inbound = OneWayLoss(_target(tmp_path), "in")._rules()
+    outbound = OneWayLoss(_target(tmp_path), "out")._rules()
+    assert [r[:5] for r in inbound] == [["OUTPUT", "-o", "hpf-b0", "-p", "tcp"]]
+    assert "--sport" in inbound[0] and "--dport" not in inbound[0]
+    assert [r[:5] for r in outbound] == [["INPUT", "-i", "hpf-b0", "-p", "tcp"]]
+    assert "--dport" in outbound[0] and "--sport" not in outbound[0]
+    with pytest.raises(ValueError):
+        OneWayLoss(_target(tmp_path), "both")
+
+
+def test_the_drop_counter_is_read_from_our_rule_only() -> None:
+    found = one_way_loss._PKTS.search(IPTABLES_L)
+    assert found is not None and found.group(1) == "54"
+    forward = IPTABLES_L.replace("hpfault-one-way-loss", "hpfault-flow-state")
+    found = flow_state._PKTS.search(forward)
+    assert found is not None and found.group(1) == "54"
+    assert flow_state._PKTS.search(IPTABLES_L) is None
+
+
+def test_flow_state_faults_need_the_router_bed(tmp_path: Path) -> None:
+    assert fault_bed("flow-state-expiry") == fault_bed("flow-state-rst") == "testbed-router"
+    assert fault_bed("one-way-loss-in") == fault_bed("one-way-loss-out") == "testbed"
+    with pytest.raises(HangproofError):
+        FlowStateLoss(_target(tmp_path), "expiry")
+    drop = FlowStateLoss(_target(tmp_path, "hpfault-r"), "expiry")._rules()[0]
+    rst = FlowStateLoss(_target(tmp_path, "hpfault-r"), "rst")._rules()[0]
+    assert drop[0] == "FORWARD" and "INVALID" in drop and drop[-2:] == ["-j", "DROP"]
+    assert rst[-4:] == ["-j", "REJECT", "--reject-with", "tcp-reset"]
+
+
+def test_the_promise_judge_names_each_miss() -> None:
+    kept = {"detect_s": 6.0, "resume_s": 14.9, "lost": 0, "worker_alive": True,
+            "publish_during_fault": "ok 20.6s (executed)"}  # fmt: skip
+    assert misses(kept, 10.0) == []
+    assert misses({**kept, "detect_s": None}, 10.0) == ["detect None"]
+    assert misses({**kept, "resume_s": 15.1}, 10.0) == ["resume 15.1"]
+    assert misses({**kept, "publish_during_fault": "ok 0.1s"}, 10.0) == ["false ok"]
+    assert misses({**kept, "resume_s": "EXIT", "worker_alive": False}, 10.0) == [
+        "resume EXIT",
+        "worker exited",
+    ]
