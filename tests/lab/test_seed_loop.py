@@ -45,18 +45,21 @@ def test_cluster_has_three_running_members(cluster_lab: Lab) -> None:
     assert cluster["running"] == cluster["members"]
 
 
-@pytest.mark.timeout(300)
+@pytest.mark.timeout(480)
 def test_seed_profile_wedges_a_worker_with_the_reports_evidence(cluster_lab: Lab) -> None:
-    # Up to 6 cycles (each ~15-20 s; the loop stops at the first wedge). The
+    # Up to 12 cycles (each ~15-20 s; the loop stops at the first wedge). The
     # wedge is a race: in the cycles that do not wedge, every client's gap SYN
     # met EHOSTUNREACH after ~1.2 s (the old VIP holder's neighbour state)
     # instead of waiting in SYN-SENT for the VIP. Measured on 2026-12-02 on
     # this 2-core box: 4 of 9 runs of 3 cycles found no wedge (a session
-    # earlier: 5 of 5 wedged at cycle 1). Issue 11 measures time-to-wedge.
+    # earlier: 5 of 5 wedged at cycle 1), i.e. about 1 cycle in 4 wedges; a
+    # whole CI run on 2026-12-02 saw 6 cycles in a row survive. 12 cycles
+    # leave a ~4% chance of no wedge at that rate, 6 left ~19%. The outcome
+    # asserted is unchanged: the hang happened. Issue 11 measures time-to-wedge.
     r = run_scenario(
         "seed-loop",
         cluster_lab,
-        RunOptions(profile="seed", cycles=6, extra={"wait_seconds": 20.0}),
+        RunOptions(profile="seed", cycles=12, extra={"wait_seconds": 20.0}),
     )
     try:
         assert r["outcome"] == "wedged", r["cycle_log"]
