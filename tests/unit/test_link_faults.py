@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import pytest
@@ -12,9 +11,7 @@ from hangproof.lab.faults import FaultTarget, fault_bed, flow_state, one_way_los
 from hangproof.lab.faults.flow_state import FlowStateLoss
 from hangproof.lab.faults.one_way_loss import OneWayLoss
 from hangproof.lab.rabbitmq import RabbitNode
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
-from fault_matrix_doc import misses
+from hangproof.lab.scenarios.fault_matrix import judge_promise
 
 IPTABLES_L = """Chain OUTPUT (policy ACCEPT 0 packets, 0 bytes)
     pkts      bytes target     prot opt in     out     source               destination
@@ -60,13 +57,29 @@ def test_flow_state_faults_need_the_router_bed(tmp_path: Path) -> None:
 
 
 def test_the_promise_judge_names_each_miss() -> None:
-    kept = {"detect_s": 6.0, "resume_s": 14.9, "lost": 0, "worker_alive": True,
-            "publish_during_fault": "ok 20.6s (executed)"}  # fmt: skip
-    assert misses(kept, 10.0) == []
-    assert misses({**kept, "detect_s": None}, 10.0) == ["detect None"]
-    assert misses({**kept, "resume_s": 15.1}, 10.0) == ["resume 15.1"]
-    assert misses({**kept, "publish_during_fault": "ok 0.1s"}, 10.0) == ["false ok"]
-    assert misses({**kept, "resume_s": "EXIT", "worker_alive": False}, 10.0) == [
-        "resume EXIT",
-        "worker exited",
+    # A link-fault cell (one-way-loss-in, stall_timeout 10 s: publish_timeout 5 s), judged by
+    # the matrix's one judge.
+    kept = {"fault": "one-way-loss-in", "detect_s": 6.0, "resume_s": 14.9, "hold_s": 20.0,
+            "heal_s": 20.3, "lost": 0, "worker_alive": True, "consumers_after_heal": 1,
+            "publish_during_fault": "error 5.6s OperationalError", "publish_verdict": "error"}  # fmt: skip
+
+    def misses(cell: dict[str, object]) -> list[str]:
+        return judge_promise(cell, 10.0, 5.0)["failures"]
+
+    assert misses(kept) == []
+    assert misses({**kept, "detect_s": None}) == ["never detected (promise <= 10 s)"]
+    assert misses({**kept, "resume_s": 15.1}) == ["resume 15.1 s after heal > 15 s"]
+    assert misses({**kept, "false_ok": True, "publish_during_fault": "ok 0.1s"}) == [
+        "false ok: ok 0.1s"
+    ]
+    # An ok that held its caller 20.6 s is a miss even though the message ran.
+    late_ok = {
+        **kept,
+        "publish_during_fault": "ok 20.6s (executed)",
+        "publish_verdict": "ok+queued",
+    }
+    assert misses(late_ok) == ["publish took 20.6 s (promise <= publish_timeout 5 s + 1 s)"]
+    assert misses({**kept, "resume_s": "EXIT", "worker_alive": False}) == [
+        "resume EXIT (promise <= 15 s after heal)",
+        "the worker exited",
     ]

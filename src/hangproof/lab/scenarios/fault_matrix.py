@@ -281,6 +281,13 @@ class Cell:
     #: Seconds the publish during the fault took to answer (its own clock), None
     #: if it never answered: an ok after many seconds held its caller that long.
     publish_s: float | None = None
+    #: The queue's consumer count (broker's view) just before inject: what
+    #: "consumer count restored" compares ``consumers_after_heal`` with.
+    consumers_before: int | None = None
+    #: How many resume probes were published after heal: a probe that got an
+    #: error (a broker still restarting) or no answer is published again,
+    #: within the HANG bound (:data:`RESUME_PROBE_RETRIES`).
+    resume_probes: int = 0
 
 
 #: One reconnect backoff step the promise allows after heal (the guard's
@@ -324,56 +331,172 @@ def classify_publish(answer: str, publish_timeout: float, queued: bool | None) -
     return "ok+queued" if queued else "false-ok"
 
 
-def judge_promise(
-    cell: dict[str, Any], stall_timeout: float, backoff_step: float = DEFAULT_BACKOFF_STEP
-) -> dict[str, Any]:
-    """Does a guarded cell keep the guard's promise? ``{"met": bool, "failures": [reason]}``.
+#: Seconds of scheduling slack the promise allows a publish beyond publish_timeout.
+PUBLISH_SLACK = 1.0
+#: Faults the client cannot notice while they last (its process is frozen):
+#: detection counts from the end of the freeze (the SIGCONT).
+DETECT_FROM_HEAL = frozenset({"client-freeze"})
 
-    The promise (issue 10): detect <= ``stall_timeout`` (from inject);
-    resume <= ``stall_timeout`` + ``backoff_step`` after the fault heals, or
-    after detection for faults that never heal on their own (held 0 s);
-    0 lost; 0 false ok; the worker never exits; the queue has a consumer
-    again (broker's view, >= 1). Pure: reads only the recorded cell dict.
+
+def publish_timeout_for(stall_timeout: float) -> float:
+    """The guard's ``publish_timeout`` at ``stall_timeout`` (the Policy's default derivation).
+
+    >>> publish_timeout_for(4.0), publish_timeout_for(15.0)
+    (2.0, 7.5)
+    """
+    return float(Policy(stall_timeout=stall_timeout).publish_timeout or stall_timeout)
+
+
+def _detect_base(cell: dict[str, Any]) -> tuple[float | None, str]:
+    """The detection time the promise judges, and what it counts from."""
+    detect = cell.get("detect_s")
+    if detect is None or cell.get("fault") not in DETECT_FROM_HEAL:
+        return detect, "inject"
+    detail = cell.get("fault_detail") or {}
+    if "frozen_s" in detail:
+        frozen = float(detail.get("sigstop_after_s") or 0.0) + float(detail["frozen_s"])
+    else:
+        frozen = float(cell.get("heal_s") or cell.get("hold_s") or 0.0)
+    return round(detect - frozen, 1), "the end of the freeze"
+
+
+def judge_promise(
+    cell: dict[str, Any],
+    stall_timeout: float,
+    backoff_step: float = DEFAULT_BACKOFF_STEP,
+    publish_timeout: float | None = None,
+) -> dict[str, Any]:
+    """Does a guarded cell keep the guard's promise? ``{"met", "failures", "rules"}``.
+
+    THE judge of the matrix (the engine and the docs both call it). The
+    promise (issue 10), each rule with the reason it names when it fails:
+
+    - ``detect``: detect <= ``stall_timeout`` from inject (client-freeze:
+      from the end of the freeze, a frozen process notices nothing);
+    - ``resume``: resume <= ``stall_timeout`` + ``backoff_step`` after the
+      fault heals, or after detection for faults that never heal on their
+      own (held 0 s);
+    - ``lost``: 0 lost;
+    - ``publish``: the publish during the fault is an error within
+      ``publish_timeout`` (+ :data:`PUBLISH_SLACK`), or ok AND queued within
+      it; an ok or error that took longer held its caller that long;
+    - ``false-ok``: 0 false ok (the publish during the fault, and every call
+      of the call faults);
+    - ``calls``: the call faults' calls (delay, apply_async, ping, close)
+      keep their own deadlines (:func:`hangproof.lab.call_probe.judge`);
+    - ``alive``: the worker never exits;
+    - ``consumers``: the queue's consumer count after heal is restored (>=
+      the count before the fault, when read; else >= 1).
+
+    ``failures`` are the reasons, ``rules`` the rule of each (same order).
+    Pure: reads only the recorded cell dict.
 
     >>> ok = {"detect_s": 3.0, "resume_s": 4.0, "hold_s": 12.0, "heal_s": 12.5, "lost": 0,
-    ...       "false_ok": False, "worker_alive": True, "consumers_after_heal": 1}
+    ...       "false_ok": False, "worker_alive": True, "consumers_after_heal": 1,
+    ...       "publish_during_fault": "error 2.1s OperationalError", "publish_verdict": "error"}
     >>> judge_promise(ok, 4.0, 5.0)
-    {'met': True, 'failures': []}
+    {'met': True, 'failures': [], 'rules': []}
     >>> judge_promise({**ok, "resume_s": "HANG", "lost": 2}, 4.0, 5.0)["failures"]
     ['resume HANG (promise <= 9 s after heal)', 'lost 2 (promise 0)']
+    >>> judge_promise({**ok, "publish_during_fault": "ok 39.0s (executed)",
+    ...                "publish_verdict": "ok+queued"}, 4.0, 5.0)["failures"]
+    ['publish took 39 s (promise <= publish_timeout 2 s + 1 s)']
     """
-    failures: list[str] = []
-    detect = cell.get("detect_s")
+    failures: list[tuple[str, str]] = []
+    detect, base = _detect_base(cell)
     if detect is None:
-        failures.append(f"never detected (promise <= {stall_timeout:g} s)")
+        failures.append(("detect", f"never detected (promise <= {stall_timeout:g} s)"))
     elif detect > stall_timeout:
-        failures.append(f"detect {detect:g} s > stall_timeout {stall_timeout:g} s")
+        after = "" if base == "inject" else f" after {base}"
+        failures.append(
+            ("detect", f"detect {detect:g} s{after} > stall_timeout {stall_timeout:g} s")
+        )
     bound = stall_timeout + backoff_step
     resume = cell.get("resume_s")
     never_heals = not cell.get("hold_s")
     if not isinstance(resume, int | float):
-        base = "detection" if never_heals else "heal"
-        failures.append(f"resume {resume} (promise <= {bound:g} s after {base})")
+        where = "detection" if never_heals else "heal"
+        failures.append(("resume", f"resume {resume} (promise <= {bound:g} s after {where})"))
     elif never_heals:
         # resume_s counts from heal (the end of inject); the promise from detection.
         if detect is not None:
             after = round(resume + float(cell.get("heal_s") or 0.0) - detect, 1)
             if after > bound:
-                failures.append(f"resume {after:g} s after detection > {bound:g} s")
+                failures.append(("resume", f"resume {after:g} s after detection > {bound:g} s"))
     elif resume > bound:
-        failures.append(f"resume {resume:g} s after heal > {bound:g} s")
+        failures.append(("resume", f"resume {resume:g} s after heal > {bound:g} s"))
     if cell.get("lost"):
-        failures.append(f"lost {cell['lost']} (promise 0)")
-    if cell.get("false_ok"):
-        failures.append(f"false ok: {cell.get('publish_during_fault', '')}".strip())
+        failures.append(("lost", f"lost {cell['lost']} (promise 0)"))
+    failures += _publish_failures(cell, stall_timeout, publish_timeout)
+    for call in cell.get("calls") or []:
+        if call.get("miss"):
+            rule = "false-ok" if call.get("false_ok") else "calls"
+            failures.append((rule, f"{call.get('call', '?')}() {call['miss']}"))
     if not cell.get("worker_alive", True) or resume == "EXIT":
-        failures.append("the worker exited")
+        failures.append(("alive", "the worker exited"))
     consumers = cell.get("consumers_after_heal")
+    before = cell.get("consumers_before")
     if consumers is None:
-        failures.append("consumer count not read")
+        failures.append(("consumers", "consumer count not read"))
     elif consumers < 1:
-        failures.append("no consumer on the queue after heal")
-    return {"met": not failures, "failures": failures}
+        failures.append(("consumers", "no consumer on the queue after heal"))
+    elif isinstance(before, int) and consumers < before:
+        failures.append(("consumers", f"{consumers} consumers after heal, {before} before"))
+    return {
+        "met": not failures,
+        "failures": [reason for _, reason in failures],
+        "rules": [rule for rule, _ in failures],
+    }
+
+
+def _publish_failures(
+    cell: dict[str, Any], stall_timeout: float, publish_timeout: float | None
+) -> list[tuple[str, str]]:
+    """The "publish during fault" rule: error, or ok AND queued, within publish_timeout."""
+    answer = str(cell.get("publish_during_fault") or "")
+    limit = publish_timeout_for(stall_timeout) if publish_timeout is None else publish_timeout
+    if cell.get("false_ok"):
+        return [("false-ok", f"false ok: {answer}".strip())]
+    if not answer:
+        return [("publish", "publish during fault not measured")]
+    if answer.startswith("HANG"):
+        return [("publish", f"publish {answer} (promise <= publish_timeout {limit:g} s)")]
+    took = cell.get("publish_s")
+    m = _PROBE_ANSWER.match(answer)
+    if took is None and m:
+        took = float(m.group(2))
+    if took is None:
+        return [("publish", f"publish answer not understood: {answer[:60]}")]
+    out = []
+    if took > limit + PUBLISH_SLACK:
+        out.append(
+            ("publish", f"publish took {took:g} s (promise <= publish_timeout {limit:g} s"
+             f" + {PUBLISH_SLACK:g} s)")
+        )  # fmt: skip
+    verdict = cell.get("publish_verdict")
+    if (
+        answer.startswith("ok")
+        and verdict not in ("ok+queued", None)
+        and "(executed)" not in answer
+    ):
+        out.append(("publish", "publish ok, but not shown queued (the broker still held unacked)"))
+    return out
+
+
+def judge_cell(cell: dict[str, Any], run: dict[str, Any]) -> dict[str, Any] | None:
+    """The promise of ``cell`` in ``run`` (its stall_timeout, backoff step); None for stock cells.
+
+    >>> judge_cell({"profile": "kombu"}, {"stall_timeout": 4.0}) is None
+    True
+    """
+    profile = PROFILES.get(cell.get("profile", ""))
+    if profile is None or not profile.guarded:
+        return None
+    return judge_promise(
+        cell,
+        float(run.get("stall_timeout") or DEFAULT_STALL_TIMEOUT),
+        float(run.get("backoff_step") or DEFAULT_BACKOFF_STEP),
+    )
 
 
 def _needs_queue_check(cell: Cell) -> bool:
@@ -391,7 +514,7 @@ def _judge_publish(
         queued = None
     else:
         queued = key in queued_keys
-    publish_timeout = float(Policy(stall_timeout=stall_timeout).publish_timeout or stall_timeout)
+    publish_timeout = publish_timeout_for(stall_timeout)
     cell.publish_verdict = classify_publish(cell.publish_during_fault, publish_timeout, queued)
     answer = _PROBE_ANSWER.match(cell.publish_during_fault)
     cell.publish_s = float(answer.group(2)) if answer else None
@@ -772,6 +895,9 @@ def _run_group(
         for run in live:
             run.start_producer()
         time.sleep(4)  # steady state before the fault
+        before = _queue_stats(bed, "consumers")
+        for run in live:
+            run.cell.consumers_before = before.get(run.queue, {}).get("consumers")
         injected_at = time.time()
         fault.inject()
         inject_s = time.time() - injected_at
@@ -809,6 +935,7 @@ def _run_group(
         resume_started = time.monotonic()
         for run in live:
             run.resume_probe = run.publish("resume")
+            run.cell.resume_probes = 1
         _await_probes_and_resume(
             live,
             during_deadline=probe_started + PUBLISH_PROBE_BOUND,
@@ -849,6 +976,8 @@ def _run_group(
             _judge_publish(run.cell, f"{run.queue}-during", queued.get(run.queue), stall_timeout)
             if run.profile.guarded:
                 run.cell.promise = judge_promise(asdict(run.cell), stall_timeout)
+            elif not run.profile.guarded:
+                run.cell.promise = None  # stock: measured, not judged
             if run.recorder and run.report:
                 run.recorder.mark("end")
                 run.cell.timeline = write_report(
@@ -877,11 +1006,14 @@ def _await_probes_and_resume(
     """Poll every cell's probes and resume together until all are settled or past their bounds.
 
     Sets ``publish_during_fault`` (the probe's answer, or ``HANG >60s``),
-    stops each resume probe once it answered (or at its bound) and stamps
-    each cell's ``resumed_at`` the round its resume key shows in its ledger.
+    stops each resume probe once it answered (or at its bound), publishes it
+    again when it got an error or no answer (:func:`_retry_resume_probe`) and
+    stamps each cell's ``resumed_at`` the round its resume key shows in its ledger.
     """
     pending_during = {id(r): r for r in live}
     pending_resume = {id(r): r for r in live}
+    probe_deadlines: dict[int, float] = {}
+    retry_at: dict[int, float] = {}
     last = max(during_deadline, resume_probe_deadline, hang_deadline)
     for _ in range(int((last - time.monotonic()) / step) + 2):
         now = time.monotonic()
@@ -892,16 +1024,56 @@ def _await_probes_and_resume(
             elif now > during_deadline:
                 run.cell.publish_during_fault = f"HANG >{PUBLISH_PROBE_BOUND:.0f}s"
                 del pending_during[key]
-        for key, run in list(pending_resume.items()):
-            if run.resume_probe.poll() is not None or now > resume_probe_deadline:
-                processes.stop_pid(run.resume_probe.pid, grace=1)
-                del pending_resume[key]
         waiting = [r for r in live if not r.done_waiting()]  # stamps resumes
+        for key, run in list(pending_resume.items()):
+            if key in retry_at:
+                if run.resumed_at is not None or now >= hang_deadline:
+                    del pending_resume[key], retry_at[key]
+                elif now >= retry_at[key]:
+                    del retry_at[key]
+                    run.resume_probe = run.publish("resume")
+                    run.cell.resume_probes += 1
+                    probe_deadlines[key] = min(now + PUBLISH_PROBE_BOUND, hang_deadline)
+                continue
+            answered = run.resume_probe.poll() is not None
+            if not answered and now <= probe_deadlines.get(key, resume_probe_deadline):
+                continue
+            answer = _probe_answer(run.resume_probe) if answered else "no answer"
+            processes.stop_pid(run.resume_probe.pid, grace=1)
+            if _retry_resume_probe(run, answer, now, hang_deadline):
+                # The probe met a broker still restarting (error) or gave no
+                # answer: publish it again shortly, bounded in count and by
+                # the HANG bound (never sleeping here: the other cells' resume
+                # stamps are taken in this same loop).
+                retry_at[key] = now + RESUME_RETRY_PAUSE
+                continue
+            del pending_resume[key]
         if not pending_during and not pending_resume and (not waiting or now > hang_deadline):
             return
         if now > last:
             return
         time.sleep(step)
+
+
+#: At most this many resume probes per cell (the first and its retries), all
+#: within the HANG bound; RESUME_RETRY_PAUSE seconds between them.
+RESUME_PROBE_RETRIES = 20
+RESUME_RETRY_PAUSE = 2.0
+
+
+def _retry_resume_probe(run: _CellRun, answer: str, now: float, hang_deadline: float) -> bool:
+    """Publish the resume probe again? Only if it did not say ok, the cell has not
+    resumed, the worker lives, retries are left and the HANG bound is not near.
+
+    An ok that never executes is the client's own lie and is not retried.
+    """
+    if answer.startswith("ok") or run.resumed_at is not None:
+        return False
+    if run.cell.resume_probes >= RESUME_PROBE_RETRIES:
+        return False
+    if now + RESUME_RETRY_PAUSE >= hang_deadline:
+        return False
+    return processes.pid_alive(run.worker.pid)
 
 
 def _finish(run: _CellRun, stats: dict[str, int] | None, injected_at: float) -> None:
@@ -1125,6 +1297,10 @@ def run_matrix(
                             Cell(fault_name, p, resume_s="ERROR", notes=[repr(exc)[:300]])
                             for p in group
                         ]
+                        for cell in found:  # a guarded cell that errored misses, with why
+                            cell.promise = judge_cell(
+                                asdict(cell), {"stall_timeout": stall_timeout}
+                            )
                     groups_run.append({
                         "fault": fault_name, "profiles": group,
                         "seconds": round(time.monotonic() - group_started, 1),
@@ -1344,6 +1520,13 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     if args.subset:
         report["subset"] = args.subset
+    # What was asked, so the docs can say how to measure the same again.
+    report["args"] = {
+        "argv": list(sys.argv[1:] if argv is None else argv),
+        "faults": args.faults, "profiles": args.profiles, "subset": args.subset,
+        "stall_timeout": args.stall_timeout, "hang_bound": args.hang_bound,
+        "serial": args.serial, "group_size": args.group_size, "tls": args.tls,
+    }  # fmt: skip
     if args.publish_docs:
         from hangproof.lab.fault_matrix_docs import publish
 
