@@ -317,6 +317,13 @@ def run(
         int | None,
         typer.Option("--group-size", help="fault-matrix: profiles per shared injection (all)."),
     ] = None,
+    publish_docs: Annotated[
+        Path | None,
+        typer.Option(
+            "--publish-docs",
+            help="fault-matrix: also write DIR/fault-matrix-run.json (raw) and .md (from it).",
+        ),
+    ] = None,
     name: NameOpt = "hplab",
     report: ReportOpt = None,
     json_out: JsonOpt = False,
@@ -354,6 +361,7 @@ def run(
             "serial": serial,
             "subset": subset,
             "group_size": group_size,
+            "publish_docs": publish_docs,
             "progress": lambda cell: progress(
                 f"cell {cell.fault} x {cell.profile}: {cell.resume_s}"
             ),

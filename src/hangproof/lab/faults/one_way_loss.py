@@ -52,6 +52,10 @@ from typing import Any
 from hangproof.lab import processes
 from hangproof.lab.faults import CellContext, FaultTarget, delete_rules, insert_rules
 
+#: The DROP rule acts on every client of the interface and the filler is the
+#: fault's own (started once, :meth:`OneWayLoss.attach`): the profiles of a
+#: matrix run share one injection.
+PARALLEL = True
 #: Marks our rules, so heal deletes exactly what inject added.
 RULE_COMMENT = "hpfault-one-way-loss"
 #: Messages the filler publishes at most (x 4 KiB = 16 MiB: above Linux's
@@ -87,7 +91,14 @@ class OneWayLoss:
         return [["INPUT", "-i", iface, "-p", "tcp", "--dport", port, *mark]]
 
     def attach(self, ctx: CellContext) -> None:
-        """Start the filler in the clients' namespace, connected and waiting for inject()."""
+        """Start the filler in the clients' namespace, connected and waiting for inject().
+
+        Once per injection: the cells sharing one injection (:data:`PARALLEL`)
+        share the filler, a stock kombu producer of its own whose send buffer
+        is the one that fills; each cell keeps its own consumer and probes.
+        """
+        if self._filler is not None or "filler" in self.measured:
+            return
         if ctx.client_url.startswith("amqps://"):
             self.measured["filler"] = "skipped over TLS"
             return

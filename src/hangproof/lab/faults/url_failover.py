@@ -43,6 +43,9 @@ from hangproof.lab.faults.cluster_bed import (
 )
 
 BED = SEED_CLUSTER
+#: attach() only records where the consumers are connected (all of them, the
+#: producers excluded): the profiles of a matrix run share one stop_app.
+PARALLEL = True
 #: The failover order: the worker's node first, then the others.
 URL_ORDER = (WORKER_NODE, "n3", "n1")
 
@@ -69,7 +72,7 @@ class UrlFailover:
         urls = self.urls()
         if ctx.kind == "aio-pika":
             ctx.client_url = urls[0]
-            self.detail["note"] = "aio-pika takes one URL (no failover list): n2 only"
+            self.detail["note"] = "aio-pika cells take one URL (no failover list): n2 only"
         else:
             ctx.client_url = ";".join(urls)
         ctx.env["HANGPROOF_BROKER_URL"] = ctx.client_url

@@ -1265,6 +1265,8 @@ def run_matrix(
     started = time.time()
     versions: dict[str, str] = {}
     groups_run: list[dict[str, Any]] = []
+    #: Per bed: its faults, how long up() and close() took, and its whole time.
+    beds_run: list[dict[str, Any]] = []
     for bed_kind in ("testbed", SEED_LAB, SEED_CLUSTER, TESTBED_ROUTER):
         bed_faults = [f for f in faults if fault_bed(f) == bed_kind]
         if not bed_faults:
@@ -1276,8 +1278,11 @@ def run_matrix(
             if bed_kind == SEED_CLUSTER
             else FaultBed(work / "bed", prefix, tls=tls, router=bed_kind == TESTBED_ROUTER)
         )
+        bed_started = time.monotonic()
+        beds_run.append({"bed": bed_kind, "faults": bed_faults})
         try:
             bed.up()  # type: ignore[attr-defined]
+            beds_run[-1]["up_s"] = round(time.monotonic() - bed_started, 1)
             versions = {**version_set(bed), **versions}
             for fault_name in bed_faults:
                 shared = parallel and _fault_parallel(
@@ -1317,7 +1322,10 @@ def run_matrix(
                     if not bed.healthy():
                         raise HangproofError(f"the broker of the {bed_kind} did not recover")
         finally:
+            closing = time.monotonic()
             bed.close()
+            beds_run[-1]["close_s"] = round(time.monotonic() - closing, 1)
+            beds_run[-1]["seconds"] = round(time.monotonic() - bed_started, 1)
     result = {
         "scenario": NAME,
         "tls": tls,
@@ -1331,6 +1339,7 @@ def run_matrix(
         "wall_s": round(time.time() - started, 1),
         "versions": versions or version_set(),
         "groups": groups_run,
+        "beds": beds_run,
         "cells": [asdict(c) for c in cells],
     }
     if report:
@@ -1410,7 +1419,8 @@ def run(lab: Lab | None, options: RunOptions) -> dict[str, Any]:
 
     ``options.extra`` may carry ``faults`` and ``profiles`` (lists or
     comma-separated), ``stall_timeout``, ``hang_bound``, ``hold``, ``work``,
-    ``tls``, ``serial``, ``subset`` (:data:`SUBSETS`) and ``group_size``.
+    ``tls``, ``serial``, ``subset`` (:data:`SUBSETS`), ``group_size`` and
+    ``publish_docs`` (a directory: the raw JSON and the markdown made from it).
     """
     extra = options.extra
     tls = bool(extra.get("tls"))
@@ -1430,6 +1440,16 @@ def run(lab: Lab | None, options: RunOptions) -> dict[str, Any]:
     )  # fmt: skip
     if extra.get("subset"):
         result["subset"] = extra["subset"]
+    result["args"] = {
+        "argv": ["hangproof", "lab", "run", NAME],
+        **{k: extra.get(k) for k in ("faults", "profiles", "subset", "hang_bound", "serial",
+                                     "group_size", "tls", "hold")},
+        "stall_timeout": result["stall_timeout"],
+    }  # fmt: skip
+    if extra.get("publish_docs"):
+        from hangproof.lab.fault_matrix_docs import publish
+
+        result["published_docs"] = [str(p) for p in publish(result, Path(extra["publish_docs"]))]
     return result
 
 
