@@ -15,7 +15,9 @@ import pytest
 
 from hangproof.errors import HangproofError
 from hangproof.lab import fault_matrix_docs
+from hangproof.lab.faults import fault_bed
 from hangproof.lab.scenarios.fault_matrix import (
+    PROFILES,
     PUBLISH_VERDICTS,
     SUBSETS,
     Cell,
@@ -146,7 +148,12 @@ def test_subsets_and_selection() -> None:
         SUBSETS["ci"]["profiles"],
         60.0,
     )
-    assert len(faults) * len(profiles) == 12
+    assert len(faults) * len(profiles) == 18
+    # One class per row group of issue 10's table, on every bed those need.
+    assert {fault_bed(f) for f in faults} == {"testbed", "seed-cluster", "testbed-router"}
+    assert len(faults) == len(set(faults)) == 9
+    assert {"one-way-loss-in", "client-freeze", "dns-stall", "url-failover"} <= set(faults)
+    assert all(PROFILES[p].guarded for p in profiles)
     # Given names and bounds win over the subset's.
     assert resolve_selection("blackhole", "kombu", 30, "ci") == (["blackhole"], ["kombu"], 30.0)
     faults, profiles, bound = resolve_selection(None, None, None, None)

@@ -120,24 +120,17 @@ def _header(report: dict[str, Any], source: str) -> list[str]:
 def rerun_command(report: dict[str, Any]) -> str:
     """The command that measures the same cells with the same settings (from the JSON alone).
 
+    Faults and profiles are always listed by name: ``--subset`` and the
+    defaults may name other cells later.
+
     >>> rerun_command({"cells": [{"fault": "blackhole", "profile": "kombu"}],
     ...                "stall_timeout": 4.0, "hang_bound": 60.0, "mode": "serial"})  # doctest: +ELLIPSIS
     'labrun .venv/bin/python -m ... run --faults blackhole --profiles kombu --stall-timeout 4 --hang-bound 60 --serial --json --publish-docs docs'
-    >>> rerun_command({"cells": [{"fault": "blackhole", "profile": "kombu"}], "subset": "ci",
-    ...                "args": {"subset": "ci"}, "stall_timeout": 15.0, "hang_bound": 60.0,
-    ...                "mode": "parallel"})  # doctest: +ELLIPSIS
-    'labrun ... run --subset ci --stall-timeout 15 --hang-bound 60 --json --publish-docs docs'
     """
     cells = report.get("cells") or []
-    args = report.get("args") or {}
     argv = ["labrun", ".venv/bin/python", "-m", "hangproof.lab.scenarios.fault_matrix", "run"]
-    if report.get("subset") and not args.get("faults") and not args.get("profiles"):
-        argv += ["--subset", str(report["subset"])]
-    elif args and not args.get("faults") and not args.get("profiles"):
-        pass  # all faults x the default profiles
-    else:
-        argv += ["--faults", ",".join(dict.fromkeys(c["fault"] for c in cells))]
-        argv += ["--profiles", ",".join(dict.fromkeys(c["profile"] for c in cells))]
+    argv += ["--faults", ",".join(dict.fromkeys(c["fault"] for c in cells))]
+    argv += ["--profiles", ",".join(dict.fromkeys(c["profile"] for c in cells))]
     argv += ["--stall-timeout", f"{report.get('stall_timeout', 15.0):g}"]
     argv += ["--hang-bound", f"{report.get('hang_bound', 300.0):g}"]
     if report.get("mode") == "serial":
