@@ -33,7 +33,7 @@ RULES = ("detect", "resume", "lost", "publish", "false-ok", "calls", "alive", "c
 #: fault_detail keys shown as a cell's evidence (proc and broker-side faults), when present.
 EVIDENCE_KEYS = (
     "stopped", "heartbeats", "frozen_s", "dropped_by_broker", "channel_closed_by_broker",
-    "deleted", "consumers_at_heal", "closed", "stopped_node_answered_amqp",
+    "deleted", "consumers_at_heal", "closed", "stopped_node_answered_amqp", "slow_task_runs_completed",
 )  # fmt: skip
 
 

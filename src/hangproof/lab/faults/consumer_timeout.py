@@ -85,6 +85,9 @@ class ConsumerTimeout:
         self.target = target
         self.queue = ""
         self.work: Path | None = None
+        #: Every cell's queue: the profiles of a matrix run share one injection,
+        #: so each queue gets its own slow task (``detail["per_queue"]``).
+        self.queues: list[str] = []
         self.detail: dict[str, Any] = {}
         self._offset = 0
         self._set = False
@@ -93,6 +96,8 @@ class ConsumerTimeout:
         """The celery#6760 setting: acks_late, so the running task is unacked."""
         self.queue = ctx.queue
         self.work = ctx.work
+        if ctx.queue not in self.queues:
+            self.queues.append(ctx.queue)
         ctx.env["HANGPROOF_LATE_ACKS"] = "1"
 
     def prepare(self) -> None:
@@ -106,13 +111,16 @@ class ConsumerTimeout:
         if not self._set:
             self.prepare()
         self._offset = log_size(self.target.node)
-        key = f"{self.queue}-slow-during"
-        publish_slow(self.target, self.queue, key, SLOW_SECONDS)
+        per_queue: dict[str, dict[str, Any]] = {}
+        for queue in self.queues or [self.queue]:
+            key = f"{queue}-slow-during"
+            publish_slow(self.target, queue, key, SLOW_SECONDS)
+            per_queue[queue] = {"slow_key": key}
         self.detail = {
             "consumer_timeout_ms": CONSUMER_TIMEOUT_MS,
             "channel_tick_interval_ms": TICK_MS,
             "slow_task_s": SLOW_SECONDS,
-            "slow_key": key,
+            "per_queue": per_queue,
         }
 
     def heal(self) -> None:
@@ -128,9 +136,10 @@ class ConsumerTimeout:
         self.detail["channel_closed_by_broker"] = len(found)
         self.detail["broker_log"] = [line[:160] for line in found[:3]]
         if self.work is not None:
-            ledger = self.work / f"{self.queue}.ledger"
-            keys = ledger.read_text().split() if ledger.exists() else []
-            self.detail["slow_task_runs_completed"] = keys.count(self.detail.get("slow_key", "?"))
+            for queue, mine in (self.detail.get("per_queue") or {}).items():
+                ledger = self.work / f"{queue}.ledger"
+                keys = ledger.read_text().split() if ledger.exists() else []
+                mine["slow_task_runs_completed"] = keys.count(mine.get("slow_key", "?"))
 
 
 def make(target: FaultTarget) -> ConsumerTimeout:

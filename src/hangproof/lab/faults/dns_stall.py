@@ -142,6 +142,12 @@ class DnsStall:
         """Start the DNS server, give the clients' namespace its resolv.conf, dial by name."""
         if self.target.node.tls:
             raise HangproofError("dns-stall runs on the plain testbed (the lab CA names the IP)")
+        if self._configured and ctx.client_netns == self.client_netns:
+            # Another cell of the same injection: the one DNS server, record and
+            # resolv.conf serve every consumer of the clients' namespace.
+            ctx.client_url = f"amqp://guest:guest@{BROKER_NAME}:{self.port}/"
+            ctx.env["HANGPROOF_BROKER_URL"] = ctx.client_url
+            return
         self.client_netns = ctx.client_netns
         resolv = self.resolv_conf
         assert resolv is not None

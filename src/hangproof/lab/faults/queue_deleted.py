@@ -40,26 +40,35 @@ class QueueDeleted:
     def __init__(self, target: FaultTarget) -> None:
         self.target = target
         self.queue = ""
+        #: Every cell's queue: the profiles of a matrix run share one injection,
+        #: each queue deleted, its evidence in ``detail["per_queue"]``.
+        self.queues: list[str] = []
         self.detail: dict[str, Any] = {}
 
     def configure(self, ctx: CellContext) -> None:
         """Learn the cell's queue."""
         self.queue = ctx.queue
+        if ctx.queue not in self.queues:
+            self.queues.append(ctx.queue)
 
     def inject(self) -> None:
         """``delete_queue`` (the broker cancels the queue's consumers)."""
-        before = queue_consumers(self.target.node, self.queue)
-        out = self.target.node.ctl("delete_queue", self.queue, timeout=30)
-        found = _DELETED.search(out)
-        self.detail = {
-            "consumers_before": before,
-            "deleted": int(found.group(1)) if found else None,
-            "ctl": out.strip()[:160],
-        }
+        per_queue: dict[str, dict[str, Any]] = {}
+        for queue in self.queues or [self.queue]:
+            before = queue_consumers(self.target.node, queue)
+            out = self.target.node.ctl("delete_queue", queue, timeout=30)
+            found = _DELETED.search(out)
+            per_queue[queue] = {
+                "consumers_before": before,
+                "deleted": int(found.group(1)) if found else None,
+                "ctl": out.strip()[:160],
+            }
+        self.detail = {"per_queue": per_queue}
 
     def heal(self) -> None:
         """Nothing comes back by itself: a client must declare the queue again."""
-        self.detail["consumers_at_heal"] = queue_consumers(self.target.node, self.queue)
+        for queue, mine in (self.detail.get("per_queue") or {}).items():
+            mine["consumers_at_heal"] = queue_consumers(self.target.node, queue)
 
 
 def make(target: FaultTarget) -> QueueDeleted:

@@ -499,6 +499,22 @@ def judge_cell(cell: dict[str, Any], run: dict[str, Any]) -> dict[str, Any] | No
     )
 
 
+def _cell_detail(detail: dict[str, Any], queue: str) -> dict[str, Any]:
+    """A cell's copy of the fault's ``detail``: its own ``per_queue`` entry merged in.
+
+    A fault shared by several cells (one injection) that acts on each queue
+    records each queue's evidence under ``detail["per_queue"][queue]``.
+
+    >>> _cell_detail({"a": 1, "per_queue": {"q1": {"deleted": 3}, "q2": {"deleted": 0}}}, "q1")
+    {'a': 1, 'deleted': 3}
+    """
+    out = dict(detail)
+    per_queue = out.pop("per_queue", None)
+    if isinstance(per_queue, dict) and isinstance(per_queue.get(queue), dict):
+        out.update(per_queue[queue])
+    return out
+
+
 def _needs_queue_check(cell: Cell) -> bool:
     """The publish during the fault said ok but its message never ran: is it queued?"""
     return cell.publish_during_fault.startswith("ok") and not cell.during_executed
@@ -905,7 +921,7 @@ def _run_group(
             injected_at = time.time()
         detail = dict(getattr(fault, "detail", {}) or {})
         for run in live:
-            run.cell.fault_detail = dict(detail)
+            run.cell.fault_detail = _cell_detail(detail, run.queue)
             run.cell.inject_s = round(inject_s, 2)
             if run.recorder:
                 run.recorder.mark("inject", injected_at)
@@ -926,7 +942,7 @@ def _run_group(
         healed_detail = dict(getattr(fault, "detail", {}) or {})  # what heal() found
         for run in live:
             run.cell.heal_s = heal_s
-            run.cell.fault_detail.update(healed_detail)
+            run.cell.fault_detail.update(_cell_detail(healed_detail, run.queue))
             if run.recorder:
                 run.recorder.mark("heal")
         # Work resumes when a task published after heal executes. Published at
@@ -950,7 +966,7 @@ def _run_group(
                 # EXIT: the worker process died (needs a supervisor restart to resume).
                 cell.resume_s = "EXIT" if not processes.pid_alive(run.worker.pid) else "HANG"
             # What the fault saw up to now (counters read at heal, queries after it).
-            cell.fault_detail.update(dict(getattr(fault, "detail", {}) or {}))
+            cell.fault_detail.update(_cell_detail(getattr(fault, "detail", {}) or {}, run.queue))
             evidence = getattr(fault, "evidence", None)
             if evidence is not None and cell.resume_s == "HANG":
                 # Read while the hung client still holds its socket.
