@@ -114,3 +114,45 @@ def test_broker_view_parsers() -> None:
     assert parse_queue_consumers("a\t1\n", "q") is None
     found = _DELETED.search("Queue was successfully deleted with 5 ready messages")
     assert found and found.group(1) == "5"
+
+
+def test_a_shared_injection_acts_on_every_cells_queue(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The profiles of a matrix run share one injection: every queue gets the fault."""
+    from dataclasses import replace
+
+    from hangproof.lab.faults import consumer_timeout, queue_deleted
+    from hangproof.lab.scenarios.fault_matrix import _cell_detail
+
+    deleted: list[str] = []
+
+    class Node:
+        def ctl(self, *args: str, timeout: float = 0) -> str:
+            deleted.append(args[1])
+            return "Queue was successfully deleted with 2 ready messages"
+
+    monkeypatch.setattr(queue_deleted, "queue_consumers", lambda node, queue: 1)
+    fault = queue_deleted.QueueDeleted(FaultTarget(Node(), "hpfault-b", "hpf-b0"))  # type: ignore[arg-type]
+    for queue in ("q1", "q2"):
+        fault.configure(replace(_ctx(tmp_path), queue=queue))
+    fault.inject()
+    fault.heal()
+    assert deleted == ["q1", "q2"]
+    assert _cell_detail(fault.detail, "q1")["deleted"] == 2
+    assert _cell_detail(fault.detail, "q2")["consumers_at_heal"] == 1
+
+    slow: list[str] = []
+    monkeypatch.setattr(consumer_timeout, "publish_slow", lambda t, q, key, s: slow.append(key))
+    monkeypatch.setattr(consumer_timeout, "log_size", lambda node: 0)
+    monkeypatch.setattr(consumer_timeout, "log_since", lambda node, offset: "")
+    monkeypatch.setattr(consumer_timeout, "set_env", lambda *a: None)
+    ct = consumer_timeout.ConsumerTimeout(_target(tmp_path))
+    for queue in ("q1", "q2"):
+        ct.configure(replace(_ctx(tmp_path), queue=queue))
+    (tmp_path / "q2.ledger").write_text("q2-slow-during\n")
+    ct.inject()
+    ct.heal()
+    assert slow == ["q1-slow-during", "q2-slow-during"]
+    assert _cell_detail(ct.detail, "q1")["slow_task_runs_completed"] == 0
+    assert _cell_detail(ct.detail, "q2")["slow_task_runs_completed"] == 1
