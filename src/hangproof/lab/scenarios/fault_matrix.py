@@ -50,7 +50,12 @@ own queue, ledger, consumer, producer and publish probes, one inject, one
 heal. The cells then share the fault's moments and differ only in the
 client; a fault that cannot share runs one cell at a time
 (:func:`_fault_parallel`: ``PARALLEL = False``, a fault with ``attach()``
-unless it says ``PARALLEL = True``, and vip-race). ``--serial`` runs every
+unless it says ``PARALLEL = True``, and vip-race). A shared fault's
+``configure(ctx)`` runs once per cell and must act on every cell's queue; what
+it saw per queue goes under ``detail["per_queue"]`` and lands in that cell
+only (:func:`_cell_detail`). The resume probe is published again when it got
+an error or no answer (a broker still restarting), bounded in count and by
+the HANG bound; ``resume_probes`` counts them. ``--serial`` runs every
 cell alone as before, ``--group-size N`` limits how many consumers share one
 injection (memory/CPU), ``--subset ci`` is :data:`SUBSETS` ["ci"]. Timing of a
 serial cell: 60-80 s; of a shared injection of 8 profiles: one cell's time
@@ -1149,7 +1154,7 @@ def run_cell(
 #: + harden; aio-pika + guard), on all three beds the classes need; HANG bound
 #: 60 s (the promise needs resume <= stall_timeout + one backoff step, far
 #: below it). Holds are the full matrix's: a CI cell proves what a matrix
-#: cell proves. Measured time in docs/fault-matrix.md (<= 10 min).
+#: cell proves. Its time: docs/fault-matrix.md.
 SUBSETS: dict[str, dict[str, Any]] = {
     "ci": {
         "faults": [
