@@ -83,3 +83,14 @@ def test_the_promise_judge_names_each_miss() -> None:
         "resume EXIT (promise <= 15 s after heal)",
         "the worker exited",
     ]
+
+
+def test_the_link_faults_share_one_injection_in_the_matrix(tmp_path: Path) -> None:
+    from hangproof.lab.faults import make_fault
+    from hangproof.lab.scenarios.fault_matrix import _fault_parallel
+
+    # PARALLEL is read from the registered module (one_way_loss_in/_out), not the shared one.
+    for name in ("one-way-loss-in", "one-way-loss-out"):
+        assert _fault_parallel(name, make_fault(name, _target(tmp_path))) is True, name
+    # client-freeze acts on one consumer's pid: one cell at a time.
+    assert _fault_parallel("client-freeze", make_fault("client-freeze", _target(tmp_path))) is False

@@ -7,6 +7,7 @@ failure whose return leg (broker to worker) black-holes.
 from __future__ import annotations
 
 from hangproof.lab.faults import FaultTarget
+from hangproof.lab.faults.one_way_loss import PARALLEL as PARALLEL
 from hangproof.lab.faults.one_way_loss import OneWayLoss
 
 

@@ -8,6 +8,7 @@ kombu#463. Real-world event: an asymmetric path failure whose outbound leg
 from __future__ import annotations
 
 from hangproof.lab.faults import FaultTarget
+from hangproof.lab.faults.one_way_loss import PARALLEL as PARALLEL
 from hangproof.lab.faults.one_way_loss import OneWayLoss
 
 
