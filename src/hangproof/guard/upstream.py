@@ -88,7 +88,9 @@ OVERRIDES: dict[str, frozenset[str]] = {
     "amqp.transport:_AbstractTransport": frozenset({"_setup_transport", "_connect"}),
     "amqp.transport:SSLTransport": frozenset({"_setup_transport", "_shutdown_transport"}),
     "amqp.connection:Connection": frozenset({"_METHODS", "_on_blocked", "_on_unblocked"}),
-    "amqp.channel:Channel": frozenset({"_on_basic_ack", "_on_basic_nack", "_do_revive"}),
+    "amqp.channel:Channel": frozenset(
+        {"_on_basic_ack", "_on_basic_nack", "_do_revive", "_on_basic_return"}
+    ),
 }
 
 # The mangled names aiormq keeps its frame clock and blocked state in.
