@@ -51,6 +51,9 @@ logger = logging.getLogger("hangproof.guard")
 
 #: Events kept for /healthz; enough for a fault-matrix cell, bounded in memory.
 MAX_EVENTS = 200
+#: A probe round must start this long after the consumer connected before its
+#: "no consumer" counts against the connection (Basic.Consume in flight).
+CONSUME_GRACE = 1.0
 
 
 @dataclass(frozen=True)
@@ -80,6 +83,7 @@ class GuardState:
         self._busy_in_loop = busy_in_loop
         self._clock = clock
         self._lock = threading.Lock()
+        self._check_lock = threading.Lock()
         self.connection: Any = None
         self.connected = False
         self.ever_connected = False
@@ -270,10 +274,31 @@ class GuardState:
             last_loop_tick_at=self.last_loop_tick_at,
             busy_in_loop=self.connected and self._busy_in_loop(),
             forced_reconnect_at=self.forced_reconnect_at,
+            unconsumed=self.unconsumed_queues(),
         )
 
+    def unconsumed_queues(self) -> tuple[str, ...]:
+        """The worker's queues the broker showed without a consumer, seen since we connected.
+
+        From the last consuming-probe round only if it reached the broker,
+        the broker was not blocking, and it *started* more than
+        :data:`CONSUME_GRACE` s after the current connection came up (so the
+        broker had our Basic.Consume before it counted).
+        """
+        with self._lock:
+            last = self.rounds[-1] if self.rounds else None
+        if last is None or not self.connected or not last.reachable or last.blocked:
+            return ()
+        if last.at - last.seconds <= self.state_since + CONSUME_GRACE:
+            return ()
+        return tuple(q for q in self.queues if not last.consumers.get(q))
+
     def check(self) -> Decision:
-        """One watchdog round: decide, act, publish."""
+        """One watchdog round: decide, act, publish (one round at a time)."""
+        with self._check_lock:
+            return self._check()
+
+    def _check(self) -> Decision:
         decision = decide(self.observe(), self.policy)
         if decision.action is Action.FORCE_RECONNECT and decision.detection is not None:
             self.forced_reconnect_at = self._clock()
@@ -284,6 +309,7 @@ class GuardState:
                 detection=decision.detection.value,
                 reason=decision.reason,
                 action="force-reconnect",
+                by=threading.current_thread().name,
             )
             note_path_fault(decision.detection.value)
             force_reconnect(self.connection)
@@ -307,6 +333,11 @@ class GuardState:
             self.m_canary_rtt.set(-1 if r.canary_rtt is None else r.canary_rtt)
         if previous is None or previous.reachable != r.reachable:
             self.event("broker-probe", reachable=r.reachable, error=r.error)
+        if self.forced_reconnect_at is None and self.unconsumed_queues():
+            # Act on the broker's view at once, from this thread too: the
+            # watchdog's next round would, but it need not be the one to see it.
+            self.check()
+            return
         self.assess()
 
     def assess(self, decision: Decision | None = None) -> Health:
