@@ -51,6 +51,9 @@ logger = logging.getLogger("hangproof.guard")
 
 #: Events kept for /healthz; enough for a fault-matrix cell, bounded in memory.
 MAX_EVENTS = 200
+#: Seconds a forced reconnect may stay pending before the socket is closed
+#: outright (green workers only, see :func:`close_socket_under_gevent`).
+ESCALATE_AFTER = 1.0
 #: A probe round must start this long after the consumer connected before its
 #: "no consumer" counts against the connection (Basic.Consume in flight).
 CONSUME_GRACE = 1.0
@@ -90,6 +93,7 @@ class GuardState:
         self.state_since = clock()
         self.last_loop_tick_at: float | None = None
         self.forced_reconnect_at: float | None = None
+        self.escalated = False
         self.resource_locked_streak = 0
         self.last_decision: Decision | None = None
         self.events: deque[dict[str, Any]] = deque(maxlen=MAX_EVENTS)
@@ -207,6 +211,7 @@ class GuardState:
             self.state_since = now
             self.last_loop_tick_at = now
             self.forced_reconnect_at = None
+            self.escalated = False
             self.resource_locked_streak = 0
             reconnect = self.ever_connected
             self.ever_connected = True
@@ -299,6 +304,7 @@ class GuardState:
             return self._check()
 
     def _check(self) -> Decision:
+        self._escalate_if_stuck()
         decision = decide(self.observe(), self.policy)
         if decision.action is Action.FORCE_RECONNECT and decision.detection is not None:
             self.forced_reconnect_at = self._clock()
@@ -322,6 +328,27 @@ class GuardState:
         self.m_healthy.set(1 if decision.healthy else 0)
         self.assess(decision)
         return decision
+
+    def _escalate_if_stuck(self) -> None:
+        """A forced reconnect that did not take within ESCALATE_AFTER: close the socket (gevent).
+
+        Measured (client-freeze x celery-gevent+harden): after the broker had
+        reset the connection, ``shutdown()`` of the consumer socket did not
+        wake the main greenlet blocked in its ``recv``; gevent's own
+        ``close()`` does (it cancels every greenlet waiting on the socket).
+        """
+        forced = self.forced_reconnect_at
+        if forced is None or self.escalated or not self.connected:
+            return
+        if self._clock() - forced <= ESCALATE_AFTER:
+            return
+        self.escalated = True
+        closed = close_socket_under_gevent(self.connection)
+        self.event(
+            "force-reconnect-escalated",
+            reason=f"no reconnect {self._clock() - forced:.1f} s after the socket shutdown",
+            closed=closed,
+        )
 
     # -- the health contract -------------------------------------------------
     def record_round(self, r: ProbeRound) -> None:
@@ -424,6 +451,32 @@ def force_reconnect(connection: Any) -> bool:
         return False
     try:
         shutdown_socket(sock)  # TLS: an SSLSocket's own shutdown() would crash the reader
+    except OSError:
+        return False
+    return True
+
+
+def close_socket_under_gevent(connection: Any) -> bool:
+    """Close the consumer's socket if this process is gevent-patched (else do nothing).
+
+    gevent's ``socket.close()`` cancels every greenlet waiting on the socket
+    (they get ``EBADF``, an ``OSError``: Celery's connection-error path).
+    With real threads closing an fd another thread reads could hand that
+    thread a reused fd, so it is never done there.
+
+    >>> close_socket_under_gevent(None)
+    False
+    """
+    import sys
+
+    monkey = sys.modules.get("gevent.monkey")
+    if monkey is None or not monkey.is_module_patched("socket"):
+        return False
+    sock = upstream.consumer_socket(connection)
+    if sock is None:
+        return False
+    try:
+        sock.close()
     except OSError:
         return False
     return True
