@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import socket
 
+import pytest
 from amqp.exceptions import ConnectionForced, ResourceLocked
 
 from hangproof.failure import Policy
@@ -199,3 +200,46 @@ def test_unconsumed_queues_counts_only_rounds_begun_after_connecting() -> None:
     now[0] += 2
     state.on_connected(None)
     assert state.unconsumed_queues() == ()
+
+
+def test_a_forced_reconnect_that_does_not_take_closes_the_socket_under_gevent(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import sys
+    import types
+
+    from hangproof.guard.runtime import ESCALATE_AFTER
+
+    class FakeSocket:
+        def __init__(self) -> None:
+            self.calls: list[str] = []
+
+        def shutdown(self, how: int) -> None:
+            self.calls.append("shutdown")
+
+        def close(self) -> None:
+            self.calls.append("close")
+
+    sock = FakeSocket()
+    connection = types.SimpleNamespace(_transport=types.SimpleNamespace(sock=sock))
+    now = [100.0]
+    state = GuardState(Policy(stall_timeout=4), clock=lambda: now[0])
+    state.on_connected(connection)
+    state.forced_reconnect_at = now[0]
+    # Real threads: never closed, however long the reconnect is pending.
+    monkeypatch.delitem(sys.modules, "gevent.monkey", raising=False)
+    now[0] += ESCALATE_AFTER + 0.5
+    state.check()
+    assert "close" not in sock.calls
+    state.escalated = False
+    # gevent-patched: closed once, after ESCALATE_AFTER, and only once.
+    fake = types.ModuleType("gevent.monkey")
+    fake.is_module_patched = lambda name: name == "socket"  # type: ignore[attr-defined]
+    monkeypatch.setitem(sys.modules, "gevent.monkey", fake)
+    state.check()
+    state.check()
+    assert sock.calls.count("close") == 1
+    assert any(e["kind"] == "force-reconnect-escalated" for e in state.events)
+    # A new connection re-arms it.
+    state.on_connected(connection)
+    assert state.escalated is False
