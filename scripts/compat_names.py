@@ -310,6 +310,16 @@ def _robust() -> tuple[str, str]:
     return _shape(callable(make_url) and "timeout" in params, "connect(timeout=...)")
 
 
+@check("amqp", "Channel._on_basic_return", "guard/transport.py GuardChannel (PublishUnroutable)")
+def _on_basic_return() -> tuple[str, str]:
+    import amqp
+
+    params = list(inspect.signature(amqp.Channel._on_basic_return).parameters)
+    expected = ["self", "reply_code", "reply_text", "exchange", "routing_key", "message"]
+    ok = params == expected and "basic_return" in _source(amqp.Channel._on_basic_return)
+    return _shape(ok, "(self, reply_code, reply_text, exchange, routing_key, message)")
+
+
 def _version(name: str) -> str | None:
     try:
         return metadata.version(name)

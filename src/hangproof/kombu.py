@@ -9,10 +9,18 @@ Over TLS: ``ssl=True`` / ``ssl={...}`` (as with kombu's own py-amqp transport), 
 ``hangproof.kombu:SSLTransport`` (alias ``hangproofs://``, as ``amqps://``).
 
 See :mod:`hangproof.guard.transport` for what it changes and why.
+
+Publish with :class:`GuardProducer` (``GuardProducer(conn)`` instead of
+``conn.Producer()``) on such a connection: every publish is mandatory (a
+message no queue takes raises :class:`PublishUnroutable`) and one call,
+retries included, takes at most ``publish_timeout``
+(:mod:`hangproof.guard.publishing`).
 """
 
 from __future__ import annotations
 
+from hangproof.guard.errors import PublishUnroutable
+from hangproof.guard.publishing import GuardProducer
 from hangproof.guard.transport import (
     BrokerBlocked,
     GuardConnection,
@@ -29,9 +37,11 @@ from hangproof.guard.transport import (
 __all__ = [
     "BrokerBlocked",
     "GuardConnection",
+    "GuardProducer",
     "HandshakeDeadlineExceeded",
     "PublishError",
     "PublishTimeout",
+    "PublishUnroutable",
     "SSLTransport",
     "TLSHandshakeFailed",
     "TLSVerificationFailed",

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import socket
 
+import pytest
 from amqp.exceptions import ConnectionForced, ResourceLocked
 
 from hangproof.failure import Policy
@@ -148,3 +149,97 @@ def test_state_forces_one_reconnect_and_counts_it() -> None:
 
 def test_force_reconnect_without_socket() -> None:
     assert force_reconnect(None) is False
+
+
+def test_broker_showing_no_consumer_forces_a_reconnect_even_with_a_fresh_link() -> None:
+    # client-freeze x gevent (measured): after SIGCONT the link clock looked
+    # fresh and the loop ticked, but the broker had dropped the consumer.
+    p = Policy(stall_timeout=4)
+    fresh = Observation(
+        now=100.0, connected=True, state_since=50.0, last_inbound_frame_at=99.9,
+        last_loop_tick_at=99.9, unconsumed=("q1",),
+    )  # fmt: skip
+    d = decide(fresh, p)
+    assert (d.action, d.detection) == (Action.FORCE_RECONNECT, Detection.NOT_CONSUMING)
+    assert "q1" in d.reason and d.healthy and not d.ready
+    # Already forced: wait for it (no second force), as for any other stall.
+    pending = Observation(**{**fresh.__dict__, "forced_reconnect_at": 99.0})
+    assert decide(pending, p).action is Action.NONE
+
+
+def test_unconsumed_queues_counts_only_rounds_begun_after_connecting() -> None:
+    from hangproof.guard.health import ProbeRound
+    from hangproof.guard.runtime import CONSUME_GRACE
+
+    now = [100.0]
+    state = GuardState(Policy(stall_timeout=4), clock=lambda: now[0])
+    state.queues = ("q1", "q2")
+    state.on_connected(None)  # state_since = 100
+    # A round that started before the connection was up says nothing.
+    state.record_round(ProbeRound(at=100.5, reachable=True, consumers={"q1": 0, "q2": 1},
+                                  seconds=1.0))  # fmt: skip
+    assert state.unconsumed_queues() == ()
+    assert state.forced_reconnect_at is None
+    # Broker blocked, or unreachable: no verdict on the consumer either.
+    start = 100.0 + CONSUME_GRACE + 0.5
+    for kwargs in ({"blocked": True}, {"reachable": False}):
+        r = {"reachable": True, **kwargs}
+        state.record_round(ProbeRound(at=start + 1, consumers={"q1": 0}, seconds=1.0, **r))
+        assert state.unconsumed_queues() == ()
+    # Begun after connecting, reachable, q1 without a consumer: forced at once.
+    now[0] = start + 1
+    state.record_round(ProbeRound(at=start + 1, reachable=True, consumers={"q1": 0, "q2": 2},
+                                  seconds=1.0))  # fmt: skip
+    assert state.unconsumed_queues() == ("q1",)
+    assert state.forced_reconnect_at == now[0]
+    kinds = [e["kind"] for e in state.events]
+    assert "stall-detected" in kinds
+    detected = [e for e in state.events if e["kind"] == "stall-detected"][-1]
+    assert detected["detection"] == "not-consuming"
+    # Reconnected: the old round no longer counts.
+    now[0] += 2
+    state.on_connected(None)
+    assert state.unconsumed_queues() == ()
+
+
+def test_a_forced_reconnect_that_does_not_take_closes_the_socket_under_gevent(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import sys
+    import types
+
+    from hangproof.guard.runtime import ESCALATE_AFTER
+
+    class FakeSocket:
+        def __init__(self) -> None:
+            self.calls: list[str] = []
+
+        def shutdown(self, how: int) -> None:
+            self.calls.append("shutdown")
+
+        def close(self) -> None:
+            self.calls.append("close")
+
+    sock = FakeSocket()
+    connection = types.SimpleNamespace(_transport=types.SimpleNamespace(sock=sock))
+    now = [100.0]
+    state = GuardState(Policy(stall_timeout=4), clock=lambda: now[0])
+    state.on_connected(connection)
+    state.forced_reconnect_at = now[0]
+    # Real threads: never closed, however long the reconnect is pending.
+    monkeypatch.delitem(sys.modules, "gevent.monkey", raising=False)
+    now[0] += ESCALATE_AFTER + 0.5
+    state.check()
+    assert "close" not in sock.calls
+    state.escalated = False
+    # gevent-patched: closed once, after ESCALATE_AFTER, and only once.
+    fake = types.ModuleType("gevent.monkey")
+    fake.is_module_patched = lambda name: name == "socket"  # type: ignore[attr-defined]
+    monkeypatch.setitem(sys.modules, "gevent.monkey", fake)
+    state.check()
+    state.check()
+    assert sock.calls.count("close") == 1
+    assert any(e["kind"] == "force-reconnect-escalated" for e in state.events)
+    # A new connection re-arms it.
+    state.on_connected(connection)
+    assert state.escalated is False

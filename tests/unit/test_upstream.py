@@ -427,13 +427,13 @@ def test_the_mro_scan_catches_an_undeclared_override() -> None:
     import amqp
 
     class Sneaky(amqp.Channel):
-        def _on_basic_return(self, *args):
+        def _on_basic_deliver(self, *args):
             self._confirm_selected = True
-            return super()._on_basic_return(*args)
+            return super()._on_basic_deliver(*args)
 
     assert _mro_problems([Sneaky]) == [
         "test_the_mro_scan_catches_an_undeclared_override.<locals>.Sneaky uses "
         "_confirm_selected of test_the_mro_scan_catches_an_undeclared_override.<locals>.Sneaky",
         "test_the_mro_scan_catches_an_undeclared_override.<locals>.Sneaky uses "
-        "_on_basic_return of test_the_mro_scan_catches_an_undeclared_override.<locals>.Sneaky",
+        "_on_basic_deliver of test_the_mro_scan_catches_an_undeclared_override.<locals>.Sneaky",
     ]

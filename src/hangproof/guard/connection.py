@@ -30,6 +30,8 @@ from celery.app.amqp import AMQP
 from kombu import Connection
 from kombu.utils.imports import symbol_by_name
 
+from hangproof.guard.publishing import guarded_producer_class
+
 #: kombu's ``ensure_connection(errback, max_retries, interval_start,
 #: interval_step, interval_max, ...)``: the intervals' positions and names.
 _INTERVALS = (2, "interval_start"), (3, "interval_step"), (4, "interval_max")
@@ -58,7 +60,26 @@ class GuardKombuConnection(GuardReconnectMixin, Connection):
     """kombu's Connection, reconnecting with the intervals in its transport options."""
 
 
-class GuardedAMQP(AMQP):
+class GuardProducerPoolMixin:
+    """``producer_pool`` whose producers are :class:`~hangproof.guard.publishing.GuardProducer`.
+
+    Celery publishes every task through ``app.amqp.producer_pool`` (kombu's
+    ``ProducerPool``, shared per connection of this app); its documented
+    ``Producer`` attribute (a constructor argument) is set before the pool
+    makes its first producer: mandatory publishes, one deadline over all
+    retries (guard/publishing.py).
+    """
+
+    @property
+    def producer_pool(self) -> Any:
+        pool = super().producer_pool  # type: ignore[misc]
+        pool.Producer = guarded_producer_class(pool.Producer)
+        return pool
+
+    publisher_pool = producer_pool  # Celery's compat alias
+
+
+class GuardedAMQP(GuardProducerPoolMixin, AMQP):
     """Celery's AMQP helper whose broker connections are :class:`GuardKombuConnection`."""
 
     Connection = GuardKombuConnection
@@ -89,10 +110,12 @@ def guarded_amqp_class(base: type) -> type:
     if base is AMQP:
         return GuardedAMQP
     connection = guarded_connection_class(base.Connection)
-    if base.Connection is connection:
+    if base.Connection is connection and issubclass(base, GuardProducerPoolMixin):
         return base
     return type(
-        f"Guarded{base.__name__}", (base,), {"Connection": connection, "__module__": __name__}
+        f"Guarded{base.__name__}",
+        (GuardProducerPoolMixin, base),
+        {"Connection": connection, "__module__": __name__},
     )
 
 
@@ -105,6 +128,7 @@ def install(app: Any) -> None:
     """
     existing = vars(app).get("amqp")
     if existing is not None:
+        # (Its producers stay kombu's: harden() before first use, as documented.)
         existing.Connection = guarded_connection_class(existing.Connection)
         return
     base = symbol_by_name(app.amqp_cls)

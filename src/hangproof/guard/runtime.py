@@ -51,6 +51,12 @@ logger = logging.getLogger("hangproof.guard")
 
 #: Events kept for /healthz; enough for a fault-matrix cell, bounded in memory.
 MAX_EVENTS = 200
+#: Seconds a forced reconnect may stay pending before the socket is closed
+#: outright (green workers only, see :func:`close_socket_under_gevent`).
+ESCALATE_AFTER = 1.0
+#: A probe round must start this long after the consumer connected before its
+#: "no consumer" counts against the connection (Basic.Consume in flight).
+CONSUME_GRACE = 1.0
 
 
 @dataclass(frozen=True)
@@ -80,12 +86,14 @@ class GuardState:
         self._busy_in_loop = busy_in_loop
         self._clock = clock
         self._lock = threading.Lock()
+        self._check_lock = threading.Lock()
         self.connection: Any = None
         self.connected = False
         self.ever_connected = False
         self.state_since = clock()
         self.last_loop_tick_at: float | None = None
         self.forced_reconnect_at: float | None = None
+        self.escalated = False
         self.resource_locked_streak = 0
         self.last_decision: Decision | None = None
         self.events: deque[dict[str, Any]] = deque(maxlen=MAX_EVENTS)
@@ -203,6 +211,7 @@ class GuardState:
             self.state_since = now
             self.last_loop_tick_at = now
             self.forced_reconnect_at = None
+            self.escalated = False
             self.resource_locked_streak = 0
             reconnect = self.ever_connected
             self.ever_connected = True
@@ -270,10 +279,32 @@ class GuardState:
             last_loop_tick_at=self.last_loop_tick_at,
             busy_in_loop=self.connected and self._busy_in_loop(),
             forced_reconnect_at=self.forced_reconnect_at,
+            unconsumed=self.unconsumed_queues(),
         )
 
+    def unconsumed_queues(self) -> tuple[str, ...]:
+        """The worker's queues the broker showed without a consumer, seen since we connected.
+
+        From the last consuming-probe round only if it reached the broker,
+        the broker was not blocking, and it *started* more than
+        :data:`CONSUME_GRACE` s after the current connection came up (so the
+        broker had our Basic.Consume before it counted).
+        """
+        with self._lock:
+            last = self.rounds[-1] if self.rounds else None
+        if last is None or not self.connected or not last.reachable or last.blocked:
+            return ()
+        if last.at - last.seconds <= self.state_since + CONSUME_GRACE:
+            return ()
+        return tuple(q for q in self.queues if not last.consumers.get(q))
+
     def check(self) -> Decision:
-        """One watchdog round: decide, act, publish."""
+        """One watchdog round: decide, act, publish (one round at a time)."""
+        with self._check_lock:
+            return self._check()
+
+    def _check(self) -> Decision:
+        self._escalate_if_stuck()
         decision = decide(self.observe(), self.policy)
         if decision.action is Action.FORCE_RECONNECT and decision.detection is not None:
             self.forced_reconnect_at = self._clock()
@@ -284,6 +315,7 @@ class GuardState:
                 detection=decision.detection.value,
                 reason=decision.reason,
                 action="force-reconnect",
+                by=threading.current_thread().name,
             )
             note_path_fault(decision.detection.value)
             force_reconnect(self.connection)
@@ -297,6 +329,27 @@ class GuardState:
         self.assess(decision)
         return decision
 
+    def _escalate_if_stuck(self) -> None:
+        """A forced reconnect that did not take within ESCALATE_AFTER: close the socket (gevent).
+
+        Measured (client-freeze x celery-gevent+harden): after the broker had
+        reset the connection, ``shutdown()`` of the consumer socket did not
+        wake the main greenlet blocked in its ``recv``; gevent's own
+        ``close()`` does (it cancels every greenlet waiting on the socket).
+        """
+        forced = self.forced_reconnect_at
+        if forced is None or self.escalated or not self.connected:
+            return
+        if self._clock() - forced <= ESCALATE_AFTER:
+            return
+        self.escalated = True
+        closed = close_socket_under_gevent(self.connection)
+        self.event(
+            "force-reconnect-escalated",
+            reason=f"no reconnect {self._clock() - forced:.1f} s after the socket shutdown",
+            closed=closed,
+        )
+
     # -- the health contract -------------------------------------------------
     def record_round(self, r: ProbeRound) -> None:
         """A consuming-probe round finished (prober thread)."""
@@ -307,6 +360,11 @@ class GuardState:
             self.m_canary_rtt.set(-1 if r.canary_rtt is None else r.canary_rtt)
         if previous is None or previous.reachable != r.reachable:
             self.event("broker-probe", reachable=r.reachable, error=r.error)
+        if self.forced_reconnect_at is None and self.unconsumed_queues():
+            # Act on the broker's view at once, from this thread too: the
+            # watchdog's next round would, but it need not be the one to see it.
+            self.check()
+            return
         self.assess()
 
     def assess(self, decision: Decision | None = None) -> Health:
@@ -393,6 +451,32 @@ def force_reconnect(connection: Any) -> bool:
         return False
     try:
         shutdown_socket(sock)  # TLS: an SSLSocket's own shutdown() would crash the reader
+    except OSError:
+        return False
+    return True
+
+
+def close_socket_under_gevent(connection: Any) -> bool:
+    """Close the consumer's socket if this process is gevent-patched (else do nothing).
+
+    gevent's ``socket.close()`` cancels every greenlet waiting on the socket
+    (they get ``EBADF``, an ``OSError``: Celery's connection-error path).
+    With real threads closing an fd another thread reads could hand that
+    thread a reused fd, so it is never done there.
+
+    >>> close_socket_under_gevent(None)
+    False
+    """
+    import sys
+
+    monkey = sys.modules.get("gevent.monkey")
+    if monkey is None or not monkey.is_module_patched("socket"):
+        return False
+    sock = upstream.consumer_socket(connection)
+    if sock is None:
+        return False
+    try:
+        sock.close()
     except OSError:
         return False
     return True

@@ -101,3 +101,31 @@ if os.environ.get("HANGPROOF_WEDGE_ON_SIGUSR2") == "1":
         _never.acquire()
 
     signal.signal(signal.SIGUSR2, _wedge)
+
+
+if os.environ.get("HANGPROOF_RUN_INFO_ON_SIGUSR2") and not os.environ.get(
+    "HANGPROOF_WEDGE_ON_SIGUSR2"
+):
+    # Lab only (diagnosing a wedged gevent worker): SIGUSR2 appends the stack
+    # of every greenlet and thread (gevent.util.print_run_info, or every
+    # thread's stack without gevent) to the file the variable names. A
+    # sampling profiler sees only the greenlet that runs; this sees them all.
+    import signal
+    import sys
+    import traceback
+
+    _run_info_path = os.environ["HANGPROOF_RUN_INFO_ON_SIGUSR2"]
+
+    def _run_info(signum: int, frame: object) -> None:
+        with open(_run_info_path, "a", encoding="utf-8") as out:
+            out.write(f"=== {time.time():.3f} pid {os.getpid()}\n")
+            try:
+                from gevent import util
+
+                util.print_run_info(file=out)
+            except ImportError:
+                for ident, stack in sys._current_frames().items():
+                    out.write(f"--- thread {ident}\n")
+                    traceback.print_stack(stack, file=out)
+
+    signal.signal(signal.SIGUSR2, _run_info)

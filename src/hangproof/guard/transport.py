@@ -78,8 +78,8 @@ from amqp.exceptions import MessageNacked
 from kombu.transport import TRANSPORT_ALIASES, pyamqp
 
 from hangproof.failure import Policy
-from hangproof.guard import upstream
-from hangproof.guard.errors import BrokerBlocked, PublishTimeout
+from hangproof.guard import publishing, upstream
+from hangproof.guard.errors import BrokerBlocked, PublishTimeout, PublishUnroutable
 from hangproof.guard.errors import PublishError as PublishError  # re-exported
 
 logger = logging.getLogger("hangproof.guard")
@@ -508,6 +508,26 @@ class GuardChannel(pyamqp.Channel):
         self._hp_settled: set[int] = set()
         self._hp_nacked: set[int] = set()
         self._hp_nacked_upto = 0
+        #: The confirmed publish in flight (its tag) and the Basic.Return the
+        #: broker sent for it, if any (a mandatory publish no queue took).
+        self._hp_inflight: int | None = None
+        self._hp_returned: tuple[int, str, str, str] | None = None
+
+    def _on_basic_return(
+        self, reply_code: int, reply_text: str, exchange: str, routing_key: str, message: Any
+    ) -> Any:
+        """Basic.Return during a confirmed publish: remembered, raised as PublishUnroutable.
+
+        The broker sends it before the Basic.Ack of the same message, so it
+        belongs to the publish in flight. Outside one, or with the caller's
+        own ``basic_return`` handlers (kombu's ``on_return``), py-amqp's
+        behaviour is kept.
+        """
+        if self._hp_inflight is not None:
+            self._hp_returned = (reply_code, str(reply_text), str(exchange), str(routing_key))
+            if not self.events.get("basic_return"):
+                return None
+        return super()._on_basic_return(reply_code, reply_text, exchange, routing_key, message)
 
     def confirm_select(self, nowait: bool = False) -> Any:
         self._hp_reset_confirms()
@@ -608,7 +628,9 @@ class GuardChannel(pyamqp.Channel):
         connection = self.connection
         if connection is None:
             return upstream.basic_publish(self, *args, **kwargs)  # raises: connection closed
-        limit = connection.publish_timeout
+        # Within a harden()ed publish, only what is left of its one deadline
+        # over every retry (guard/publishing.py).
+        limit = publishing.remaining(connection.publish_timeout)
         for key in ("timeout", "confirm_timeout"):
             given = kwargs.pop(key, None)
             if given:
@@ -620,6 +642,22 @@ class GuardChannel(pyamqp.Channel):
             upstream.set_confirm_selected(self, True)
             self.confirm_select()
         tag = self._hp_next_tag + 1
+        self._hp_inflight, self._hp_returned = tag, None
+        try:
+            return self._hp_publish_and_wait(tag, started, at, limit, args, kwargs)
+        finally:
+            self._hp_inflight = None
+
+    def _hp_publish_and_wait(
+        self,
+        tag: int,
+        started: float,
+        at: float,
+        limit: float,
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+    ) -> Any:
+        connection = self.connection
         try:
             ret = upstream.basic_publish(
                 self, *args, timeout=max(0.001, at - monotonic()), **kwargs
@@ -655,6 +693,13 @@ class GuardChannel(pyamqp.Channel):
             self._hp_nacked.discard(tag)
             raise MessageNacked()
         self._hp_settled.discard(tag)
+        if self._hp_returned is not None:
+            code, text, exchange, routing_key = self._hp_returned
+            self._hp_returned = None
+            raise PublishUnroutable(
+                f"broker returned the message: {code} {text} (exchange {exchange!r}, routing key "
+                f"{routing_key!r}): no queue took it, nobody will run it"
+            )
         return ret
 
 
@@ -940,7 +985,11 @@ class GuardConnection(pyamqp.Connection):
     def connect(self, callback: Callable[[], Any] | None = None) -> Any:
         if self.connected:
             return super().connect(callback)
-        deadline = self.handshake_deadline
+        # A connect made by a harden()ed publish gets only what is left of the
+        # publish's deadline (guard/publishing.py); a spent one raises at once.
+        deadline = publishing.remaining(self.handshake_deadline)
+        if deadline <= 0:
+            raise publishing.current().expired_error(None)  # type: ignore[union-attr]
         started = monotonic()
         at = started + deadline
         saved_connect_timeout = self.connect_timeout

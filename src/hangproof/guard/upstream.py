@@ -33,6 +33,7 @@ aio-pika 9.4.0 / 9.5.8 / 10.2.1. When you add a version, add it to the matrix.
 | amqp | ``Connection._METHODS`` | class attr, extended | py-amqp declares ``connection.blocked`` without its ``reason`` argument | the reason ("low on memory") is lost; with a spec mismatch the frame would not parse |
 | amqp | ``Connection._on_blocked/_on_unblocked`` | methods, overridden | py-amqp dispatches connection.blocked/unblocked to them (``_setup_listeners``) | ``BrokerBlocked`` never raised: a publish under a memory alarm hangs or lies |
 | amqp | ``Channel._on_basic_ack/_on_basic_nack`` | methods, overridden (call super) | py-amqp dispatches Basic.Ack/Nack to them; confirms are tracked by delivery tag | a late ack could confirm the wrong publish |
+| amqp | ``Channel._on_basic_return`` | method, overridden (calls super outside a confirmed publish or with the caller's handlers) | py-amqp dispatches Basic.Return to it; the return of a mandatory publish arrives before its Basic.Ack, and becomes ``PublishUnroutable`` | a publish no queue took is confirmed and dropped: a false ok (queue-deleted) |
 | amqp | ``Channel._basic_publish`` | method, called | the plain publish (``basic_publish`` is rebound to the confirm variant when ``confirm_publish``); the guard writes, then waits for the ack under one deadline | the confirm wait falls back to py-amqp's per-read timeout, which heartbeats reset |
 | amqp | ``Channel._confirm_selected`` | instance attr, read + set | py-amqp's own "confirm.select sent" flag, kept in step with ours | confirm.select sent twice, or never |
 | amqp | ``Channel._do_revive`` | method, overridden (calls super) | py-amqp reopens a channel the broker closed here; 5.2.0-5.4.1 keep ``_confirm_selected`` set (py-amqp#285), so the guard clears it | after a channel error (e.g. 404 on publish) every confirmed publish is a false ``PublishTimeout`` |
@@ -87,7 +88,9 @@ OVERRIDES: dict[str, frozenset[str]] = {
     "amqp.transport:_AbstractTransport": frozenset({"_setup_transport", "_connect"}),
     "amqp.transport:SSLTransport": frozenset({"_setup_transport", "_shutdown_transport"}),
     "amqp.connection:Connection": frozenset({"_METHODS", "_on_blocked", "_on_unblocked"}),
-    "amqp.channel:Channel": frozenset({"_on_basic_ack", "_on_basic_nack", "_do_revive"}),
+    "amqp.channel:Channel": frozenset(
+        {"_on_basic_ack", "_on_basic_nack", "_do_revive", "_on_basic_return"}
+    ),
 }
 
 # The mangled names aiormq keeps its frame clock and blocked state in.
@@ -428,6 +431,7 @@ def _amqp_channel_names() -> str | None:
         "_on_basic_ack",
         "_on_basic_nack",
         "_do_revive",
+        "_on_basic_return",
     )
     if problem:
         return problem
@@ -437,7 +441,11 @@ def _amqp_channel_names() -> str | None:
     if getattr(channel, "_confirm_selected", None) is not False:
         return "a new Channel has no _confirm_selected flag"
     callbacks = getattr(channel, "_callbacks", {})
-    for method, handler in ((spec.Basic.Ack, "_on_basic_ack"), (spec.Basic.Nack, "_on_basic_nack")):
+    for method, handler in (
+        (spec.Basic.Ack, "_on_basic_ack"),
+        (spec.Basic.Nack, "_on_basic_nack"),
+        (spec.Basic.Return, "_on_basic_return"),
+    ):
         bound = callbacks.get(method)
         if getattr(bound, "__func__", None) is not getattr(amqp.Channel, handler):
             return f"{method} is no longer dispatched to Channel.{handler}"

@@ -38,6 +38,7 @@ class Detection(StrEnum):
     RESOURCE_LOCKED = "resource-locked"  # 405 on reconnect: broker still holds the old link
     SOCKET_TIMEOUT = "socket-timeout"  # SO_RCVTIMEO/SO_SNDTIMEO on a blocking call
     CONNECTION_ERROR = "connection-error"  # reset, refused, closed by the broker, ...
+    NOT_CONSUMING = "not-consuming"  # connected, but the broker shows no consumer (watchdog)
 
 
 @dataclass(frozen=True)
@@ -59,6 +60,10 @@ class Observation:
     last_loop_tick_at: float | None = None
     busy_in_loop: bool = False
     forced_reconnect_at: float | None = None
+    #: Queues the broker showed without a consumer (or not at all) in a
+    #: consuming-probe round that *started* after this connection was up
+    #: (empty: no such round, or every queue had a consumer).
+    unconsumed: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -87,6 +92,12 @@ def decide(obs: Observation, policy: Policy) -> Decision:
     - Connected, no inbound frame for ``stall_timeout``: force a reconnect.
     - Connected, loop did not tick for ``stall_timeout``: force a reconnect (a
       loop blocked in a read returns when the socket is shut down).
+    - Connected, and the broker's own view (a consuming-probe round begun
+      after this connection came up) shows no consumer on one of the
+      worker's queues: force a reconnect. The link and the loop may look
+      alive (measured: client-freeze x gevent, frames kept the link clock
+      fresh while the broker had dropped the consumer), but nothing is
+      consumed, and only a new connection brings the consumer back.
 
     >>> p = Policy(stall_timeout=3)
     >>> decide(Observation(now=10.0, connected=False, state_since=0.0), p).healthy
@@ -160,6 +171,16 @@ def decide(obs: Observation, policy: Policy) -> Decision:
             ready=False,
             detection=Detection.LOOP_STALLED,
             reason=f"event loop did not tick for {loop_age:.1f} s (> {stall:g} s, within stall_timeout)",
+            frame_age=frame_age,
+            loop_age=loop_age,
+        )
+    if obs.unconsumed:
+        return Decision(
+            Action.FORCE_RECONNECT,
+            healthy=True,
+            ready=False,
+            detection=Detection.NOT_CONSUMING,
+            reason=f"connected, but the broker shows no consumer: {', '.join(obs.unconsumed)}",
             frame_age=frame_age,
             loop_age=loop_age,
         )

@@ -179,9 +179,19 @@ def kombu_consume(url: str, queue: str, ledger: str, guarded: bool, stall: float
 
 
 def kombu_publish(url: str, queue: str, key: str, guarded: bool, stall: float) -> None:
-    """Publish one Celery-shaped message with kombu's retry (3 retries)."""
+    """Publish one Celery-shaped message with kombu's retry (3 retries).
+
+    Guarded: the guard's producer (``hangproof.kombu.GuardProducer``):
+    mandatory, and one ``publish_timeout`` over all the retries.
+    """
     with kombu_connection(url, guarded, stall) as conn:
-        conn.Producer().publish(
+        if guarded:
+            from hangproof.kombu import GuardProducer
+
+            producer = GuardProducer(conn)
+        else:
+            producer = conn.Producer()
+        producer.publish(
             [[key], {}, {}],
             exchange=queue,
             routing_key=queue,

@@ -720,6 +720,8 @@ class _CellRun:
         attach_fault(self.fault, self.ctx)
         argv = [sys.executable, "-m", MODULE, "produce", self.bed.producer_url, self.queue]
         argv += [str(self.published_file), str(self.stop_file), str(PRODUCER_RATE)]
+        if self.profile.guarded:  # what a user of harden(app) publishes with
+            argv += ["--guard", str(self.stall_timeout)]
         self.producer = processes.spawn(
             argv, netns=self.bed.broker_netns, log=self.work / f"{self.queue}.producer.log"
         )
@@ -1497,13 +1499,25 @@ def summary(result: dict[str, Any]) -> str:
     )
 
 
-def produce(url: str, queue: str, published: Path, stop: Path, rate: float) -> None:
-    """Publish ``hangproof.record`` at ``rate``/s with confirms until ``stop`` exists (<= 1 h)."""
+def produce(
+    url: str, queue: str, published: Path, stop: Path, rate: float, guard: float | None = None
+) -> None:
+    """Publish ``hangproof.record`` at ``rate``/s with confirms until ``stop`` exists (<= 1 h).
+
+    ``guard`` (a guarded profile: its ``stall_timeout``): the producer app is
+    ``harden()``ed, as a hardened user's web app would be, so its publishes are
+    mandatory and bounded by ``publish_timeout``; a returned (unroutable) one
+    raises ``PublishUnroutable`` and is counted as failed, not as published.
+    """
     from celery import Celery
 
     app = Celery("hpfault-producer", broker=url)
     app.conf.broker_transport_options = {"confirm_publish": True}
     app.conf.broker_connection_timeout = 5
+    if guard is not None:
+        from hangproof.celery import harden
+
+        harden(app, Policy(stall_timeout=guard), consuming_probe=False)
     deadline = time.monotonic() + 3600
     for i in range(int(3600 * rate) + 1):
         if stop.exists() or time.monotonic() > deadline:
@@ -1526,6 +1540,7 @@ def main(argv: list[str] | None = None) -> int:
     p = sub.add_parser("produce")
     for name in ("url", "queue", "published", "stop", "rate"):
         p.add_argument(name)
+    p.add_argument("--guard", type=float, default=None, help="harden() it: this stall_timeout")
     q = sub.add_parser("queued")
     q.add_argument("url")
     q.add_argument("queues")
@@ -1550,7 +1565,10 @@ def main(argv: list[str] | None = None) -> int:
     r.add_argument("--lab-name", default=SEED_LAB_PREFIX, help="seed lab name (hpfv...)")
     args = parser.parse_args(argv)
     if args.cmd == "produce":
-        produce(args.url, args.queue, Path(args.published), Path(args.stop), float(args.rate))
+        produce(
+            args.url, args.queue, Path(args.published), Path(args.stop), float(args.rate),
+            args.guard,
+        )  # fmt: skip
         return 0
     if args.cmd == "queued":
         print(json.dumps(queued(args.url, args.queues.split(","))))
