@@ -231,6 +231,8 @@ DETECTION = re.compile(
     r"|ConnectionResetError|Connection reset|consumer: Connection"
     r"|hangproof\.guard: stall-detected|Reconnecting after"
     r"|consumer: Channel closed|consumer: Consumer cancelled"
+    # The alarm faults: a guarded publish saw connection.blocked (their docstrings).
+    r"|hangproof\.guard: broker-blocked"
 )
 LOG_STAMP = re.compile(r"^\[(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3}):")
 
@@ -485,7 +487,9 @@ def _publish_once(
         argv += _tls_args(getattr(bed, "client_ssl", None))
         return processes.spawn(argv, netns=bed.client_netns, env=env, stdout=-1)
     code = (
-        "import sys,time\n"
+        "import os,sys,time\n"
+        "from hangproof.lab.matrix_clients import log_guard_events_to_cell\n"
+        "log_guard_events_to_cell(os.environ.get('HANGPROOF_GUARD') == '1')\n"
         "from hangproof.lab.matrix_celery import app\n"
         "t=time.monotonic()\n"
         "try:\n"
