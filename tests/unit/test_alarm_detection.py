@@ -59,6 +59,7 @@ def test_a_guarded_publish_notice_is_read_as_the_cells_detection(
     events = _log_events(log, since)
     assert len(events) == 1, log.read_text()
     assert "hangproof.guard: broker-blocked" in events[0][1]
+    assert "hangproof.guard: hangproof.guard" not in log.read_text()  # one prefix, as Celery's
     assert abs(events[0][0] - time.time()) < 5
 
 

@@ -286,6 +286,7 @@ async def aio_publish(url: str, queue: str, key: str, guarded: bool, stall: floa
 #: cell's consumer log, where a guarded publish's ``hangproof.guard`` lines go
 #: too, so the matrix reads the guard's notice of the alarm as the detection.
 EVENT_LOG_ENV = "HANGPROOF_EVENT_LOG"
+EVENT_LOG_FORMAT = "[%(asctime)s: %(levelname)s/%(processName)s] %(message)s"
 
 
 def log_guard_events_to_cell(guarded: bool) -> None:
@@ -299,7 +300,8 @@ def log_guard_events_to_cell(guarded: bool) -> None:
     if not guarded or not path:
         return
     handler = logging.FileHandler(path)  # append mode; the consumer's log is O_APPEND too
-    handler.setFormatter(logging.Formatter(LOG_FORMAT))
+    # Celery's worker format: the guard's lines already start "hangproof.guard:".
+    handler.setFormatter(logging.Formatter(EVENT_LOG_FORMAT))
     guard = logging.getLogger("hangproof.guard")
     guard.addHandler(handler)
     guard.setLevel(logging.INFO)

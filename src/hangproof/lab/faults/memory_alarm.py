@@ -13,7 +13,9 @@ affected by an alarm (RabbitMQ blocks a connection only once it publishes),
 so the cell's detect time is the *guarded client noticing the alarm*: the
 first ``connection.blocked`` / ``BrokerBlocked`` its publish sees (Celery and
 kombu: the guard transport's ``hangproof.guard: broker-blocked`` line; aio-pika:
-:mod:`hangproof.aio`'s same line), counted from inject. ``configure()`` points
+:mod:`hangproof.aio`'s same line), counted from the end of ``inject()``, when the
+alarm is in force (fault_matrix's ``DETECT_FROM_END_OF_INJECT``: before it is
+rabbitmqctl's own start-up). ``configure()`` points
 the cell's client-side publishes at the consumer's log (``HANGPROOF_EVENT_LOG``,
 :func:`hangproof.lab.matrix_clients.log_guard_events_to_cell`), where the
 matrix reads detections; a stock client logs no such notice, so its detect
