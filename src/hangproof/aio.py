@@ -37,7 +37,10 @@ Publishing: aio-pika channels use publisher confirms by default, but aiormq
 waits *forever* for connection.unblocked before it writes a publish, and for
 the confirm unless given a timeout. :func:`publish` bounds both by
 ``policy.publish_timeout`` and raises ``BrokerBlocked`` at once while the
-broker blocks the connection (a memory or disk alarm).
+broker blocks the connection (a memory or disk alarm), logging
+``hangproof.guard: broker-blocked`` (the guard's notice of the alarm).
+:func:`publish_once` bounds a publish that must connect first (connect,
+channel, confirm, close) by the same ``publish_timeout`` as a whole.
 
     >>> import asyncio
     >>> from hangproof.aio import connect_robust
@@ -66,7 +69,7 @@ from hangproof.guard.errors import BrokerBlocked, PublishTimeout, PublishUnrouta
 
 logger = logging.getLogger("hangproof.guard")
 
-__all__ = ["GuardedRobustConnection", "connect_robust", "consume", "publish"]
+__all__ = ["GuardedRobustConnection", "connect_robust", "consume", "publish", "publish_once"]
 
 #: Events kept per connection (``hangproof_events``); bounded in memory.
 MAX_EVENTS = 200
@@ -309,19 +312,33 @@ async def publish(
     confirms it but routes it to no queue (aio-pika's mandatory publish
     hands back the returned message instead of raising, unless the channel
     has ``on_return_raises``; a deleted queue would otherwise be a false ok).
+
+    This bounds the publish on a channel you already hold. A publish that
+    also has to connect (a short-lived process, a web request without a
+    pooled connection) is :func:`publish_once`: bounded as a whole.
     """
     upstream.check("aiormq")
     upstream.check("aio-pika")
     connection = upstream.aio_channel_connection(channel)
     policy = policy or getattr(connection, "hangproof_policy", None) or Policy()
     limit = float(policy.publish_timeout or 7.5)
+    return await _bounded_publish(channel, message, routing_key, limit, exchange, **kwargs)
+
+
+async def _bounded_publish(
+    channel: Any, message: Any, routing_key: str, limit: float, exchange: Any, **kwargs: Any
+) -> Any:
+    """:func:`publish`'s body: the write and the confirm within ``limit`` seconds."""
     reason = "connection blocked by the broker (aiormq)"
     if _blocked(channel):
+        _log_blocked(reason)
         raise BrokerBlocked.refused(reason, 0.0)
     target = exchange if exchange is not None else channel.default_exchange
     loop = asyncio.get_running_loop()
     started = loop.time()
-    task = asyncio.ensure_future(target.publish(message, routing_key, timeout=limit, **kwargs))
+    task = asyncio.ensure_future(
+        target.publish(message, routing_key, timeout=max(limit, 0.001), **kwargs)
+    )
     try:
         # Bounded by ``limit``: look every 50 ms whether the broker blocked
         # us meanwhile (then fail now, not at the deadline).
@@ -342,6 +359,7 @@ async def publish(
                     )
                 return result
             if _blocked(channel):
+                _log_blocked(reason)
                 raise BrokerBlocked.refused(reason, loop.time() - started, sent=True)
     finally:
         if not task.done():
@@ -349,11 +367,97 @@ async def publish(
             with contextlib.suppress(BaseException):
                 await task
     if _blocked(channel):
+        _log_blocked(reason)
         raise BrokerBlocked.refused(reason, loop.time() - started, sent=True)
     raise PublishTimeout(
         f"no publisher confirm from the broker within {limit:.1f} s; "
         "the message may or may not be queued"
     )
+
+
+def _log_blocked(reason: str) -> None:
+    """The guard noticed connection.blocked (the same line as the kombu transport's)."""
+    logger.warning("hangproof.guard: broker-blocked: %s (connection.blocked)", reason)
+
+
+#: Closes :func:`publish_once` stopped waiting for; kept so they finish, never cancelled.
+_closing: set[asyncio.Task[Any]] = set()
+
+
+async def publish_once(
+    url: str,
+    message: Any,
+    routing_key: str,
+    policy: Policy | None = None,
+    *,
+    exchange: str | None = None,
+    exchange_type: str = "direct",
+    durable: bool = True,
+    **kwargs: Any,
+) -> Any:
+    """Connect, publish one message with a confirm, close: all within ``publish_timeout``.
+
+    The whole call, not only the confirm, is bounded by
+    ``policy.publish_timeout`` (``stall_timeout / 2``): :func:`connect_robust`
+    gives up on the first connection within it (instead of its default
+    ``recover_timeout``, 4 x stall_timeout, meant for a consumer), and the
+    channel, the exchange declaration (``exchange``, if given: declared
+    ``exchange_type``/``durable``; else the default exchange) and
+    :func:`publish` share what is left. Outcomes:
+
+    - the broker's confirm: returned (the message is queued);
+    - :class:`~hangproof.guard.errors.PublishTimeout`: no connection, channel
+      or confirm in time (a failed connect: the message was not sent);
+    - :class:`~hangproof.guard.errors.BrokerBlocked` or
+      :class:`~hangproof.guard.errors.PublishUnroutable`, as from
+      :func:`publish`; any other error of the connect (e.g. a broker that is
+      no AMQP broker) as it is.
+
+    The connection is closed before returning, for at most what is left of
+    the budget; a close the broker does not answer in time (a blocked or
+    frozen broker) goes on in the background and the result is returned.
+    ``kwargs`` go to :func:`connect_robust`.
+
+        >>> await publish_once(url, aio_pika.Message(b"x"), "tasks", Policy(stall_timeout=15),
+        ...                    exchange="tasks")  # doctest: +SKIP
+    """
+    upstream.check("aiormq")
+    upstream.check("aio-pika")
+    policy = policy or Policy()
+    limit = float(policy.publish_timeout or 7.5)
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    deadline = started + limit
+    connection: GuardedRobustConnection | None = None
+    try:
+        try:
+            connection = await connect_robust(url, policy, give_up_after=limit, **kwargs)
+            async with asyncio.timeout_at(deadline):
+                channel = await connection.channel()
+                target = None
+                if exchange is not None:
+                    target = await channel.declare_exchange(
+                        exchange, exchange_type, durable=durable
+                    )
+        except (TimeoutError, OSError, ConnectionError) as exc:
+            step = "connection" if connection is None else "channel"
+            raise PublishTimeout(
+                f"no broker {step} within {limit:.1f} s ({type(exc).__name__}); "
+                "the message was not sent"
+            ) from exc
+        return await _bounded_publish(channel, message, routing_key, deadline - loop.time(), target)
+    finally:
+        if connection is not None:
+            await _close_within(connection, max(0.05, deadline - loop.time()))
+
+
+async def _close_within(connection: RobustConnection, seconds: float) -> None:
+    """Close ``connection``, waiting at most ``seconds``; a slower close finishes on its own."""
+    task = asyncio.ensure_future(connection.close())
+    _closing.add(task)
+    task.add_done_callback(_closing.discard)
+    task.add_done_callback(lambda t: t.cancelled() or t.exception())  # retrieved: no warning
+    await asyncio.wait({task}, timeout=seconds)
 
 
 #: Errors of an ack or nack whose channel or link is gone: the broker has

@@ -270,24 +270,51 @@ async def aio_publish(url: str, queue: str, key: str, guarded: bool, stall: floa
     """Publish one Celery-shaped message on a fresh connection."""
     import aio_pika
 
+    message = aio_pika.Message(
+        json.dumps([[key], {}, {}]).encode(), content_type="application/json"
+    )
+    if guarded:
+        # The guard's one-shot publish: connect, confirm and close within
+        # publish_timeout as a whole, refused at once while the broker blocks
+        # publishers (connection.blocked).
+        from hangproof.aio import publish_once
+
+        if CAFILE:
+            url = f"{url}?cafile={CAFILE}"
+        await publish_once(url, message, queue, Policy(stall_timeout=stall), exchange=queue)
+        return
     connection = await _aio_connect(url, guarded, stall)
     try:
         channel = await connection.channel()
         exchange = await channel.declare_exchange(queue, "direct", durable=True)
-        message = aio_pika.Message(
-            json.dumps([[key], {}, {}]).encode(), content_type="application/json"
-        )
-        if guarded:
-            # The guard's publish: confirm within publish_timeout, refused at
-            # once while the broker blocks publishers (connection.blocked).
-            from hangproof.aio import publish
-            from hangproof.failure import Policy
-
-            await publish(channel, message, queue, Policy(stall_timeout=stall), exchange=exchange)
-        else:
-            await exchange.publish(message, routing_key=queue)
+        await exchange.publish(message, routing_key=queue)
     finally:
         await connection.close()
+
+
+#: Set by the memory-alarm and disk-alarm faults (their ``configure()``): the
+#: cell's consumer log, where a guarded publish's ``hangproof.guard`` lines go
+#: too, so the matrix reads the guard's notice of the alarm as the detection.
+EVENT_LOG_ENV = "HANGPROOF_EVENT_LOG"
+EVENT_LOG_FORMAT = "[%(asctime)s: %(levelname)s/%(processName)s] %(message)s"
+
+
+def log_guard_events_to_cell(guarded: bool) -> None:
+    """Send a guarded publish's ``hangproof.guard`` log lines to :data:`EVENT_LOG_ENV`'s file.
+
+    Nothing for a stock client (it has no guard to notice anything) or when
+    the fault did not set the variable. The Celery profiles' one-shot publish
+    (the matrix's ``send_task`` probe) calls it too.
+    """
+    path = os.environ.get(EVENT_LOG_ENV)
+    if not guarded or not path:
+        return
+    handler = logging.FileHandler(path)  # append mode; the consumer's log is O_APPEND too
+    # Celery's worker format: the guard's lines already start "hangproof.guard:".
+    handler.setFormatter(logging.Formatter(EVENT_LOG_FORMAT))
+    guard = logging.getLogger("hangproof.guard")
+    guard.addHandler(handler)
+    guard.setLevel(logging.INFO)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -311,16 +338,29 @@ def main(argv: list[str] | None = None) -> int:
         else:
             asyncio.run(aio_consume(args.url, args.queue, args.arg, args.guard, args.stall))
         return 0
+    log_guard_events_to_cell(args.guard)
     started = time.monotonic()
+    # When the call returned: for aio-pika, before asyncio.run() joins the
+    # default executor, which waits for a resolver thread stuck on an
+    # unreachable DNS server (dns-stall) long after the call itself ended.
+    returned: list[float] = []
+
+    async def aio_call() -> None:
+        try:
+            await aio_publish(args.url, args.queue, args.arg, args.guard, args.stall)
+        finally:
+            returned.append(time.monotonic())
+
     try:
         if args.kind == "kombu":
             kombu_publish(args.url, args.queue, args.arg, args.guard, args.stall)
         else:
-            asyncio.run(aio_publish(args.url, args.queue, args.arg, args.guard, args.stall))
+            asyncio.run(aio_call())
     except Exception as exc:
-        print(f"error {time.monotonic() - started:.1f}s {type(exc).__name__}: {exc}"[:200])
+        took = (returned[0] if returned else time.monotonic()) - started
+        print(f"error {took:.1f}s {type(exc).__name__}: {exc}"[:200])
         return 1
-    print(f"ok {time.monotonic() - started:.1f}s")
+    print(f"ok {(returned[0] if returned else time.monotonic()) - started:.1f}s")
     return 0
 
 

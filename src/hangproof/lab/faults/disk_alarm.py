@@ -18,6 +18,19 @@ more than the disk's free space (so the alarm is real: the broker's own disk
 monitor raises it), healed by restoring the node's configured 50MB. ``inject``
 waits (bounded) until the broker lists the disk alarm; ``detail`` records the
 limit set, the free space, and that the alarm was seen.
+
+Detection (issue 10's ``detect`` for this class): the consumer is not
+affected by an alarm (RabbitMQ blocks a connection only once it publishes),
+so the cell's detect time is the *guarded client noticing the alarm*: the
+first ``connection.blocked`` / ``BrokerBlocked`` its publish sees (Celery and
+kombu: the guard transport's ``hangproof.guard: broker-blocked`` line; aio-pika:
+:mod:`hangproof.aio`'s same line), counted from the end of ``inject()``, when the
+alarm is in force (fault_matrix's ``DETECT_FROM_END_OF_INJECT``: before it is
+rabbitmqctl's own start-up). ``configure()`` points
+the cell's client-side publishes at the consumer's log (``HANGPROOF_EVENT_LOG``,
+:func:`hangproof.lab.matrix_clients.log_guard_events_to_cell`), where the
+matrix reads detections; a stock client logs no such notice, so its detect
+stays "-" (what it shows).
 """
 
 from __future__ import annotations
@@ -27,7 +40,8 @@ import shutil
 import time
 
 from hangproof.errors import HangproofError
-from hangproof.lab.faults import FaultTarget
+from hangproof.lab.faults import CellContext, FaultTarget
+from hangproof.lab.matrix_clients import EVENT_LOG_ENV
 
 #: What RabbitNode.prepare configures (disk_free_limit.absolute).
 NORMAL_LIMIT = "50MB"
@@ -81,6 +95,10 @@ class DiskAlarm:
                 break
             time.sleep(0.5)
         return False
+
+    def configure(self, ctx: CellContext) -> None:
+        """Let the cell's guarded publishes log their notice of the alarm to the consumer's log."""
+        ctx.env[EVENT_LOG_ENV] = str(ctx.work / f"{ctx.queue}.log")
 
     def inject(self) -> None:
         """Raise the limit above the free disk; wait until the broker lists the alarm."""

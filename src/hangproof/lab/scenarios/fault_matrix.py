@@ -32,7 +32,10 @@ The VIP faults have nothing to heal (the VIP stays where it moved), so they
 are held 0 s and ``resume_s`` counts from the end of ``inject()``. For
 vip-race that is the moment the VIP lands on the clients' node mid-SYN, and
 ``detect_s`` also counts from there: the broker closing the old connections
-is the set-up, the wedged reconnect is the fault.
+is the set-up, the wedged reconnect is the fault. The alarm faults
+(memory-alarm, disk-alarm) count ``detect_s`` from the end of ``inject()``
+too: the alarm is in force from then, and their detection is the guarded
+client's notice of ``connection.blocked`` (see their docstrings).
 
 Stock cells are measured like the others, never assumed.
 
@@ -170,7 +173,10 @@ DEFAULT_HOLD = {
     "flow-state-rst": 20.0,
 }
 #: Faults whose detection counts from the end of inject() (see the module doc).
-DETECT_FROM_END_OF_INJECT = frozenset({"vip-race"})
+#: The alarm faults: inject() ends once the alarm is in force (disk-alarm waits
+#: for the broker to list it); before that is rabbitmqctl's own start-up
+#: (measured 12-20 s on 2 loaded cores), not the client's time to notice.
+DETECT_FROM_END_OF_INJECT = frozenset({"vip-race", "memory-alarm", "disk-alarm"})
 PRODUCER_RATE = 2.0  # tasks per second; enough to see loss, light on 2 cores
 DRAIN_SECONDS = 30.0
 WORKER_READY_SECONDS = 90.0
@@ -236,6 +242,8 @@ DETECTION = re.compile(
     r"|ConnectionResetError|Connection reset|consumer: Connection"
     r"|hangproof\.guard: stall-detected|Reconnecting after"
     r"|consumer: Channel closed|consumer: Consumer cancelled"
+    # The alarm faults: a guarded publish saw connection.blocked (their docstrings).
+    r"|hangproof\.guard: broker-blocked"
 )
 LOG_STAMP = re.compile(r"^\[(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3}):")
 
@@ -629,7 +637,9 @@ def _publish_once(
         argv += _tls_args(getattr(bed, "client_ssl", None))
         return processes.spawn(argv, netns=bed.client_netns, env=env, stdout=-1)
     code = (
-        "import sys,time\n"
+        "import os,sys,time\n"
+        "from hangproof.lab.matrix_clients import log_guard_events_to_cell\n"
+        "log_guard_events_to_cell(os.environ.get('HANGPROOF_GUARD') == '1')\n"
         "from hangproof.lab.matrix_celery import app\n"
         "t=time.monotonic()\n"
         "try:\n"
