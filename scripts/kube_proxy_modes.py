@@ -195,6 +195,21 @@ def measure(args: argparse.Namespace) -> int:
     return 0
 
 
+def merge(path: Path, other: Path) -> int:
+    """Add ``other``'s seed-loop runs to ``path``'s (each mode's runs become a list)."""
+    report = json.loads(path.read_text())
+    extra = json.loads(other.read_text())
+    seeds = report.setdefault("seed_loop", {})
+    for mode, run in (extra.get("seed_loop") or {}).items():
+        have = seeds.get(mode)
+        runs = have if isinstance(have, list) else ([have] if have else [])
+        runs.append({**run, "from": other.name, "versions": extra.get("versions")})
+        seeds[mode] = runs
+    report.setdefault("merged", []).append(extra.get("command"))
+    path.write_text(json.dumps(report, indent=1, default=str) + "\n")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     sub = parser.add_subparsers(dest="cmd", required=True)
@@ -211,9 +226,14 @@ def main(argv: list[str] | None = None) -> int:
     m.add_argument("--resume", action="store_true", help="keep cells already in --out")
     d = sub.add_parser("docs", help="print docs/kube-proxy-modes.md from the raw JSON")
     d.add_argument("json")
+    g = sub.add_parser("merge", help="append another measure run's seed-loop runs to a JSON")
+    g.add_argument("json")
+    g.add_argument("other")
     args = parser.parse_args(argv)
     if args.cmd == "measure":
         return measure(args)
+    if args.cmd == "merge":
+        return merge(Path(args.json), Path(args.other))
     from hangproof.lab.kube_proxy_docs import render_markdown
 
     print(render_markdown(json.loads(Path(args.json).read_text())), end="")

@@ -46,7 +46,11 @@ def doctor_cell(doc: dict[str, Any] | None) -> str:
     return f"{flagged}: {HAZARD} {sev} (exit {doc.get('exit')})"
 
 
-def seed_cell(run: dict[str, Any] | None) -> str:
+def seed_cell(runs: dict[str, Any] | list[dict[str, Any]] | None) -> str:
+    """One bounded seed-loop run per line (``merge`` adds further runs as a list)."""
+    if isinstance(runs, list):
+        return "; ".join(seed_cell(r) for r in runs) if runs else "not measured"
+    run = runs
     if not run:
         return "not measured"
     if "outcome" not in run:
@@ -124,10 +128,16 @@ def render_markdown(report: dict[str, Any]) -> str:
     docs = report.get("doctor") or {}
     lines += [f"| `{m}` | {doctor_cell(docs.get(m))} |" for m in MODES]
     seeds = report.get("seed_loop") or {}
-    trigger = next((r.get("trigger") for r in seeds.values() if isinstance(r, dict)), "?")
+    flat = [r for v in seeds.values() for r in (v if isinstance(v, list) else [v])]
+    trigger = next((r.get("trigger") for r in flat if isinstance(r, dict)), "?")
     lines += [
         "",
         f"## `lab run seed-loop --trigger {trigger}`, no mitigation, clustered lab",
+        "",
+        "The report's loop (the VIP moved round the three nodes by keepalived), bounded in",
+        "cycles and seconds; `reconnect`: the brokers close every client connection as the",
+        "next node's server starts, so the clients reconnect while no node holds the VIP.",
+        "`wedged`: a worker stayed silent past the ping bound; `survived`: none did.",
         "",
         "| mode | outcome |",
         "| --- | --- |",
