@@ -142,3 +142,13 @@ def test_docs_table_renders_every_mode_and_says_which_hang() -> None:
     assert "| `iptables-holder` | hang 2/2 | not measured | not measured | answered 2/2 |" in md
     assert all(f"`{m}`" in md for m in MODES)
     assert "Races ended in a hang only in: `iptables-holder`" in md
+
+
+def test_published_table_is_what_the_raw_json_renders() -> None:
+    root = Path(__file__).parent.parent.parent
+    raw = json.loads((root / "docs" / "data" / "kube-proxy-modes.json").read_text())
+    assert (root / "docs" / "kube-proxy-modes.md").read_text() == render_markdown(raw)
+    # Every mode x mitigation cell was measured with the stated number of races.
+    for mode in MODES:
+        for mitigation in ("none", "reject-undnat", "conntrack-flush"):
+            assert len(raw["races"][mode][mitigation]["races"]) == raw["races_per_cell"] >= 10
