@@ -10,6 +10,8 @@ APT_PACKAGES=(iproute2 iptables conntrack keepalived rabbitmq-server curl procps
 VENV=${HANGPROOF_VENV:-.venv}
 # chromium: the browser test of the HTML timelines (headless, offline).
 APT_PACKAGES+=(chromium)
+# nftables: `nft` for the lab's nftables kube-proxy modes and doctor's `nft -j list ruleset`.
+APT_PACKAGES+=(nftables)
 
 missing=()
 for p in "${APT_PACKAGES[@]}"; do

@@ -150,6 +150,11 @@ class NodePortGate:
     node_ports: tuple[NodePortRule, ...] = ()
     reject_undnat_ports: frozenset[int] = frozenset()
     reject_undnat_all: bool = False
+    #: Where the rules came from: "iptables" (iptables-save) or "nftables" (nft -j).
+    source: str = "iptables"
+    #: nftables ``--nodeport-addresses`` other than all: NodePorts are served only
+    #: on these fixed addresses (``ip daddr @nodeport-ips``), whatever is local.
+    static_addresses: tuple[str, ...] | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -254,3 +254,262 @@ def flushes_conntrack(command_or_script: str) -> bool:
     (True, False)
     """
     return bool(re.search(r"\bconntrack\b[^\n]*\s(-D|--delete|-F|--flush)\b", command_or_script))
+
+
+# -- nftables (kube-proxy's nftables mode) ------------------------------------
+#: kube-proxy's nftables map from (protocol . port) to the NodePort's chain.
+NFT_NODEPORT_MAP_TYPE = ["inet_proto", "inet_service"]
+
+
+def _nft_objects(ruleset: str | dict[str, Any]) -> list[dict[str, Any]]:
+    data = json.loads(ruleset) if isinstance(ruleset, str) else ruleset
+    items = data.get("nftables", []) if isinstance(data, dict) else []
+    return [i for i in items if isinstance(i, dict)]
+
+
+def _is_fib_local(expr: dict[str, Any]) -> bool:
+    """``fib daddr type local`` (what kube-proxy writes for --nodeport-addresses all)."""
+    m = expr.get("match")
+    if not isinstance(m, dict) or m.get("op") not in ("==", "in"):
+        return False
+    fib = (m.get("left") or {}).get("fib") if isinstance(m.get("left"), dict) else None
+    if not isinstance(fib, dict) or fib.get("result") != "type":
+        return False
+    flags = fib.get("flags") or []
+    flags = [flags] if isinstance(flags, str) else flags
+    right = m.get("right")
+    if isinstance(right, dict):
+        right = right.get("set", [])
+    rights = [right] if isinstance(right, str) else list(right or [])
+    return "daddr" in flags and "local" in rights
+
+
+def _daddr_set(expr: dict[str, Any]) -> str | None:
+    """The set name of ``ip daddr @SET``."""
+    m = expr.get("match")
+    if not isinstance(m, dict) or m.get("op") not in ("==", "in"):
+        return None
+    left = m.get("left")
+    payload = left.get("payload") if isinstance(left, dict) else None
+    right = m.get("right")
+    if (
+        isinstance(payload, dict)
+        and payload.get("field") == "daddr"
+        and isinstance(right, str)
+        and right.startswith("@")
+    ):
+        return right[1:]
+    return None
+
+
+def _targets(exprs: list[Any]) -> list[str]:
+    """Chains a rule's expressions jump or go to (verdicts and verdict maps)."""
+    out: list[str] = []
+
+    def walk(node: Any) -> None:
+        if isinstance(node, dict):
+            for key in ("jump", "goto"):
+                v = node.get(key)
+                if isinstance(v, dict) and isinstance(v.get("target"), str):
+                    out.append(v["target"])
+            for v in node.values():
+                walk(v)
+        elif isinstance(node, list):
+            for v in node:
+                walk(v)
+
+    walk(exprs)
+    return out
+
+
+def _elements(obj: dict[str, Any]) -> list[Any]:
+    elems = obj.get("elem") or []
+    return [
+        e.get("elem", {}).get("val", e) if isinstance(e, dict) and "elem" in e else e for e in elems
+    ]
+
+
+def _rejects_undnat_nft(exprs: list[Any]) -> tuple[bool, int | None]:
+    """``ct status != dnat ... reject|drop`` (mitigation 2 written in nftables), and its port."""
+    undnat = False
+    port: int | None = None
+    verdict = False
+    for e in exprs:
+        if not isinstance(e, dict):
+            continue
+        m = e.get("match")
+        if isinstance(m, dict):
+            left = m.get("left") if isinstance(m.get("left"), dict) else {}
+            ct = left.get("ct") if isinstance(left, dict) else None
+            right = m.get("right")
+            rights = right if isinstance(right, list) else [right]
+            if isinstance(ct, dict) and ct.get("key") == "status" and "dnat" in rights:
+                undnat = m.get("op") == "!="
+            payload = left.get("payload") if isinstance(left, dict) else None
+            if isinstance(payload, dict) and payload.get("field") == "dport":
+                if isinstance(right, int):
+                    port = right
+        if "reject" in e or "drop" in e:
+            verdict = True
+    return undnat and verdict, port
+
+
+def parse_nft_ruleset(ruleset: str | dict[str, Any]) -> NodePortGate | None:
+    """kube-proxy's NodePort path from ``nft -j list ruleset``; None if there is none.
+
+    The gate is the rule that sends traffic to the NodePort verdict map (type
+    ``inet_proto . inet_service``): ``fib daddr type local`` is the incident's
+    gate (judged on a connection's first packet, like addrtype LOCAL), ``ip
+    daddr @nodeport-ips`` is a static list (``--nodeport-addresses primary``).
+
+    >>> rs = {"nftables": [
+    ...   {"map": {"family": "ip", "table": "kube-proxy", "name": "service-nodeports",
+    ...            "type": ["inet_proto", "inet_service"], "map": "verdict",
+    ...            "elem": [[{"concat": ["tcp", 32672]}, {"goto": {"target": "external-X"}}]]}},
+    ...   {"chain": {"family": "ip", "table": "kube-proxy", "name": "nat-output",
+    ...              "type": "nat", "hook": "output", "prio": -100}},
+    ...   {"rule": {"family": "ip", "table": "kube-proxy", "chain": "nat-output",
+    ...             "expr": [{"jump": {"target": "services"}}]}},
+    ...   {"rule": {"family": "ip", "table": "kube-proxy", "chain": "services", "expr": [
+    ...     {"match": {"op": "==", "left": {"fib": {"result": "type", "flags": ["daddr"]}},
+    ...                "right": "local"}},
+    ...     {"vmap": {"key": {}, "data": "@service-nodeports"}}]}}]}
+    >>> gate = parse_nft_ruleset(rs)
+    >>> gate.local_gate is not None, gate.reached_from_output, [r.port for r in gate.node_ports]
+    (True, True, [32672])
+    """
+    objs = _nft_objects(ruleset)
+    chains: dict[tuple[str, str, str], dict[str, Any]] = {}
+    rules: dict[tuple[str, str, str], list[dict[str, Any]]] = {}
+    sets: dict[tuple[str, str, str], dict[str, Any]] = {}
+    for item in objs:
+        for kind in ("set", "map"):
+            if kind in item:
+                o = item[kind]
+                sets[(o.get("family", ""), o.get("table", ""), o.get("name", ""))] = o
+        if "chain" in item:
+            c = item["chain"]
+            chains[(c.get("family", ""), c.get("table", ""), c.get("name", ""))] = c
+        if "rule" in item:
+            r = item["rule"]
+            key = (r.get("family", ""), r.get("table", ""), r.get("chain", ""))
+            rules.setdefault(key, []).append(r)
+    gate_rule: dict[str, Any] | None = None
+    gate_kind = ""
+    static: tuple[str, ...] | None = None
+    ports: dict[int, NodePortRule] = {}
+    for (family, table, chain), chain_rules in rules.items():
+        for r in chain_rules:
+            exprs = r.get("expr") or []
+            vmaps = [
+                e["vmap"] for e in exprs if isinstance(e, dict) and isinstance(e.get("vmap"), dict)
+            ]
+            maps = [
+                sets.get((family, table, str(v.get("data", ""))[1:]))
+                for v in vmaps
+                if str(v.get("data", "")).startswith("@")
+            ]
+            nodeport_maps = [
+                m
+                for m in maps
+                if m is not None
+                and m.get("type") == NFT_NODEPORT_MAP_TYPE
+                and m.get("map") == "verdict"
+                and "endpoint" not in m.get("name", "")
+                and m.get("name") != "no-endpoint-nodeports"
+            ]
+            if not nodeport_maps:
+                continue
+            if any(_is_fib_local(e) for e in exprs if isinstance(e, dict)):
+                kind = "local"
+            else:
+                set_name = next(
+                    (n for e in exprs if isinstance(e, dict) and (n := _daddr_set(e))), None
+                )
+                if set_name is None:
+                    continue
+                kind = "static"
+                elems = _elements(sets.get((family, table, set_name), {}))
+                static = tuple(str(x) for x in elems if isinstance(x, str))
+            if gate_rule is None or kind == "local":
+                gate_rule, gate_kind = {**r, "_where": (family, table, chain)}, kind
+            for elem in _elements(nodeport_maps[0]):
+                key = elem[0] if isinstance(elem, list) and elem else None
+                concat = key.get("concat") if isinstance(key, dict) else None
+                port = next((x for x in concat or [] if isinstance(x, int)), None)
+                if port is not None and port not in ports:
+                    target = _targets(elem[1:])
+                    ports[port] = NodePortRule(
+                        port,
+                        target[0] if target else "",
+                        f"nft: {family} {table} {nodeport_maps[0].get('name')} "
+                        f"{{ tcp . {port} : {target[0] if target else '?'} }}",
+                    )
+    if gate_rule is None:
+        return None
+    family, table, chain = gate_rule["_where"]
+    # Which chains the nat output hook reaches (jump/goto, bounded depth).
+    starts = [k for k, c in chains.items() if c.get("hook") == "output" and c.get("type") == "nat"]
+    seen = set(starts)
+    frontier = list(starts)
+    for _ in range(_MAX_CHAIN_DEPTH):
+        nxt = []
+        for key in frontier:
+            for r in rules.get(key, []):
+                for target in _targets(r.get("expr") or []):
+                    k = (key[0], key[1], target)
+                    if k not in seen:
+                        seen.add(k)
+                        nxt.append(k)
+        if not nxt:
+            break
+        frontier = nxt
+    text = (
+        f"nft: table {family} {table} chain {chain}: "
+        + ("fib daddr type local" if gate_kind == "local" else "ip daddr @nodeport-ips")
+        + " ... vmap (NodePorts)"
+        + (f' comment "{gate_rule["comment"]}"' if gate_rule.get("comment") else "")
+    )
+    reject_ports: set[int] = set()
+    reject_all = False
+    for key, c in chains.items():
+        if c.get("hook") != "input":
+            continue
+        for r in rules.get(key, []):
+            hit, port = _rejects_undnat_nft(r.get("expr") or [])
+            if hit and port is None:
+                reject_all = True
+            elif hit and port is not None:
+                reject_ports.add(port)
+    return NodePortGate(
+        local_gate=text if gate_kind == "local" else None,
+        reached_from_output=(family, table, chain) in seen,
+        node_ports=tuple(sorted(ports.values(), key=lambda r: r.port)),
+        reject_undnat_ports=frozenset(reject_ports),
+        reject_undnat_all=reject_all,
+        source="nftables",
+        static_addresses=static if gate_kind == "static" else None,
+    )
+
+
+def merge_gates(iptables: NodePortGate | None, nft: NodePortGate | None) -> NodePortGate | None:
+    """One view of the NodePort path when rules come from both iptables-save and nft.
+
+    The locality gate is taken from whichever has one (iptables first); NodePorts
+    and reject-undnat protections from both (iptables-nft rules show up in both).
+    """
+    if nft is None:
+        return iptables
+    if iptables is None:
+        return nft
+    primary = iptables if iptables.local_gate or not nft.local_gate else nft
+    ports = {r.port: r for r in (*nft.node_ports, *iptables.node_ports)}
+    return NodePortGate(
+        local_gate=primary.local_gate,
+        reached_from_output=primary.reached_from_output,
+        node_ports=tuple(sorted(ports.values(), key=lambda r: r.port)),
+        reject_undnat_ports=iptables.reject_undnat_ports | nft.reject_undnat_ports,
+        reject_undnat_all=iptables.reject_undnat_all or nft.reject_undnat_all,
+        source=primary.source if iptables.local_gate or nft.local_gate else "iptables+nftables",
+        static_addresses=nft.static_addresses,
+    )

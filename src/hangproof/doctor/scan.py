@@ -26,8 +26,10 @@ from hangproof.doctor.model import Finding, FloatingAddress, HostView, ToolFailu
 from hangproof.doctor.netfilter import (
     floating_from_ip_addr,
     flushes_conntrack,
+    merge_gates,
     parse_iptables_save,
     parse_keepalived,
+    parse_nft_ruleset,
 )
 from hangproof.doctor.rules import HANDSHAKE_UNANSWERED, RuleSettings, diagnose
 from hangproof.errors import HangproofError, MissingToolError
@@ -139,7 +141,7 @@ def collect(request: ScanRequest, timings: dict[str, float] | None = None) -> Ho
         )
     t = time.perf_counter()
     view.conntrack = _read_conntrack(netns, view)
-    view.node_port_gate = _read_iptables(netns, view)
+    view.node_port_gate = merge_gates(_read_iptables(netns, view), _read_nft(netns, view))
     view.floating = _read_floating(netns, view, request.netns is not None)
     timings["netfilter"] = time.perf_counter() - t
     return view
@@ -208,6 +210,32 @@ def _read_conntrack(netns: str | None, view: HostView) -> list | None:
 def _read_iptables(netns: str | None, view: HostView):  # -> NodePortGate | None
     text = _tool_output(["iptables-save"], netns, view, "iptables rules (kube-proxy NodePorts)")
     return None if text is None else parse_iptables_save(text)
+
+
+def _read_nft(netns: str | None, view: HostView):  # -> NodePortGate | None
+    """kube-proxy's nftables-mode rules (``nft -j list ruleset``); absent nft is no failure.
+
+    Hosts without the nft tool have no nftables-mode kube-proxy to read (it
+    needs the kernel's nf_tables, not the tool), so that is a could-not-see
+    line, not a degraded scan.
+    """
+    from hangproof.errors import _which
+
+    if _which("nft") is None:
+        view.could_not_see.append(
+            "nftables rules: `nft` is not installed, so kube-proxy's nftables mode was not read"
+        )
+        return None
+    text = _tool_output(
+        ["nft", "-j", "list", "ruleset"], netns, view, "nftables rules (kube-proxy nftables mode)"
+    )
+    if not text:
+        return None
+    try:
+        return parse_nft_ruleset(text)
+    except ValueError:
+        view.could_not_see.append("nftables rules: `nft -j list ruleset` printed no JSON")
+        return None
 
 
 def _read_floating(netns: str | None, view: HostView, named_netns: bool) -> list[FloatingAddress]:

@@ -10,6 +10,7 @@ from typing import Annotated, Any
 import typer
 
 from hangproof.errors import EXIT_FINDING, EXIT_OK, HangproofError, require_root
+from hangproof.lab.kube_proxy import MODE_DESCRIPTIONS, MODES
 from hangproof.lab.lab import Lab, stderr_progress
 from hangproof.lab.mitigations import MITIGATIONS
 from hangproof.lab.race_client import CLIENTS
@@ -68,9 +69,24 @@ def up(
     cluster: ClusterOpt = False,
     name: NameOpt = "hplab",
     json_out: JsonOpt = False,
+    kube_proxy_mode: Annotated[
+        str | None,
+        typer.Option(
+            "--kube-proxy-mode",
+            help="Rules of which kube-proxy: "
+            + "; ".join(f"{m}: {d}" for m, d in MODE_DESCRIPTIONS.items())
+            + ". Default: the topology's (iptables-holder). Recorded in the lab's state.",
+        ),
+    ] = None,
 ) -> int:
     """Create namespaces, kube-proxy rules, port holders and RabbitMQ."""
     topo = Topology.load(config) if config else Topology.seed(name)
+    if kube_proxy_mode is not None:
+        if kube_proxy_mode not in MODE_DESCRIPTIONS:
+            raise HangproofError(
+                f"--kube-proxy-mode: {kube_proxy_mode!r} is not one of {', '.join(MODES)}"
+            )
+        topo = dataclasses.replace(topo, kube_proxy=kube_proxy_mode).validated()
     lab = Lab(_with_cluster(topo, cluster), stderr_progress())
     lab.up()
     status = lab.status()

@@ -97,6 +97,12 @@ class Lab:
         require_tools(*LAB_TOOLS)
         existing = LabState.load(self.topo.name)
         if existing and existing.topology and self.is_up(existing):
+            running = Topology.from_dict(existing.topology).kube_proxy_mode
+            if running != self.topo.kube_proxy_mode:
+                raise HangproofError(
+                    f"lab {self.topo.name} is up with kube-proxy mode {running}, not "
+                    f"{self.topo.kube_proxy_mode}: run `hangproof lab down` first"
+                )
             self.progress(f"lab {self.topo.name} is already up")
             return existing
         if existing:  # half-made by a crash: clear it first
@@ -118,19 +124,35 @@ class Lab:
         return state
 
     def install_kube_proxy(self, node: str, state: LabState) -> None:
-        """nat rules as kube-proxy 1.9 writes them, SYN trace counters, port holder."""
+        """The rules of the topology's kube-proxy mode, SYN trace counters, port holder.
+
+        iptables modes load with ``iptables-restore``, nftables modes with
+        ``nft -f``, as kube-proxy does; only ``iptables-holder`` (1.9-1.23)
+        starts a port holder.
+        """
         ns = self.topo.ns(node)
-        rules = kube_proxy.nat_rules(
-            self.topo.service, self.topo.node_port, self.topo.broker_endpoints()
-        )
-        processes.run(["iptables-restore"], netns=ns, input=rules)
+        mode = self.topo.kube_proxy_mode
+        args = (self.topo.service, self.topo.node_port, self.topo.broker_endpoints())
+        if mode == "iptables-holder":
+            processes.run(["iptables-restore"], netns=ns, input=kube_proxy.nat_rules(*args))
+        elif mode == "iptables":
+            processes.run(["iptables-restore"], netns=ns, input=kube_proxy.nat_rules_124(*args))
+        else:
+            require_tools("nft")
+            primary = [self.topo.node(node).address] if mode == "nftables-primary" else None
+            processes.run(
+                ["nft", "-f", "-"],
+                netns=ns,
+                input=kube_proxy.nft_rules(*args, nodeport_addresses=primary),
+            )
         processes.run(
             ["iptables-restore", "--noflush"],
             netns=ns,
             input=hooks.trace_rules(self.topo.vip, self.topo.node_port, [network.UPLINK]),
         )
-        if self.topo.kube_proxy == "legacy":
+        if kube_proxy.has_port_holder(mode):
             self.start_port_holder(node, state)
+        self.progress(f"node {node}: kube-proxy mode {mode}")
 
     def start_port_holder(self, node: str, state: LabState) -> int:
         ns = self.topo.ns(node)

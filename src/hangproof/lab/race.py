@@ -198,6 +198,9 @@ def run_race(
         watch.tick(lab, cn)
         answered_at = time.time()
         evidence = collect_evidence(lab, cn, sport)
+        # A second, fresh connection while the VIP is on the client's node: does
+        # VIP:NodePort serve the broker at all in this kube-proxy mode?
+        evidence["fresh_connect"] = fresh_connect(lab, cn)
         if connect_seconds is None and client_result and client_result["result"] == "connected":
             # The client finished between two polls; its own clock includes start-up,
             # so this is an upper bound.
@@ -227,6 +230,7 @@ def run_race(
         "outcome": outcome.value,
         "client": client,
         "mitigation": mitigation,
+        "kube_proxy_mode": topo.kube_proxy_mode,
         "client_node": cn,
         "old_holder": oh,
         "connect_seconds": round(connect_seconds, 3) if connect_seconds is not None else None,
@@ -238,6 +242,42 @@ def run_race(
         "kept": keep,
         "evidence": evidence,
     }
+
+
+#: A fresh AMQP connect to VIP:NodePort: "answered" (the broker's Connection.Start
+#: came back), "refused" (RST), "silent" (connected, nothing came back), "timeout"
+#: (no SYN-ACK), or "error: ...".
+FRESH_CONNECT_CODE = r"""
+import socket, sys
+s = socket.socket()
+s.settimeout(3.0)
+try:
+    s.connect((sys.argv[1], int(sys.argv[2])))
+except ConnectionRefusedError:
+    print("refused"); sys.exit()
+except (socket.timeout, TimeoutError):
+    print("timeout"); sys.exit()
+except OSError as e:
+    print("error: " + (e.strerror or type(e).__name__)); sys.exit()
+s.sendall(b"AMQP\x00\x00\x09\x01")
+try:
+    print("answered" if s.recv(8) else "closed")
+except (socket.timeout, TimeoutError):
+    print("silent")
+except OSError as e:
+    print("error: " + (e.strerror or type(e).__name__))
+"""
+
+
+def fresh_connect(lab: Lab, node: str) -> str:
+    """How a new connection from ``node`` to VIP:NodePort fares (see FRESH_CONNECT_CODE)."""
+    done = processes.run(
+        [sys.executable, "-c", FRESH_CONNECT_CODE, lab.topo.vip, str(lab.topo.node_port)],
+        netns=lab.topo.ns(node),
+        timeout=15.0,
+        check=False,
+    )
+    return done.stdout.strip() or f"error: exit {done.returncode}"
 
 
 def reset_after_race(lab: Lab, client_node: str) -> None:

@@ -33,7 +33,16 @@ LAB_NAME_RE = re.compile(r"^hp[a-z0-9]{0,6}$")
 #: Namespace name prefixes of common runtimes; named in the refusal, for a clear line.
 RUNTIME_NAMES = ("cni", "docker", "containerd", "crio", "podman", "k8s", "kube", "lxc", "netns")
 NODE_NAME_RE = re.compile(r"^[a-z][a-z0-9]{0,3}$")
-KUBE_PROXY_MODES = ("legacy", "modern")  # legacy: 1.9 with port holders; modern: none
+#: kube-proxy modes (hangproof.lab.kube_proxy.MODES), then the old names: legacy is
+#: iptables-holder (1.9 with port holders), modern is iptables (>= 1.24, none).
+KUBE_PROXY_MODES = (
+    "legacy",
+    "modern",
+    "iptables-holder",
+    "iptables",
+    "nftables-all",
+    "nftables-primary",
+)
 
 
 class TopologyError(HangproofError):
@@ -88,7 +97,7 @@ class Topology:
     node_port: int = 32672
     target_port: int = 5672
     brokers: tuple[str, ...] = ("n1",)
-    kube_proxy: str = "legacy"
+    kube_proxy: str = "iptables-holder"
     service: str = "openstack/rabbitmq:amqp"
     extra: dict[str, Any] = field(default_factory=dict)
 
@@ -116,6 +125,13 @@ class Topology:
             if n.name == name:
                 return n
         raise TopologyError(f"no node named {name!r} in topology {self.name!r}")
+
+    @property
+    def kube_proxy_mode(self) -> str:
+        """The kube-proxy mode with old names resolved (``legacy`` -> ``iptables-holder``)."""
+        from hangproof.lab.kube_proxy import canonical_mode
+
+        return canonical_mode(self.kube_proxy)
 
     def broker_endpoints(self) -> list[tuple[str, int]]:
         """The NodePort service's endpoints: the pods running a broker."""
