@@ -67,3 +67,14 @@ def test_waiter_output_parsing() -> None:
         "Error: [Errno 113] No route to host"
     )
     assert last_error(out) is None
+
+
+def test_recorded_literal_waiter_wedge_names_only_the_cli() -> None:
+    # Recorded by `lab run seed-loop` (literal waiter, --trigger none) on node n1 when
+    # the watcher found the waiter's CLI stuck: the report's users:(("celery",...,fd=3)).
+    records = _records((DATA / "ss-waiter-wedged.txt").read_text())
+    to_vip = [r for r in records if r["state"] == "ESTAB" and r["remote"] == f"{VIP}:{PORT}"]
+    assert len(to_vip) == 7  # the CLI and the two n1 workers' six DNATed connections
+    [s] = stuck_handshakes(records, VIP, PORT)
+    assert (s["owner"], s["pid"], s["fd"]) == ("celery", 10073, 3)
+    assert s["bytes_sent"] == 8 and s["peer_recv_q"] == 8 and s["idle_ms"] >= 10_000

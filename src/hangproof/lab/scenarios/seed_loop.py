@@ -409,12 +409,26 @@ def run(lab: Lab, options: RunOptions) -> dict[str, Any]:
             "waiter_pings": pings,
             "vip_log": watcher.vip_log,
         }
+    result["versions"] = _versions(lab)
     if recorder and report:
         # Every worker's log, restarted ones included (the fleet is empty once stopped).
         logs = {p.stem.removeprefix("worker-"): p for p in state.directory.glob("worker-*.log")}
         timeline = seed_loop_log(recorder, result, read_events(state.directory), logs)
         result["report"] = write_report(timeline, Path(report), say)
     return result
+
+
+def _versions(lab: Lab) -> dict[str, str]:
+    """The version set and commit this run measured (docs/seed-loop.md shows it)."""
+    from hangproof.lab.scenarios.fault_matrix import version_set
+
+    versions = version_set()
+    with contextlib.suppress(Exception):
+        out = lab.broker(lab.topo.brokers[0]).ctl("version").strip()
+        versions["rabbitmq"] = out.splitlines()[-1] if out else "?"
+    with contextlib.suppress(OSError):
+        versions["kernel"] = Path("/proc/sys/kernel/osrelease").read_text().strip()
+    return versions
 
 
 def _vip_arrival(vip_log: list[dict[str, Any]], node: str, since: float) -> float | None:
