@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 from pathlib import Path
+from types import SimpleNamespace
 
 from hangproof.lab.evidence import join_ss_records, parse_ss_record, stuck_handshakes
-from hangproof.lab.literal_waiter import count_online, last_error
+from hangproof.lab.literal_waiter import WedgeWatcher, count_online, last_error
 
 DATA = Path(__file__).parent.parent / "data" / "lab"
 VIP, PORT = "198.18.0.100", 32672
@@ -78,3 +79,40 @@ def test_recorded_literal_waiter_wedge_names_only_the_cli() -> None:
     [s] = stuck_handshakes(records, VIP, PORT)
     assert (s["owner"], s["pid"], s["fd"]) == ("celery", 10073, 3)
     assert s["bytes_sent"] == 8 and s["peer_recv_q"] == 8 and s["idle_ms"] >= 10_000
+
+
+def _watcher() -> WedgeWatcher:
+    lab = SimpleNamespace(topo=SimpleNamespace(vip=VIP, node_port=PORT))
+    w = WedgeWatcher(lab, SimpleNamespace(workers=[]))  # type: ignore[arg-type]
+    w.neighbour = lambda node: "STALE"  # type: ignore[method-assign]
+    w.cli_pids.add(9)
+    return w
+
+
+SYN_SENT = (
+    'SYN-SENT 0 1 198.18.0.1:40000 198.18.0.100:32672 users:(("celery",pid=9,fd=3)) '
+    "timer:(on,1.2sec,1)"
+)
+
+
+def test_a_gap_syn_answered_by_the_local_port_holder_is_followed_to_its_fate() -> None:
+    w = _watcher()
+    w.track_syns("n1", _records(SYN_SENT), None)
+    assert w.syn_log == []  # still waiting
+    w.track_syns("n1", _records(CLIENT.format(rcv="", idle=10) + "\n" + PEER.format(q=8)), "n1")
+    [e] = w.syn_log
+    assert (e["kind"], e["vip_at_first"], e["vip_at_end"], e["fate"]) == (
+        "cli",
+        None,
+        "n1",
+        "established",
+    )
+    assert e["peer_local"] is True and e["bytes_received"] == 0 and e["neigh"] == ["STALE"]
+
+
+def test_a_gap_syn_that_fails_is_gone_before_established() -> None:
+    w = _watcher()
+    w.track_syns("n1", _records(SYN_SENT), None)
+    w.track_syns("n1", [], None)
+    [e] = w.syn_log
+    assert e["fate"] == "gone before established" and e["vip_at_end"] is None

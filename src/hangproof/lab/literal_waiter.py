@@ -99,6 +99,9 @@ class WedgeWatcher:
     cli_pids: set[int] = field(default_factory=set)
     producer_pid: int | None = None
     vip_log: list[dict[str, Any]] = field(default_factory=list)
+    #: Every SYN-SENT socket to VIP:NodePort the watcher saw, once its fate is known.
+    syn_log: list[dict[str, Any]] = field(default_factory=list)
+    _syn_open: dict[tuple[str, str], dict[str, Any]] = field(default_factory=dict)
 
     def now(self) -> float:
         return round(time.monotonic() - self.started, 2)
@@ -113,12 +116,68 @@ class WedgeWatcher:
         holder = holders[0] if len(holders) == 1 else ("+".join(holders) or None)
         if not self.vip_log or self.vip_log[-1]["holder"] != holder:
             self.vip_log.append({"t": self.now(), "holder": holder})
+        found = None
         for node in (n.name for n in topo.nodes):
             text = processes.run(["ss", "-Htanpie"], netns=topo.ns(node), check=False).stdout
             records = [parse_ss_record(r) for r in join_ss_records(text)]
+            self.track_syns(node, records, holder)
             for s in stuck_handshakes(records, topo.vip, topo.node_port, self.min_idle_ms):
-                return {**s, "node": node, **self.identify(s["pid"]), "t": self.now(), "ss": text}
-        return None
+                found = found or {**s, "node": node, **self.identify(s["pid"]), "t": self.now(),
+                                  "ss": text}  # fmt: skip
+        return found
+
+    def track_syns(self, node: str, records: list[dict[str, Any]], holder: str | None) -> None:
+        """Follow each SYN-SENT socket to VIP:NodePort until it is ESTAB or gone.
+
+        What a SYN sent while no node holds the VIP meets, socket by socket: an
+        answer (ESTAB; through another node's DNAT, or the local port holder),
+        or an error before that (the socket is gone within seconds: EHOSTUNREACH
+        once the neighbour entry of the VIP fails), or silence (still SYN-SENT).
+        """
+        topo = self.lab.topo
+        target = f"{topo.vip}:{topo.node_port}"
+        now = self.now()
+        by_local = {r["local"]: r for r in records if r["remote"] == target}
+        syn_sent = [r for r in by_local.values() if r["state"] == "SYN-SENT"]
+        neigh = self.neighbour(node) if syn_sent else None
+        for r in syn_sent:
+            key = (node, r["local"])
+            entry = self._syn_open.get(key)
+            if entry is None:
+                entry = self._syn_open[key] = {
+                    "node": node, "local": r["local"], "pid": r["pid"],
+                    **(self.identify(r["pid"]) if r["pid"] else {"kind": None, "name": None}),
+                    "first_t": now, "vip_at_first": holder, "neigh": [],
+                }  # fmt: skip
+            entry["last_t"] = now
+            entry["timer"] = r.get("timer")
+            if neigh and (not entry["neigh"] or entry["neigh"][-1] != neigh):
+                entry["neigh"].append(neigh)
+        for key in [k for k in self._syn_open if k[0] == node]:
+            r = by_local.get(key[1])
+            if r is not None and r["state"] == "SYN-SENT":
+                continue
+            entry = self._syn_open.pop(key)
+            entry["end_t"] = now
+            entry["vip_at_end"] = holder
+            if r is not None and r["state"] == "ESTAB":
+                entry["fate"] = "established"
+                entry["bytes_received"] = r.get("bytes_received", 0)
+                entry["peer_local"] = r["local"] in {
+                    p["remote"] for p in records if p["state"] == "ESTAB" and p["local"] == target
+                }
+            else:
+                entry["fate"] = "gone before established"
+            self.syn_log.append(entry)
+
+    def neighbour(self, node: str) -> str | None:
+        """The state of ``node``'s neighbour entry for the VIP (STALE, FAILED...), if any."""
+        out = processes.run(
+            ["ip", "-o", "neigh", "show", "to", self.lab.topo.vip],
+            netns=self.lab.topo.ns(node),
+            check=False,
+        ).stdout.split()
+        return out[-1] if out else None
 
     def identify(self, pid: int) -> dict[str, Any]:
         """kind cli | worker | producer | other, and the worker's Celery name."""

@@ -408,6 +408,7 @@ def run(lab: Lab, options: RunOptions) -> dict[str, Any]:
             "wedge_idle_seconds": watcher.min_idle_ms / 1000,
             "waiter_pings": pings,
             "vip_log": watcher.vip_log,
+            "syn_log": watcher.syn_log,
         }
     result["versions"] = _versions(lab)
     if recorder and report:
