@@ -27,7 +27,7 @@ RUN_KEYS = (
     "outcome", "cycles", "wall_seconds", "profile", "mitigation", "trigger", "waiter",
     "waiter_node", "wedged_process", "wedged_worker", "wedged_cycle", "wedged_node",
     "time_to_wedge_seconds", "evidence", "python_stack", "cycle_log", "waiter_pings", "vip_log",
-    "tasks", "restarts", "wedge_idle_seconds",
+    "tasks", "restarts", "wedge_idle_seconds", "syn_log",
 )  # fmt: skip
 
 
@@ -142,8 +142,53 @@ def render(data: dict[str, Any]) -> str:
                 else ""
             )
         )
-    out += ["", *_ping_table(runs), "", *_cycle_table(runs)]
+    out += ["", *_syn_table(runs), "", *_ping_table(runs), "", *_cycle_table(runs)]
     return "\n".join(out) + "\n"
+
+
+def syn_fate(e: dict[str, Any]) -> str:
+    """What one SYN-SENT socket met, in words."""
+    if e.get("fate") == "established":
+        if e.get("peer_local"):
+            return "ESTAB on its own node's port holder, no DNAT (the wedge)"
+        return "ESTAB through DNAT to a broker (answered)"
+    return "gone before ESTAB (connect failed)"
+
+
+def _syn_table(runs: list[dict[str, Any]]) -> list[str]:
+    """Every SYN-SENT socket to VIP:NodePort the watcher followed (runs that have syn_log)."""
+    rows: dict[tuple[str, str, str, str], list[dict[str, Any]]] = {}
+    with_log = [r for r in runs if r.get("syn_log") is not None]
+    for r in with_log:
+        for e in r["syn_log"]:
+            start = "nowhere (gap)" if e.get("vip_at_first") is None else "held"
+            end = e.get("vip_at_end")
+            where = (
+                "nowhere" if end is None else ("same node" if end == e["node"] else "another node")
+            )
+            rows.setdefault((r["lab"], start, e.get("kind") or "?", f"{where}: {syn_fate(e)}"),
+                            []).append(e)  # fmt: skip
+    out = [
+        "### What each SYN met",
+        "",
+        f"From the {len(with_log)} run(s) whose JSON has `syn_log`: every socket the watcher saw in"
+        " SYN-SENT to VIP:NodePort on any node (sampled once a second, so a SYN answered within"
+        " the second is not in it), by where the VIP was when the watcher first saw it, which"
+        " client it was, where the VIP was when its fate was known, and that fate. Neighbour:"
+        " the states of the node's neighbour entry for the VIP seen while it waited.",
+        "",
+        "| lab | VIP when seen | client | VIP then: fate | sockets | median s in SYN-SENT |"
+        " neighbour states seen |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for (lab, start, kind, fate), es in sorted(rows.items()):
+        secs = statistics.median([(e.get("end_t") or 0) - (e.get("first_t") or 0) for e in es])
+        neigh = sorted({n for e in es for n in e.get("neigh") or []})
+        out.append(
+            f"| {lab} | {start} | {kind} | {fate} | {len(es)} | {_fmt(float(secs))} |"
+            f" {', '.join(neigh) or '-'} |"
+        )
+    return out
 
 
 def _ping_table(runs: list[dict[str, Any]]) -> list[str]:
