@@ -247,7 +247,12 @@ def run(
         typer.Option("--celery-config", help="Your Celery settings, module:object (importable)."),
     ] = None,
     cycles: Annotated[int, typer.Option(help="Stop after N cycles.")] = 20,
-    max_seconds: Annotated[float, typer.Option(help="Stop after S seconds.")] = 600.0,
+    max_seconds: Annotated[
+        float | None,
+        typer.Option(
+            help="Stop after S seconds (default 600; seed-loop 1800: the literal waiter's only bound)."
+        ),
+    ] = None,
     mitigation: Annotated[str, typer.Option(help=f"One of: {', '.join(MITIGATIONS)}.")] = "none",
     wait: Annotated[
         float, typer.Option(help="Seconds every worker gets to answer ping each cycle.")
@@ -351,7 +356,9 @@ def run(
         celery_config=celery_config,
         mitigation=mitigation,
         cycles=cycles,
-        max_seconds=max_seconds,
+        max_seconds=max_seconds
+        if max_seconds is not None
+        else float(getattr(module, "DEFAULT_MAX_SECONDS", 600.0)),
         extra={
             "wait_seconds": wait,
             "trigger": trigger,

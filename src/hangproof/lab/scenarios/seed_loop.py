@@ -82,6 +82,9 @@ VIP_MOVE_TIMEOUT = 20.0
 STARTUP_TIMEOUT = 120.0
 DRAIN_TIMEOUT = 30.0
 DEFAULT_RATE = 5.0
+#: ``lab run seed-loop``'s default --max-seconds: the literal waiter has no bound of its
+#: own, and on a shared 2-core box its cycles take 40-180 s (docs/seed-loop.md).
+DEFAULT_MAX_SECONDS = 1800.0
 
 
 def run(lab: Lab, options: RunOptions) -> dict[str, Any]:
