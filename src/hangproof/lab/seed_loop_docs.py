@@ -41,10 +41,11 @@ def collect(paths: list[Path], commit: str, labs: dict[str, str]) -> dict[str, A
     runs = []
     for p in sorted(paths):
         r = json.loads(p.read_text())
-        runs.append({"run": p.stem, "lab": labs.get(p.stem, "cluster")}
+        ran = (r.get("versions") or {}).get("commit") or commit
+        runs.append({"run": p.stem, "lab": labs.get(p.stem, "cluster"), "commit": ran[:7]}
                     | {k: r.get(k) for k in RUN_KEYS})  # fmt: skip
-        versions.update(r.get("versions") or {})
-    versions["commit"] = commit
+        versions.update({k: v for k, v in (r.get("versions") or {}).items() if k != "commit"})
+    versions["commit"] = ", ".join(sorted({r["commit"] for r in runs})) or commit
     return {"versions": versions, "runs": runs}
 
 
@@ -95,7 +96,7 @@ def render(data: dict[str, Any]) -> str:
         "",
         "## Time to wedge, measured",
         "",
-        f"- commit `{versions.get('commit', '?')}`; versions: {shown or '?'}",
+        f"- commits `{versions.get('commit', '?')}` (each run's in its row); versions: {shown or '?'}",
         "- each run: `scripts/seed_loop_once.sh OUT.json LAB --max-seconds 1500 --cycles 10000`"
         " through `labrun` (a fresh lab, `hangproof lab run seed-loop --json` with defaults:"
         " literal waiter on n1, `--trigger none`, profile seed, no mitigation)",
@@ -103,9 +104,9 @@ def render(data: dict[str, Any]) -> str:
         " 8-byte header (detection minus the socket's idle time); the box has 2 cores shared"
         " with other lab runs, so every figure is rough",
         "",
-        "| run | lab | outcome | time to wedge (s) | cycles to wedge | CLI runs | wedged process"
-        " | node | peer Recv-Q | listener | conntrack DNAT |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
+        "| run | commit | lab | outcome | time to wedge (s) | cycles to wedge | CLI runs"
+        " | wedged process | node | peer Recv-Q | listener | conntrack DNAT |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in runs:
         wp = r.get("wedged_process") or {}
@@ -117,7 +118,7 @@ def render(data: dict[str, Any]) -> str:
             else "-"
         )
         out.append(
-            f"| {r['run']} | {r['lab']} | {r.get('outcome')} | {_fmt(r.get('time_to_wedge_seconds'))}"
+            f"| {r['run']} | `{r.get('commit', '?')}` | {r['lab']} | {r.get('outcome')} | {_fmt(r.get('time_to_wedge_seconds'))}"
             f" | {_fmt(r.get('wedged_cycle'))} | {len(r.get('waiter_pings') or [])} | {who}"
             f" | {wp.get('node', '-')} | {_fmt((ev.get('peer_socket') or {}).get('unread_bytes'))}"
             f" | {_fmt(ev.get('listener_owner'))} | {_fmt((ev.get('conntrack') or {}).get('dnat'))} |"
@@ -142,8 +143,48 @@ def render(data: dict[str, Any]) -> str:
                 else ""
             )
         )
-    out += ["", *_syn_table(runs), "", *_ping_table(runs), "", *_cycle_table(runs)]
+    out += ["", *_lead_table(runs), "", *_syn_table(runs), "", *_ping_table(runs), "",
+            *_cycle_table(runs)]  # fmt: skip
     return "\n".join(out) + "\n"
+
+
+def _lead_table(runs: list[dict[str, Any]]) -> list[str]:
+    """Cycles whose VIP went to the waiter's node: how long before it the first CLI started."""
+    out = [
+        "### Cycles whose VIP went to the waiter's node",
+        "",
+        "The first CLI run of each such cycle: how many seconds before the watcher saw the VIP"
+        " arrive on the waiter's node it started (the watcher's VIP reading takes ~1 s under"
+        " this load, so ±1 s), the SYNs the node's hooks counted while it ran, and how it ended.",
+        "",
+        "| run | cycle | CLI started before the VIP arrived (s) | SYNs counted | CLI run |",
+        "|---|---|---|---|---|",
+    ]
+    leads: dict[bool, list[float]] = {True: [], False: []}
+    for r in runs:
+        wnode = r.get("waiter_node") or "n1"
+        firsts: dict[int, dict[str, Any]] = {}
+        for p in r.get("waiter_pings") or []:
+            firsts.setdefault(p.get("cycle", 0), p)
+        for c in r.get("cycle_log") or []:
+            p = firsts.get(c["cycle"])
+            if c["node"] != wnode or p is None:
+                continue
+            arrivals = [v["t"] for v in r.get("vip_log") or []
+                        if v["holder"] == wnode and v["t"] >= p["t"] - 10]  # fmt: skip
+            lead = round(arrivals[0] - p["t"], 1) if arrivals else None
+            stuck = ping_outcome(p) == "stuck"
+            if lead is not None:
+                leads[stuck].append(lead)
+            out.append(
+                f"| {r['run']} | {c['cycle']} | {_fmt(lead)} | {_syn(p)} | {ping_outcome(p)} |"
+            )
+    out.append("")
+    out.append(
+        f"- wedged: CLI started {_median_range(leads[True])} s before the VIP arrived; "
+        f"not wedged: {_median_range(leads[False])} s"
+    )
+    return out
 
 
 def syn_fate(e: dict[str, Any]) -> str:
