@@ -118,6 +118,7 @@ def run(lab: Lab, options: RunOptions) -> dict[str, Any]:
     fleet = WorkerFleet(
         lab, profile=options.profile, celery_config=options.celery_config, ledger=ledger.directory
     )
+    versions = _versions(lab)  # at the start: the commit of the code that runs
     loop_started = time.monotonic()
     undo: list[Any] = []
     keepaliveds: list[KeepalivedNode] = []
@@ -413,7 +414,7 @@ def run(lab: Lab, options: RunOptions) -> dict[str, Any]:
             "vip_log": watcher.vip_log,
             "syn_log": watcher.syn_log,
         }
-    result["versions"] = _versions(lab)
+    result["versions"] = versions
     if recorder and report:
         # Every worker's log, restarted ones included (the fleet is empty once stopped).
         logs = {p.stem.removeprefix("worker-"): p for p in state.directory.glob("worker-*.log")}
