@@ -428,9 +428,13 @@ def _versions(lab: Lab) -> dict[str, str]:
     from hangproof.lab.scenarios.fault_matrix import version_set
 
     versions = version_set()
+    # The lab's brokers are this host's rabbitmq-server (rabbitmqctl version costs an Erlang VM).
     with contextlib.suppress(Exception):
-        out = lab.broker(lab.topo.brokers[0]).ctl("version").strip()
-        versions["rabbitmq"] = out.splitlines()[-1] if out else "?"
+        out = processes.run(
+            ["dpkg-query", "-W", "-f", "${Version}", "rabbitmq-server"], check=False
+        ).stdout.strip()
+        if out:
+            versions["rabbitmq"] = out.split("-")[0]
     with contextlib.suppress(OSError):
         versions["kernel"] = Path("/proc/sys/kernel/osrelease").read_text().strip()
     return versions
