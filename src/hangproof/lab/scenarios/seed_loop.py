@@ -610,6 +610,7 @@ def summary(r: dict[str, Any]) -> str:
         lines.append(
             f"  wedged: {r['wedged_worker']} on {r['wedged_node']} at cycle {r['wedged_cycle']}"
         )
+    if wp or r.get("wedged_worker"):
         ev = r.get("evidence") or {}
         if ev.get("client_socket"):
             cs, peer = ev["client_socket"], ev.get("peer_socket") or {}
