@@ -263,7 +263,12 @@ def run(
         typer.Option("--celery-config", help="Your Celery settings, module:object (importable)."),
     ] = None,
     cycles: Annotated[int, typer.Option(help="Stop after N cycles.")] = 20,
-    max_seconds: Annotated[float, typer.Option(help="Stop after S seconds.")] = 600.0,
+    max_seconds: Annotated[
+        float | None,
+        typer.Option(
+            help="Stop after S seconds (default 600; seed-loop 1800: the literal waiter's only bound)."
+        ),
+    ] = None,
     mitigation: Annotated[str, typer.Option(help=f"One of: {', '.join(MITIGATIONS)}.")] = "none",
     wait: Annotated[
         float, typer.Option(help="Seconds every worker gets to answer ping each cycle.")
@@ -271,10 +276,11 @@ def run(
     trigger: Annotated[
         str,
         typer.Option(
-            help="reconnect: clients reconnect the moment the VIP leaves (default); "
-            "none: the report's loop unchanged."
+            help="seed-loop: none: the report's loop unchanged (default); reconnect: an "
+            "injected trigger, not in the report: the brokers close every client connection "
+            "as each node's server starts, so the workers reconnect while no node holds the VIP."
         ),
-    ] = "reconnect",
+    ] = "none",
     rate: Annotated[float, typer.Option(help="Tasks published per second.")] = 5.0,
     supervise: Annotated[
         bool,
@@ -340,6 +346,18 @@ def run(
             help="fault-matrix: also write DIR/fault-matrix-run.json (raw) and .md (from it).",
         ),
     ] = None,
+    waiter: Annotated[
+        str,
+        typer.Option(
+            help="seed-loop: literal: the report's wait_celery, a fresh `celery inspect ping` "
+            "every ~4 s through VIP:NodePort with no bound (default), every client watched "
+            "for the wedge; observer: a bounded ping from the broker's pod (--wait)."
+        ),
+    ] = "literal",
+    waiter_node: Annotated[
+        str | None,
+        typer.Option("--waiter-node", help="seed-loop: the node the literal waiter runs on (n1)."),
+    ] = None,
     name: NameOpt = "hplab",
     report: ReportOpt = None,
     json_out: JsonOpt = False,
@@ -361,7 +379,9 @@ def run(
         celery_config=celery_config,
         mitigation=mitigation,
         cycles=cycles,
-        max_seconds=max_seconds,
+        max_seconds=max_seconds
+        if max_seconds is not None
+        else float(getattr(module, "DEFAULT_MAX_SECONDS", 600.0)),
         extra={
             "wait_seconds": wait,
             "trigger": trigger,
@@ -382,6 +402,8 @@ def run(
                 f"cell {cell.fault} x {cell.profile}: {cell.resume_s}"
             ),
             "report": report_dir,
+            "waiter": waiter,
+            "waiter_node": waiter_node,
         },
     )
     result = run_scenario(scenario, lab, options)
