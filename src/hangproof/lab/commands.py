@@ -240,7 +240,10 @@ def run(
         str, typer.Argument(help="Scenario name: seed-loop, fault-matrix or prometheus-alerts.")
     ],
     profile: Annotated[
-        str, typer.Option(help="Client profile: seed, stock or gevent (see celery_app.PROFILES).")
+        str,
+        typer.Option(
+            help="Client profile: seed, stock, gevent or harden (see celery_app.PROFILES)."
+        ),
     ] = "seed",
     celery_config: Annotated[
         str | None,
@@ -256,7 +259,8 @@ def run(
         str,
         typer.Option(
             help="reconnect: clients reconnect the moment the VIP leaves (default); "
-            "none: the report's loop unchanged."
+            "none: the report's loop unchanged; node-down: the node left also stops "
+            "answering on its NodePort for a cycle."
         ),
     ] = "reconnect",
     rate: Annotated[float, typer.Option(help="Tasks published per second.")] = 5.0,
@@ -317,6 +321,13 @@ def run(
         int | None,
         typer.Option("--group-size", help="fault-matrix: profiles per shared injection (all)."),
     ] = None,
+    urls: Annotated[
+        str,
+        typer.Option(
+            help="seed-loop: the workers' broker URLs: vip (VIP:NodePort) or nodes (every "
+            "node's address:NodePort as failover URLs, no VIP)."
+        ),
+    ] = "vip",
     name: NameOpt = "hplab",
     report: ReportOpt = None,
     json_out: JsonOpt = False,
@@ -354,6 +365,7 @@ def run(
             "serial": serial,
             "subset": subset,
             "group_size": group_size,
+            "urls": urls,
             "progress": lambda cell: progress(
                 f"cell {cell.fault} x {cell.profile}: {cell.resume_s}"
             ),

@@ -24,6 +24,17 @@ close_all_connections``), as when the old connection dies with the move, and
 the clients reconnect at once, while no node holds the VIP. (Closing them as
 soon as the VIP left was less reliable: a SYN sent on a stale neighbour entry
 fails with EHOSTUNREACH after ~8 s, before the VIP arrives.) ``none`` is the report's loop unchanged.
+``node-down``: when a node's server is killed, that node also stops answering
+on its NodePort (inbound packets to its address or the VIP at the NodePort are
+dropped, raw table) until the next node's server is killed, so one node is
+down at a time: the connections through it go dark and their clients must fail
+over.
+
+Broker URLs (``extra["urls"]``, docs/vip-alternatives.md): ``vip`` (default,
+the report's VIP:NodePort) or ``nodes`` (the three node addresses at the
+NodePort as ``;``-separated failover URLs, no VIP), for the workers and the
+producer alike. Profile ``harden`` is the seed's app with
+``hangproof.celery.harden(app)``.
 
     >>> run(lab, RunOptions(profile="seed", cycles=6))  # doctest: +SKIP
     {'outcome': 'wedged', 'cycles': 1, 'wedged_worker': 'n1@hpc', ...}
@@ -32,6 +43,7 @@ fails with EHOSTUNREACH after ~8 s, before the VIP arrives.) ``none`` is the rep
 from __future__ import annotations
 
 import contextlib
+import itertools
 import json
 import sys
 import time
@@ -59,7 +71,7 @@ from hangproof.report.events import LANE_FAULT, client_lane
 
 NAME = "seed-loop"
 HELP = "The report's loop: move the VIP round the nodes until a worker stops answering."
-TRIGGERS = ("reconnect", "none")
+TRIGGERS = ("reconnect", "none", "node-down")
 #: The report's pause after killing the HTTP server.
 SLEEP_AFTER_KILL = 4.0
 #: Default bound on step 2; stock Celery's reconnects (4 s connect timeout plus
@@ -78,6 +90,7 @@ def run(lab: Lab, options: RunOptions) -> dict[str, Any]:
     trigger = str(extra.get("trigger", "reconnect"))
     wait_seconds = float(extra.get("wait_seconds", DEFAULT_WAIT_SECONDS))
     rate = float(extra.get("rate", DEFAULT_RATE))
+    urls = str(extra.get("urls") or "vip")
     if trigger not in TRIGGERS:
         raise HangproofError(f"unknown trigger {trigger!r}; choose one of: {', '.join(TRIGGERS)}")
     if options.mitigation not in MITIGATIONS:
@@ -93,12 +106,19 @@ def run(lab: Lab, options: RunOptions) -> dict[str, Any]:
     ledger = Ledger(state.directory / "ledger")
     ledger.reset()
     fleet = WorkerFleet(
-        lab, profile=options.profile, celery_config=options.celery_config, ledger=ledger.directory
+        lab,
+        profile=options.profile,
+        celery_config=options.celery_config,
+        ledger=ledger.directory,
+        urls=urls,
     )
     loop_started = time.monotonic()
+    run_started = time.time()
     undo: list[Any] = []
     keepaliveds: list[KeepalivedNode] = []
     servers: dict[str, int] = {}
+    down: dict[str, list[list[str]]] = {}  # --trigger node-down: node -> its DROP rules
+    down_since: float | None = None
     producer_pid: int | None = None
     cycles: list[dict[str, Any]] = []
     wedged: dict[str, Any] | None = None
@@ -141,7 +161,14 @@ def run(lab: Lab, options: RunOptions) -> dict[str, Any]:
 
     def move_away(node: str, record: dict[str, Any]) -> None:
         """Steps 3 and 4: kill the server, sleep 4 s."""
+        nonlocal down_since
         kill_server(node)
+        if trigger == "node-down":
+            for other in list(down):
+                _node_up(lab, other, down.pop(other))
+            down[node] = _node_down(lab, node)
+            down_since = time.monotonic()
+            note(LANE_FAULT, "inject", f"{node} stops answering on its NodePort (node-down)")
         time.sleep(SLEEP_AFTER_KILL)
 
     try:
@@ -188,6 +215,7 @@ def run(lab: Lab, options: RunOptions) -> dict[str, Any]:
             )
         say(f"{len(fleet.workers)} workers answer ping ({took:.1f} s)")
         producer_pid = _start_producer(lab, fleet, rate, options.max_seconds + 120)
+        run_started = time.time()
         move_away(nodes[-1], {})
 
         for c in range(1, options.cycles + 1):
@@ -197,7 +225,9 @@ def run(lab: Lab, options: RunOptions) -> dict[str, Any]:
             node = nodes[(c - 1) % len(nodes)]
             started = time.monotonic()
             start_server(node)
-            record: dict[str, Any] = {"cycle": c, "node": node}
+            record: dict[str, Any] = {"cycle": c, "node": node, "t_start": round(time.time(), 3)}
+            if down:
+                record["down_node"] = next(iter(down))
             if trigger == "reconnect":
                 # keepalived takes ~4-6 s to move the VIP here; the clients'
                 # SYNs go out now, while no node holds it.
@@ -225,9 +255,13 @@ def run(lab: Lab, options: RunOptions) -> dict[str, Any]:
                 "vip_seconds": round(vip_s, 2) if vip_s is not None else None,
                 "answer_seconds": round(answer_s, 2),
             }
+            if down_since is not None and not missing:
+                # Failover: from the node going down to every worker answering again.
+                record["since_down_seconds"] = round(time.monotonic() - down_since, 2)
             if missing:
                 record["silent"] = missing
                 record["seconds"] = round(time.monotonic() - started, 2)
+                record["t_end"] = round(time.time(), 3)
                 cycles.append(record)
                 say(f"cycle {c} on {node}: {', '.join(missing)} silent past {wait_seconds:.0f} s")
                 reports = [_wedge_report(lab, fleet, name) for name in missing]
@@ -264,6 +298,7 @@ def run(lab: Lab, options: RunOptions) -> dict[str, Any]:
             )
             move_away(node, record)
             record["seconds"] = round(time.monotonic() - started, 2)
+            record["t_end"] = round(time.time(), 3)
             cycles.append(record)
             say(
                 f"cycle {c} on {node}: VIP in {record['vip_seconds']} s, all answered in "
@@ -279,6 +314,10 @@ def run(lab: Lab, options: RunOptions) -> dict[str, Any]:
             start_server(nodes[0])
             wait_for_vip(lab.vip_holders, nodes[0], VIP_MOVE_TIMEOUT)
         tasks = ledger.wait_drained(DRAIN_TIMEOUT).to_dict()
+        for rec in cycles:
+            rec["max_progress_gap_seconds"] = max_gap(
+                ledger.execution_times(), rec["t_start"], rec["t_end"]
+            )
         # A task still held by the broker (ready, or unacked on a connection
         # the broker has not yet declared dead: its heartbeat timeout can be
         # minutes) is stranded, not lost: it runs once the broker lets go.
@@ -295,6 +334,8 @@ def run(lab: Lab, options: RunOptions) -> dict[str, Any]:
             processes.stop_pid(producer_pid, grace=3.0)
             state.untrack(producer_pid)
         fleet.stop()
+        for node in list(down):
+            _node_up(lab, node, down.pop(node))
         for node in list(servers):
             kill_server(node)
         for ka in keepaliveds:
@@ -312,11 +353,17 @@ def run(lab: Lab, options: RunOptions) -> dict[str, Any]:
         "celery_config": options.celery_config,
         "mitigation": options.mitigation,
         "trigger": trigger,
+        "urls": urls,
         "wait_seconds": wait_seconds,
         "wall_seconds": round(time.monotonic() - loop_started, 1),
         "cycle_log": cycles,
         "wedged_worker": wedged["worker"] if wedged else None,
         "wedged_cycle": len(cycles) if wedged else None,
+        # From the loop proper (workers up, producer started) to the start of
+        # the cycle that wedged: the wedge happened within that cycle's first seconds.
+        "wedged_after_seconds": (
+            round(cycles[-1]["t_start"] - run_started, 1) if wedged and cycles else None
+        ),
         "wedged_node": wedged["node"] if wedged else None,
         "evidence": wedged["evidence"] if wedged else None,
         "python_stack": wedged["python_stack"] if wedged else None,
@@ -331,6 +378,46 @@ def run(lab: Lab, options: RunOptions) -> dict[str, Any]:
         timeline = seed_loop_log(recorder, result, read_events(state.directory), logs)
         result["report"] = write_report(timeline, Path(report), say)
     return result
+
+
+def max_gap(times: list[float], start: float, end: float) -> float:
+    """Longest stretch of [start, end] with no task executed (``times`` sorted, wall clock).
+
+    >>> max_gap([1.0, 1.5, 4.0], 0.5, 5.0)
+    2.5
+    >>> max_gap([], 0.0, 3.0)
+    3.0
+    """
+    points = [start, *(t for t in times if start < t < end), end]
+    return round(max(b - a for a, b in itertools.pairwise(points)), 2)
+
+
+def _node_down_rules(lab: Lab, node: str) -> list[list[str]]:
+    """Raw-table DROPs: the node no longer answers on its NodePort (address or VIP)."""
+    t = lab.topo
+    port = ["-p", "tcp", "--dport", str(t.node_port), "-j", "DROP"]
+    addr = t.node(node).address
+    return [
+        ["PREROUTING", "-d", addr, *port],
+        ["PREROUTING", "-d", t.vip, *port],
+        ["OUTPUT", "-d", addr, *port],
+    ]
+
+
+def _node_down(lab: Lab, node: str) -> list[list[str]]:
+    rules = _node_down_rules(lab, node)
+    for rule in rules:
+        processes.run(
+            ["iptables", "-t", "raw", "-I", *rule[:1], "1", *rule[1:]], netns=lab.topo.ns(node)
+        )
+    lab.progress(f"{node} down: its NodePort drops every inbound packet")
+    return rules
+
+
+def _node_up(lab: Lab, node: str, rules: list[list[str]]) -> None:
+    for rule in rules:
+        processes.run(["iptables", "-t", "raw", "-D", *rule], netns=lab.topo.ns(node), check=False)
+    lab.progress(f"{node} up again")
 
 
 def _clear_vip(lab: Lab) -> None:
@@ -366,11 +453,11 @@ def _start_producer(lab: Lab, fleet: WorkerFleet, rate: float, seconds: float) -
     proc = processes.spawn(
         [sys.executable, "-m", "hangproof.lab.celery_app", "produce", str(rate), str(seconds)],
         netns=lab.topo.ns(node),
-        env={**fleet.env(fleet.vip_url), "HP_PROFILE": "stock"},
+        env={**fleet.env(fleet.broker_url), "HP_PROFILE": "stock"},
         log=lab.state.directory / "producer.log",
     )
     lab.state.track("producer", node, proc.pid, lab.topo.ns(node))
-    lab.progress(f"producer on {node} (pid {proc.pid}): {rate:g} tasks/s through the VIP")
+    lab.progress(f"producer on {node} (pid {proc.pid}): {rate:g} tasks/s ({fleet.urls} URLs)")
     return proc.pid
 
 
