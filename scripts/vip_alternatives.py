@@ -91,6 +91,9 @@ def measure(args: argparse.Namespace) -> int:
         report["versions"] = version_set(bed)  # type: ignore[arg-type]
         for i in range(args.runs):
             for setup in setups:
+                if args.until and time.strftime("%H:%M", time.gmtime()) >= args.until:
+                    print(f"[{args.lab_name}] --until {args.until} reached", file=sys.stderr)
+                    return 0
                 t0 = time.monotonic()
                 options = RunOptions(
                     profile=setup["profile"],
@@ -102,6 +105,9 @@ def measure(args: argparse.Namespace) -> int:
                         ),
                         "trigger": setup["trigger"],
                         "urls": setup["urls"],
+                        # The bounded observer ping (a worker silent past the bound
+                        # is wedged), not the report's literal waiter through the VIP.
+                        "waiter": "observer",
                     },
                 )
                 try:
@@ -303,6 +309,7 @@ def main(argv: list[str] | None = None) -> int:
     # A node gone dark is found by heartbeats (stock: 120 s): give failover time to show.
     m.add_argument("--wait-node-down", type=float, default=150.0)
     m.add_argument("--lab-name", default="hpva")
+    m.add_argument("--until", help="UTC HH:MM (same day): start no run after it")
     m.add_argument("--out", required=True)
     r = sub.add_parser("render")
     r.add_argument("files", nargs="+")

@@ -106,3 +106,34 @@ def test_reject_undnat_survives(cluster_lab: Lab, tmp_path: Path) -> None:
         assert log.rates and max(rate.executed for rate in log.rates) > 0
     finally:
         _no_loop_process_left(cluster_lab)
+
+
+@pytest.mark.timeout(150)
+def test_node_urls_with_the_guard_fail_over_without_a_wedge_or_a_lost_task(
+    cluster_lab: Lab,
+) -> None:
+    # docs/vip-alternatives.md recommends the node addresses as failover URLs
+    # plus harden(app). Its key outcome, short: each cycle the node the VIP
+    # leaves stops answering on its NodePort (--trigger node-down), so the
+    # workers' connections through it go dark and they must fail over; none
+    # may stay silent, every confirmed task runs, failover is bounded.
+    # ~80 s here (3 cycles of ~15 s, plus worker start and drain; 2-core box).
+    r = run_scenario(
+        "seed-loop",
+        cluster_lab,
+        RunOptions(
+            profile="harden",
+            cycles=3,
+            extra={"wait_seconds": 45.0, "trigger": "node-down", "urls": "nodes"},
+        ),
+    )
+    try:
+        assert r["outcome"] == "survived", r["cycle_log"]
+        assert r["cycles"] == 3 and r["urls"] == "nodes"
+        assert r["tasks"]["published"] > 0
+        assert r["tasks"]["lost"] == 0 and r["tasks"].get("stranded", 0) == 0, r["tasks"]
+        down = [c["down_node"] for c in r["cycle_log"] if c.get("down_node")]
+        assert len(down) == 3, r["cycle_log"]
+        assert all(c["since_down_seconds"] < 45.0 for c in r["cycle_log"]), r["cycle_log"]
+    finally:
+        _no_loop_process_left(cluster_lab)
