@@ -59,7 +59,13 @@ def test_seed_profile_wedges_a_worker_with_the_reports_evidence(cluster_lab: Lab
     r = run_scenario(
         "seed-loop",
         cluster_lab,
-        RunOptions(profile="seed", cycles=12, extra={"wait_seconds": 20.0}),
+        # The injected trigger with the bounded observer: a wedged worker within a few
+        # cycles. The report's own loop (--trigger none, literal waiter) takes minutes.
+        RunOptions(
+            profile="seed",
+            cycles=12,
+            extra={"wait_seconds": 20.0, "trigger": "reconnect", "waiter": "observer"},
+        ),
     )
     try:
         assert r["outcome"] == "wedged", r["cycle_log"]
@@ -89,7 +95,12 @@ def test_reject_undnat_survives(cluster_lab: Lab, tmp_path: Path) -> None:
             profile="seed",
             mitigation="reject-undnat",
             cycles=3,
-            extra={"wait_seconds": 20.0, "report": str(tmp_path / "timeline")},
+            extra={
+                "wait_seconds": 20.0,
+                "trigger": "reconnect",
+                "waiter": "observer",
+                "report": str(tmp_path / "timeline"),
+            },
         ),
     )
     try:
@@ -124,7 +135,12 @@ def test_node_urls_with_the_guard_fail_over_without_a_wedge_or_a_lost_task(
         RunOptions(
             profile="harden",
             cycles=3,
-            extra={"wait_seconds": 45.0, "trigger": "node-down", "urls": "nodes"},
+            extra={
+                "wait_seconds": 45.0,
+                "trigger": "node-down",
+                "urls": "nodes",
+                "waiter": "observer",
+            },
         ),
     )
     try:

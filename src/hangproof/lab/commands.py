@@ -258,11 +258,12 @@ def run(
     trigger: Annotated[
         str,
         typer.Option(
-            help="reconnect: clients reconnect the moment the VIP leaves (default); "
-            "none: the report's loop unchanged; node-down: the node left also stops "
-            "answering on its NodePort for a cycle."
+            help="seed-loop: none: the report's loop unchanged (default); reconnect: an "
+            "injected trigger, not in the report: the brokers close every client connection "
+            "as each node's server starts, so the workers reconnect while no node holds the VIP; "
+            "node-down: the node the VIP leaves also stops answering on its NodePort for a cycle."
         ),
-    ] = "reconnect",
+    ] = "none",
     rate: Annotated[float, typer.Option(help="Tasks published per second.")] = 5.0,
     supervise: Annotated[
         bool,
@@ -321,6 +322,18 @@ def run(
         int | None,
         typer.Option("--group-size", help="fault-matrix: profiles per shared injection (all)."),
     ] = None,
+    waiter: Annotated[
+        str,
+        typer.Option(
+            help="seed-loop: literal: the report's wait_celery, a fresh `celery inspect ping` "
+            "every ~4 s through VIP:NodePort with no bound (default), every client watched "
+            "for the wedge; observer: a bounded ping from the broker's pod (--wait)."
+        ),
+    ] = "literal",
+    waiter_node: Annotated[
+        str | None,
+        typer.Option("--waiter-node", help="seed-loop: the node the literal waiter runs on (n1)."),
+    ] = None,
     urls: Annotated[
         str,
         typer.Option(
@@ -370,6 +383,8 @@ def run(
                 f"cell {cell.fault} x {cell.profile}: {cell.resume_s}"
             ),
             "report": report_dir,
+            "waiter": waiter,
+            "waiter_node": waiter_node,
         },
     )
     result = run_scenario(scenario, lab, options)

@@ -46,6 +46,7 @@ def parse_ss_record(record: str) -> dict[str, Any]:
     parts = record.split()
     state, recv_q, send_q, local, remote = parts[0], parts[1], parts[2], parts[3], parts[4]
     users = parse_ss_users(record)
+    first = _USERS.search(record)
     info: dict[str, Any] = {
         "state": state,
         "recv_q": int(recv_q),
@@ -54,10 +55,63 @@ def parse_ss_record(record: str) -> dict[str, Any]:
         "remote": _plain_addr(remote),
         "owner": users[0][0] if users else None,
         "pid": users[0][1] if users else None,
+        "fd": int(first["fd"]) if first else None,
     }
     for key, value in _KV.findall(record):
         info[key] = _number(value)
     return info
+
+
+#: A broker answers the 8-byte header with Connection.Start within milliseconds;
+#: a socket that sent it and heard nothing for this long is the report's wedge.
+WEDGE_IDLE_MS = 10_000
+
+
+def stuck_handshakes(
+    records: list[dict[str, Any]], vip: str, node_port: int, min_idle_ms: int = WEDGE_IDLE_MS
+) -> list[dict[str, Any]]:
+    """Client sockets of one node stuck the report's way, from its ``ss -Htanpie`` records.
+
+    A client socket ESTAB to ``vip:node_port`` that sent bytes (the 8-byte AMQP
+    header), received none, and sent nothing for ``min_idle_ms``, whose peer
+    socket is in the same namespace (VIP:NodePort, not NATed to a pod) holding
+    exactly those bytes unread (Recv-Q 8).
+
+    >>> recs = [parse_ss_record(r) for r in (
+    ...     'ESTAB 0 0 198.18.0.1:40000 198.18.0.100:32672 users:(("celery",pid=9,fd=3)) '
+    ...     'bytes_sent:8 bytes_acked:9 lastsnd:12000',
+    ...     'ESTAB 8 0 [::ffff:198.18.0.100]:32672 [::ffff:198.18.0.1]:40000 bytes_received:8')]
+    >>> [(s["owner"], s["pid"], s["fd"], s["peer_recv_q"]) for s in stuck_handshakes(recs, "198.18.0.100", 32672)]
+    [('celery', 9, 3, 8)]
+    """
+    target = f"{vip}:{node_port}"
+    peers = {r["remote"]: r for r in records if r["state"] == "ESTAB" and r["local"] == target}
+    stuck = []
+    for r in records:
+        if r["state"] != "ESTAB" or r["remote"] != target or r["pid"] is None:
+            continue
+        sent = r.get("bytes_sent") or 0
+        idle = r.get("lastsnd")
+        if not sent or r.get("bytes_received") or not isinstance(idle, int) or idle < min_idle_ms:
+            continue
+        peer = peers.get(r["local"])
+        if peer is None or peer["recv_q"] != sent:
+            continue
+        stuck.append(
+            {
+                "owner": r["owner"],
+                "pid": r["pid"],
+                "fd": r["fd"],
+                "local": r["local"],
+                "remote": r["remote"],
+                "bytes_sent": sent,
+                "bytes_received": 0,
+                "idle_ms": idle,
+                "peer_recv_q": peer["recv_q"],
+                "peer_owner": peer["owner"],
+            }
+        )
+    return stuck
 
 
 def _plain_addr(addr: str) -> str:

@@ -4,26 +4,36 @@ For each node in turn (INCIDENT.md, "How the report reproduced it"):
 
 1. start an HTTP server on :8978 in that node; keepalived's check passes there
    and the VIP follows;
-2. wait until every worker answers a bounded ``inspect ping``, within
-   ``wait_seconds``;
+2. wait until every worker answers ``inspect ping``: the report's ``wait_celery``
+   (``waiter="literal"``, default; :mod:`hangproof.lab.literal_waiter`), a fresh
+   ``celery inspect ping`` CLI every ~4 s from node ``waiter_node`` (n1) through
+   VIP:NodePort with the profile's settings and no bound of its own; or
+   (``waiter="observer"``) the harness's bounded ping from the first broker's pod,
+   within ``wait_seconds``;
 3. kill the server; the check fails (``fall 2`` x ``interval 2``) and the VIP
    leaves;
 4. sleep 4 s.
 
-The loop ends when a worker stays silent past the wait bound (``wedged``), after
-``cycles`` cycles or ``max_seconds`` (``survived``). A producer publishes tasks
+With the literal waiter, the loop ends when any AMQP client of the lab (a
+worker or the waiter's CLI) is stuck the report's way (``wedged``: ESTAB to
+VIP:NodePort, 8 bytes sent, none received, peer Recv-Q 8; the JSON names it in
+``wedged_process``), after ``cycles`` cycles or ``max_seconds`` (``survived``).
+With the observer, it ends when a worker stays silent past the wait bound. A producer publishes tasks
 through the VIP the whole time; the report ends with the task accounting.
 
-Trigger (``extra["trigger"]``). In this lab, an established connection
-survives the VIP's moves: the old holder keeps its conntrack DNAT entries and
-forwards. So, left alone, workers rarely send a SYN while the VIP is nowhere,
-which the wedge needs. ``reconnect`` (default) makes the report's situation
-happen every cycle: as the next node's server starts (keepalived moves the VIP
+Trigger (``extra["trigger"]``). ``none`` (default) is the report's loop
+unchanged: with the literal waiter, the waiter's own fresh CLI sends a SYN
+every ~4 s, some while the VIP is nowhere, and that is what wedges.
+In this lab an established connection survives the VIP's moves (the old
+holder keeps its conntrack DNAT entries and forwards), so the workers
+themselves rarely send a SYN in the gap. ``reconnect`` is an injected trigger,
+not in the report: it makes the workers' reconnect happen every cycle: as the next node's server starts (keepalived moves the VIP
 there 4-6 s later), the brokers close every client connection (``rabbitmqctl
 close_all_connections``), as when the old connection dies with the move, and
 the clients reconnect at once, while no node holds the VIP. (Closing them as
 soon as the VIP left was less reliable: a SYN sent on a stale neighbour entry
-fails with EHOSTUNREACH after ~8 s, before the VIP arrives.) ``none`` is the report's loop unchanged.
+fails with EHOSTUNREACH after ~8 s, before the VIP arrives.) The CI test
+uses it with the observer to find a wedged worker within a few cycles.
 ``node-down``: when a node's server is killed, that node also stops answering
 on its NodePort (inbound packets to its address or the VIP at the NodePort are
 dropped, raw table) until the next node's server is killed, so one node is
@@ -36,8 +46,8 @@ NodePort as ``;``-separated failover URLs, no VIP), for the workers and the
 producer alike. Profile ``harden`` is the seed's app with
 ``hangproof.celery.harden(app)``.
 
-    >>> run(lab, RunOptions(profile="seed", cycles=6))  # doctest: +SKIP
-    {'outcome': 'wedged', 'cycles': 1, 'wedged_worker': 'n1@hpc', ...}
+    >>> run(lab, RunOptions(profile="seed", cycles=1000, max_seconds=1500))  # doctest: +SKIP
+    {'outcome': 'wedged', 'wedged_process': {'kind': 'cli', 'pid': ..., 'fd': 3, 'node': 'n1'}, ...}
 """
 
 from __future__ import annotations
@@ -62,6 +72,7 @@ from hangproof.lab.keepalived import (
     wait_for_vip,
 )
 from hangproof.lab.lab import Lab
+from hangproof.lab.literal_waiter import LiteralWaiter, WedgeWatcher
 from hangproof.lab.mitigations import MITIGATIONS, conntrack_flush_command, reject_undnat_rule
 from hangproof.lab.race import collect_evidence
 from hangproof.lab.scenarios import RunOptions
@@ -71,7 +82,8 @@ from hangproof.report.events import LANE_FAULT, client_lane
 
 NAME = "seed-loop"
 HELP = "The report's loop: move the VIP round the nodes until a worker stops answering."
-TRIGGERS = ("reconnect", "none", "node-down")
+TRIGGERS = ("none", "reconnect", "node-down")
+WAITERS = ("literal", "observer")
 #: The report's pause after killing the HTTP server.
 SLEEP_AFTER_KILL = 4.0
 #: Default bound on step 2; stock Celery's reconnects (4 s connect timeout plus
@@ -87,12 +99,15 @@ DEFAULT_RATE = 5.0
 def run(lab: Lab, options: RunOptions) -> dict[str, Any]:
     """Run the loop; returns the JSON report (outcome, cycles, evidence, tasks...)."""
     extra = options.extra
-    trigger = str(extra.get("trigger", "reconnect"))
+    trigger = str(extra.get("trigger", "none"))
+    waiter_kind = str(extra.get("waiter", "literal"))
     wait_seconds = float(extra.get("wait_seconds", DEFAULT_WAIT_SECONDS))
     rate = float(extra.get("rate", DEFAULT_RATE))
     urls = str(extra.get("urls") or "vip")
     if trigger not in TRIGGERS:
         raise HangproofError(f"unknown trigger {trigger!r}; choose one of: {', '.join(TRIGGERS)}")
+    if waiter_kind not in WAITERS:
+        raise HangproofError(f"unknown waiter {waiter_kind!r}; choose one of: {', '.join(WAITERS)}")
     if options.mitigation not in MITIGATIONS:
         raise HangproofError(
             f"unknown mitigation {options.mitigation!r}; choose one of: {', '.join(MITIGATIONS)}"
@@ -102,6 +117,11 @@ def run(lab: Lab, options: RunOptions) -> dict[str, Any]:
     say = lab.progress
     topo = lab.topo
     nodes = [n.name for n in topo.nodes]
+    waiter_node = str(extra.get("waiter_node") or nodes[0])
+    if waiter_node not in nodes:
+        raise HangproofError(
+            f"unknown --waiter-node {waiter_node!r}; choose one of: {', '.join(nodes)}"
+        )
     state = lab.state
     ledger = Ledger(state.directory / "ledger")
     ledger.reset()
@@ -128,6 +148,15 @@ def run(lab: Lab, options: RunOptions) -> dict[str, Any]:
     supervise = bool(extra.get("supervise", True))
     restarts: list[dict[str, Any]] = []
     report = extra.get("report")
+    watcher = WedgeWatcher(
+        lab, fleet, min_idle_ms=int(float(extra.get("wedge_idle_seconds", 10.0)) * 1000)
+    )
+    waiter = LiteralWaiter(lab, fleet, watcher, waiter_node, state.directory / "waiter.log",
+                           supervise=supervise, say=say, restarts=restarts)  # fmt: skip
+    deadline = loop_started + options.max_seconds
+    pings: list[dict[str, Any]] = []
+    stuck_report: dict[str, Any] | None = None
+    cycle_one_started: float | None = None
     # The timeline: tasks per second sampled from the ledger, the loop's steps noted as they happen.
     recorder = CellRecorder(NAME, options.profile, ledger.executed_dir, ledger.published_path,
                             state.directory / "none") if report else None  # fmt: skip
@@ -159,8 +188,8 @@ def run(lab: Lab, options: RunOptions) -> dict[str, Any]:
                 f"pid {pid}",
             )
 
-    def move_away(node: str, record: dict[str, Any]) -> None:
-        """Steps 3 and 4: kill the server, sleep 4 s."""
+    def move_away(node: str, record: dict[str, Any]) -> dict[str, Any] | None:
+        """Steps 3 and 4: kill the server, sleep 4 s (watching every client, literal waiter)."""
         nonlocal down_since
         kill_server(node)
         if trigger == "node-down":
@@ -169,7 +198,10 @@ def run(lab: Lab, options: RunOptions) -> dict[str, Any]:
             down[node] = _node_down(lab, node)
             down_since = time.monotonic()
             note(LANE_FAULT, "inject", f"{node} stops answering on its NodePort (node-down)")
+        if waiter_kind == "literal":
+            return watcher.sleep(SLEEP_AFTER_KILL, until=deadline)
         time.sleep(SLEEP_AFTER_KILL)
+        return None
 
     try:
         _clear_vip(lab)
@@ -216,6 +248,7 @@ def run(lab: Lab, options: RunOptions) -> dict[str, Any]:
         say(f"{len(fleet.workers)} workers answer ping ({took:.1f} s)")
         producer_pid = _start_producer(lab, fleet, rate, options.max_seconds + 120)
         run_started = time.time()
+        watcher.producer_pid = producer_pid
         move_away(nodes[-1], {})
 
         for c in range(1, options.cycles + 1):
@@ -224,6 +257,8 @@ def run(lab: Lab, options: RunOptions) -> dict[str, Any]:
                 break
             node = nodes[(c - 1) % len(nodes)]
             started = time.monotonic()
+            if cycle_one_started is None:
+                cycle_one_started = started
             start_server(node)
             record: dict[str, Any] = {"cycle": c, "node": node, "t_start": round(time.time(), 3)}
             if down:
@@ -237,6 +272,41 @@ def run(lab: Lab, options: RunOptions) -> dict[str, Any]:
                     "inject",
                     "brokers closed every client connection (--trigger reconnect)",
                 )
+            if waiter_kind == "literal":
+                # The report's loop: no wait for the VIP, straight into wait_celery.
+                t_cycle = watcher.now()
+                waited = waiter.wait_celery(len(fleet.workers), until=deadline, cycle=c)
+                pings += waited.pings
+                record["vip_seconds"] = _vip_arrival(watcher.vip_log, node, t_cycle)
+                record["answer_seconds"] = round(waited.seconds, 2)
+                record["pings"] = len(waited.pings)
+                stuck = waited.stuck
+                if down_since is not None and waited.outcome == "answered":
+                    record["since_down_seconds"] = round(time.monotonic() - down_since, 2)
+                if waited.outcome == "answered":
+                    note(client_lane("waiter (inspect ping)"), "ready",
+                         f"cycle {c}: every worker answered ping ({waited.seconds:.1f} s)")  # fmt: skip
+                    stuck = move_away(node, record)
+                record["seconds"] = round(time.monotonic() - started, 2)
+                record["t_end"] = round(time.time(), 3)
+                cycles.append(record)
+                if stuck:
+                    record["stuck"] = f"{stuck['kind']} pid {stuck['pid']} fd {stuck['fd']}"
+                    stuck_report = _stuck_report(lab, stuck, c, cycle_one_started)
+                    waiter.finish()
+                    outcome = "wedged"
+                    note(client_lane(stuck_report["name"] or "client"), "wedged",
+                         f"{stuck_report['name']} (pid {stuck['pid']}, fd {stuck['fd']}) stuck",
+                         json.dumps(stuck_report["evidence"], default=str)[:3000])  # fmt: skip
+                    break
+                if waited.outcome == "deadline":
+                    say(f"--max-seconds {options.max_seconds:.0f} reached in cycle {c}")
+                    break
+                say(
+                    f"cycle {c} on {node}: VIP in {record['vip_seconds']} s, all answered after "
+                    f"{len(waited.pings)} ping(s), {waited.seconds:.1f} s, cycle {record['seconds']:.1f} s"
+                )
+                continue
             vip_s = wait_for_vip(lab.vip_holders, node, VIP_MOVE_TIMEOUT)
             missing, answer_s = fleet.wait_all_answer(wait_seconds)
             if missing and supervise:
@@ -333,6 +403,7 @@ def run(lab: Lab, options: RunOptions) -> dict[str, Any]:
         if producer_pid is not None:
             processes.stop_pid(producer_pid, grace=3.0)
             state.untrack(producer_pid)
+        waiter.finish()
         fleet.stop()
         for node in list(down):
             _node_up(lab, node, down.pop(node))
@@ -371,7 +442,25 @@ def run(lab: Lab, options: RunOptions) -> dict[str, Any]:
         "supervised": supervise,
         "restarts": restarts,
         "tasks": tasks,
+        "waiter": waiter_kind,
+        "waiter_node": waiter_node if waiter_kind == "literal" else None,
     }
+    if waiter_kind == "literal":
+        w = stuck_report
+        result |= {
+            "wedged_process": w["process"] if w else None,
+            "wedged_worker": w["name"] if w and w["process"]["kind"] == "worker" else None,
+            "wedged_cycle": w["cycle"] if w else None,
+            "wedged_node": w["process"]["node"] if w else None,
+            "time_to_wedge_seconds": w["time_to_wedge_seconds"] if w else None,
+            "evidence": w["evidence"] if w else None,
+            "python_stack": w["python_stack"] if w else None,
+            "wedge_idle_seconds": watcher.min_idle_ms / 1000,
+            "waiter_pings": pings,
+            "vip_log": watcher.vip_log,
+            "syn_log": watcher.syn_log,
+        }
+    result["versions"] = _versions(lab)
     if recorder and report:
         # Every worker's log, restarted ones included (the fleet is empty once stopped).
         logs = {p.stem.removeprefix("worker-"): p for p in state.directory.glob("worker-*.log")}
@@ -418,6 +507,54 @@ def _node_up(lab: Lab, node: str, rules: list[list[str]]) -> None:
     for rule in rules:
         processes.run(["iptables", "-t", "raw", "-D", *rule], netns=lab.topo.ns(node), check=False)
     lab.progress(f"{node} up again")
+
+
+def _versions(lab: Lab) -> dict[str, str]:
+    """The version set and commit this run measured (docs/seed-loop.md shows it)."""
+    from hangproof.lab.scenarios.fault_matrix import version_set
+
+    versions = version_set()
+    with contextlib.suppress(Exception):
+        out = lab.broker(lab.topo.brokers[0]).ctl("version").strip()
+        versions["rabbitmq"] = out.splitlines()[-1] if out else "?"
+    with contextlib.suppress(OSError):
+        versions["kernel"] = Path("/proc/sys/kernel/osrelease").read_text().strip()
+    return versions
+
+
+def _vip_arrival(vip_log: list[dict[str, Any]], node: str, since: float) -> float | None:
+    """Seconds after ``since`` at which the watcher first saw ``node`` hold the VIP."""
+    for entry in vip_log:
+        if entry["t"] >= since and entry["holder"] == node:
+            return round(entry["t"] - since, 2)
+    return None
+
+
+def _stuck_report(
+    lab: Lab, stuck: dict[str, Any], cycle: int, cycle_one_started: float | None
+) -> dict[str, Any]:
+    """The report's evidence for a stuck client, read while it is still stuck."""
+    sport = int(stuck["local"].rpartition(":")[2])
+    evidence = collect_evidence(lab, stuck["node"], sport)
+    evidence["ss_node"] = stuck["ss"]  # the raw ss -Htanpie text it was found in
+    stack = python_stack(stuck["pid"])
+    process = {k: v for k, v in stuck.items() if k not in ("ss", "t")}
+    # When the header went out: detection time minus how long the socket had been idle.
+    t_loop = time.monotonic() - (cycle_one_started or time.monotonic())
+    lab.progress(
+        f"stuck: {stuck['kind']} {stuck['name'] or ''} pid {stuck['pid']} fd {stuck['fd']} on "
+        f"{stuck['node']}: {stuck['bytes_sent']} B sent, none received, peer Recv-Q "
+        f"{stuck['peer_recv_q']}, listener {evidence['listener_owner']}, "
+        f"dnat={(evidence['conntrack'] or {}).get('dnat')}"
+    )
+    return {
+        "name": stuck["name"],
+        "process": process,
+        "cycle": cycle,
+        "time_to_wedge_seconds": round(max(0.0, t_loop - stuck["idle_ms"] / 1000), 1),
+        "evidence": evidence,
+        "python_stack": stack,
+    }
 
 
 def _clear_vip(lab: Lab) -> None:
@@ -544,7 +681,14 @@ def summary(r: dict[str, Any]) -> str:
         f"{r.get('scenario')}: {r.get('outcome')} after {r.get('cycles')} cycle(s), "
         f"{r.get('wall_seconds')} s (profile {r.get('profile')}, mitigation {r.get('mitigation')})"
     ]
-    if r.get("wedged_worker"):
+    wp = r.get("wedged_process")
+    if wp:
+        lines.append(
+            f"  wedged: {wp['kind']} {wp.get('name') or ''} (pid {wp['pid']}, fd {wp['fd']}, "
+            f"{wp.get('owner')}) on {wp['node']} at cycle {r.get('wedged_cycle')}, "
+            f"{r.get('time_to_wedge_seconds')} s into the loop"
+        )
+    elif r.get("wedged_worker"):
         lines.append(
             f"  wedged: {r['wedged_worker']} on {r['wedged_node']} at cycle {r['wedged_cycle']}"
         )
