@@ -108,6 +108,8 @@ def measure(args: argparse.Namespace) -> int:
                         # The bounded observer ping (a worker silent past the bound
                         # is wedged), not the report's literal waiter through the VIP.
                         "waiter": "observer",
+                        # After a silence, ping on for this long: wedged, or slow?
+                        "recheck_seconds": args.recheck,
                     },
                 )
                 try:
@@ -188,12 +190,18 @@ def summarize(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
             if not c.get("silent") and c.get("answer_seconds") is not None
         ]
         wedged = [r for r in group if r["outcome"] != "survived"]
+        recovered = [
+            r
+            for r in wedged
+            if ((r.get("cycle_log") or [{}])[-1].get("recheck") or {}).get("still_silent") == []
+        ]
         tasks = [r.get("tasks") or {} for r in group]
         rows.append(
             {
                 "setup": key,
                 "runs": len(group),
                 "wedged_runs": len(wedged),
+                "recovered_on_recheck": len(recovered),
                 "outcomes": [r["outcome"] for r in group],
                 "cycles_survived": sum(ok_cycles),
                 "cycles_total": sum(len(r.get("cycle_log", [])) for r in group),
@@ -212,15 +220,42 @@ def summarize(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
                 "ok_cycle_gap": _median_range(ok_gaps),
                 "answer_s": _median_range(answer),
                 "failover_s": _median_range(failover),
-                "wedged_workers": [
-                    f"{r.get('wedged_worker')} ({r.get('wedged_node')}, cycle {r.get('cycles')})"
-                    for r in wedged
-                ],
+                "wedged_workers": [wedge_line(r) for r in wedged],
             }
         )
     order = ["vip:seed", "vip:harden", "nodes:seed", "nodes:harden"]
     rows.sort(key=lambda r: (r["setup"].split(":")[2], _rank(order, r["setup"])))
     return rows
+
+
+def wedge_line(run: dict[str, Any]) -> str:
+    """Who was silent, where, blocked in what, and whether it answered again.
+
+    >>> wedge_line({"cycles": 2, "wedged_worker": "n1@h", "wedged_node": "n1",
+    ...     "silent_workers": [{"worker": "n1@h", "stack_top": ["a (x.py:1)", "read_frame (y.py:2)"]}],
+    ...     "evidence": {"peer_socket": {"unread_bytes": 8}},
+    ...     "cycle_log": [{"recheck": {"still_silent": ["n1@h"], "seconds": 60}}]})
+    'n1@h (n1, cycle 2; 1 silent; innermost a (x.py:1); peer Recv-Q 8; still silent 60 s later)'
+    """
+    silent = run.get("silent_workers") or []
+    top = next(
+        (w.get("stack_top") or [] for w in silent if w.get("worker") == run.get("wedged_worker")),
+        [],
+    )
+    peer = ((run.get("evidence") or {}).get("peer_socket") or {}).get("unread_bytes")
+    recheck = (run.get("cycle_log") or [{}])[-1].get("recheck")
+    parts = [f"cycle {run.get('cycles')}", f"{len(silent)} silent"]
+    if top:
+        parts.append(f"innermost {top[0]}")
+    if peer:
+        parts.append(f"peer Recv-Q {peer}")
+    if recheck:
+        parts.append(
+            f"still silent {recheck['seconds']:.0f} s later"
+            if recheck.get("still_silent")
+            else f"all answered again {recheck.get('recovered_after_seconds')} s later"
+        )
+    return f"{run.get('wedged_worker')} ({run.get('wedged_node')}, {'; '.join(parts)})"
 
 
 def _rank(order: list[str], setup: str) -> int:
@@ -236,7 +271,8 @@ def render(args: argparse.Namespace) -> int:
     shown = ", ".join(f"{k} {v}" for k, v in versions.items() if k != "commit")
     commits = sorted({(r.get("versions") or {}).get("commit", "?") for r in reports})
     header = (
-        "| setup (URLs:profile:trigger) | runs | wedged runs | cycles survived / run | "
+        "| setup (URLs:profile:trigger) | runs | runs with a worker silent past the bound "
+        "(of which answered again on recheck) | cycles survived / run | "
         "first wedge after s, median (range) | first wedge cycle | published | lost | "
         "stranded | dup | restarts | longest gap without a task, s, per run | "
         "longest gap in a survived cycle, s | all answer after VIP, s | "
@@ -248,7 +284,7 @@ def render(args: argparse.Namespace) -> int:
     ]
     for r in rows:
         lines.append(
-            f"| `{r['setup']}` | {r['runs']} | {r['wedged_runs']} | "
+            f"| `{r['setup']}` | {r['runs']} | {r['wedged_runs']} ({r['recovered_on_recheck']}) | "
             f"{r['cycles_survived']} of {r['cycles_total']} | {r['first_wedge_s']} | "
             f"{r['first_wedge_cycle']} | {r['published']} | {r['lost']} | {r['stranded']} | "
             f"{r['duplicates']} | {r['restarts']} | {r['max_gap']} | {r['ok_cycle_gap']} | "
@@ -308,6 +344,7 @@ def main(argv: list[str] | None = None) -> int:
     m.add_argument("--wait", type=float, default=20.0)
     # A node gone dark is found by heartbeats (stock: 120 s): give failover time to show.
     m.add_argument("--wait-node-down", type=float, default=150.0)
+    m.add_argument("--recheck", type=float, default=60.0)
     m.add_argument("--lab-name", default="hpva")
     m.add_argument("--until", help="UTC HH:MM (same day): start no run after it")
     m.add_argument("--out", required=True)

@@ -113,9 +113,19 @@ def test_summary_counts_cycles_wedges_and_failover() -> None:
          "cycle_log": [{"max_progress_gap_seconds": 1.0}, {"max_progress_gap_seconds": 1.0},
                        {"max_progress_gap_seconds": 21.0, "silent": ["n1@h"]}]},
         {"urls": "vip", "profile": "seed", "trigger": "reconnect", "outcome": "error"},
+        {"urls": "nodes", "profile": "seed", "trigger": "reconnect", "outcome": "wedged",
+         "cycles": 1, "wedged_worker": "n1b@h", "wedged_node": "n1",
+         "cycle_log": [{"max_progress_gap_seconds": 3.0, "silent": ["n1b@h"],
+                        "recheck": {"seconds": 60, "still_silent": [],
+                                    "recovered_after_seconds": 4.5}}]},
     ]  # fmt: skip
     rows = {r["setup"]: r for r in va.summarize(runs)}
-    assert set(rows) == {"nodes:harden:node-down", "vip:seed:reconnect"}
+    assert set(rows) == {"nodes:harden:node-down", "vip:seed:reconnect", "nodes:seed:reconnect"}
+    slow = rows["nodes:seed:reconnect"]
+    assert (slow["wedged_runs"], slow["recovered_on_recheck"]) == (1, 1)
+    assert slow["wedged_workers"] == [
+        "n1b@h (n1, cycle 1; 0 silent; all answered again 4.5 s later)"
+    ]
     vip = rows["vip:seed:reconnect"]
     assert (vip["runs"], vip["wedged_runs"], vip["cycles_survived"], vip["cycles_total"]) == (
         1,
@@ -124,7 +134,8 @@ def test_summary_counts_cycles_wedges_and_failover() -> None:
         3,
     )
     assert vip["first_wedge_s"] == "40.0 (40.0-40.0)" and vip["lost"] == 2
-    assert vip["wedged_workers"] == ["n1@h (n1, cycle 3)"]
+    assert vip["wedged_workers"] == ["n1@h (n1, cycle 3; 0 silent)"]
+    assert vip["recovered_on_recheck"] == 0
     nodes = rows["nodes:harden:node-down"]
     assert nodes["wedged_runs"] == 0 and nodes["first_wedge_s"] == "-"
     assert nodes["failover_s"] == "10.0 (8.0-12.0)" and nodes["max_gap"] == "4.0 (4.0-4.0)"

@@ -103,6 +103,9 @@ def run(lab: Lab, options: RunOptions) -> dict[str, Any]:
     waiter_kind = str(extra.get("waiter", "literal"))
     wait_seconds = float(extra.get("wait_seconds", DEFAULT_WAIT_SECONDS))
     rate = float(extra.get("rate", DEFAULT_RATE))
+    # After a silence (observer waiter): ping again for this long to tell a wedge
+    # from a slow recovery (0: stop at once, as before).
+    recheck_seconds = float(extra.get("recheck_seconds") or 0.0)
     urls = str(extra.get("urls") or "vip")
     if trigger not in TRIGGERS:
         raise HangproofError(f"unknown trigger {trigger!r}; choose one of: {', '.join(TRIGGERS)}")
@@ -360,6 +363,20 @@ def run(lab: Lab, options: RunOptions) -> dict[str, Any]:
                     for w in reports
                 ]
                 outcome = "wedged" if wedged["alive"] else "died"
+                if recheck_seconds > 0:
+                    # Evidence taken; now tell a wedge from a slow recovery: a
+                    # wedged worker is still silent after another bound.
+                    still, recheck_s = _still_silent(fleet, missing, recheck_seconds)
+                    record["recheck"] = {
+                        "seconds": recheck_seconds,
+                        "still_silent": still,
+                        "recovered_after_seconds": None if still else round(recheck_s, 2),
+                    }
+                    say(
+                        f"recheck: {', '.join(still)} still silent after {recheck_seconds:.0f} s"
+                        if still
+                        else f"recheck: every worker answered {recheck_s:.1f} s later"
+                    )
                 break
             note(
                 client_lane("waiter (inspect ping)"),
@@ -479,6 +496,18 @@ def max_gap(times: list[float], start: float, end: float) -> float:
     """
     points = [start, *(t for t in times if start < t < end), end]
     return round(max(b - a for a, b in itertools.pairwise(points)), 2)
+
+
+def _still_silent(fleet: WorkerFleet, names: list[str], bound: float) -> tuple[list[str], float]:
+    """Which of ``names`` still do not answer ping within ``bound`` seconds."""
+    start = time.monotonic()
+    left = set(names)
+    for _ in range(int(bound / 0.5) + 1):
+        left -= set(fleet.ping())
+        if not left or time.monotonic() - start > bound:
+            break
+        time.sleep(0.5)
+    return sorted(left), time.monotonic() - start
 
 
 def _node_down_rules(lab: Lab, node: str) -> list[list[str]]:
