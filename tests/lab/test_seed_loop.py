@@ -119,22 +119,25 @@ def test_reject_undnat_survives(cluster_lab: Lab, tmp_path: Path) -> None:
         _no_loop_process_left(cluster_lab)
 
 
-@pytest.mark.timeout(150)
+@pytest.mark.timeout(300)
 def test_node_urls_with_the_guard_fail_over_without_a_wedge_or_a_lost_task(
     cluster_lab: Lab,
 ) -> None:
     # docs/vip-alternatives.md recommends the node addresses as failover URLs
-    # plus harden(app). Its key outcome, short: each cycle the node the VIP
-    # leaves stops answering on its NodePort (--trigger node-down), so the
-    # workers' connections through it go dark and they must fail over; none
-    # may stay silent, every confirmed task runs, failover is bounded.
-    # ~80 s here (3 cycles of ~15 s, plus worker start and drain; 2-core box).
+    # plus harden(app). Its key outcome, short: the node the VIP leaves stops
+    # answering on its NodePort (--trigger node-down). Before cycle 1 that is
+    # n3 (no worker uses it); before cycle 2 it is n1, the first URL, which
+    # every worker is on: all their connections go dark and they must fail
+    # over. None may stay silent, every confirmed task runs, failover is
+    # bounded (measured 31-36 s from n1 going dark to every worker answering,
+    # load ~20 on 2 cores; the seed profile stayed stuck > 150 s).
+    # ~60 s of loop on a quiet box; 140 s measured under load ~20.
     r = run_scenario(
         "seed-loop",
         cluster_lab,
         RunOptions(
             profile="harden",
-            cycles=3,
+            cycles=2,
             extra={
                 "wait_seconds": 45.0,
                 "trigger": "node-down",
@@ -145,11 +148,10 @@ def test_node_urls_with_the_guard_fail_over_without_a_wedge_or_a_lost_task(
     )
     try:
         assert r["outcome"] == "survived", r["cycle_log"]
-        assert r["cycles"] == 3 and r["urls"] == "nodes"
+        assert r["cycles"] == 2 and r["urls"] == "nodes"
         assert r["tasks"]["published"] > 0
         assert r["tasks"]["lost"] == 0 and r["tasks"].get("stranded", 0) == 0, r["tasks"]
-        down = [c["down_node"] for c in r["cycle_log"] if c.get("down_node")]
-        assert len(down) == 3, r["cycle_log"]
+        assert [c.get("down_node") for c in r["cycle_log"]] == ["n3", "n1"], r["cycle_log"]
         assert all(c["since_down_seconds"] < 45.0 for c in r["cycle_log"]), r["cycle_log"]
     finally:
         _no_loop_process_left(cluster_lab)
