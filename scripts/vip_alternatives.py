@@ -190,6 +190,7 @@ def summarize(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
             if not c.get("silent") and c.get("answer_seconds") is not None
         ]
         wedged = [r for r in group if r["outcome"] != "survived"]
+        stuck = [r for r in wedged if blocked_in(r) == "connect/handshake"]
         recovered = [
             r
             for r in wedged
@@ -202,6 +203,7 @@ def summarize(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
                 "runs": len(group),
                 "wedged_runs": len(wedged),
                 "recovered_on_recheck": len(recovered),
+                "stuck_in_handshake": len(stuck),
                 "outcomes": [r["outcome"] for r in group],
                 "cycles_survived": sum(ok_cycles),
                 "cycles_total": sum(len(r.get("cycle_log", [])) for r in group),
@@ -224,8 +226,29 @@ def summarize(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
             }
         )
     order = ["vip:seed", "vip:harden", "nodes:seed", "nodes:harden"]
-    rows.sort(key=lambda r: (r["setup"].split(":")[2], _rank(order, r["setup"])))
+    triggers = ["reconnect", "node-down"]
+    rows.sort(key=lambda r: (_rank(triggers, r["setup"].split(":")[2]), _rank(order, r["setup"])))
     return rows
+
+
+def blocked_in(run: dict[str, Any]) -> str:
+    """Where the run's silent workers were blocked, from their innermost frames.
+
+    ``connect/handshake`` (py-amqp's connect or frame read: the wedge), ``event loop``
+    (the worker's loop was running: a late answer), or ``unknown``.
+
+    >>> blocked_in({"silent_workers": [{"stack_top": ["TCPTransport._read (amqp/transport.py:648)",
+    ...     "_AbstractTransport.read_frame (amqp/transport.py:297)"]}]})
+    'connect/handshake'
+    >>> blocked_in({"silent_workers": [{"stack_top": ["_epoll.poll (kombu/utils/eventio.py:83)"]}]})
+    'event loop'
+    """
+    frames = [f for w in run.get("silent_workers") or [] for f in (w.get("stack_top") or [])]
+    if any("read_frame" in f or "_connect (" in f or "transport.py" in f for f in frames):
+        return "connect/handshake"
+    if any("_epoll.poll" in f or "asynloop" in f for f in frames):
+        return "event loop"
+    return "unknown"
 
 
 def wedge_line(run: dict[str, Any]) -> str:
@@ -235,7 +258,7 @@ def wedge_line(run: dict[str, Any]) -> str:
     ...     "silent_workers": [{"worker": "n1@h", "stack_top": ["a (x.py:1)", "read_frame (y.py:2)"]}],
     ...     "evidence": {"peer_socket": {"unread_bytes": 8}},
     ...     "cycle_log": [{"recheck": {"still_silent": ["n1@h"], "seconds": 60}}]})
-    'n1@h (n1, cycle 2; 1 silent; innermost a (x.py:1); peer Recv-Q 8; still silent 60 s later)'
+    'n1@h (n1, cycle 2; 1 silent; in connect/handshake; innermost a (x.py:1); peer Recv-Q 8; still silent 60 s later)'
     """
     silent = run.get("silent_workers") or []
     top = next(
@@ -244,7 +267,7 @@ def wedge_line(run: dict[str, Any]) -> str:
     )
     peer = ((run.get("evidence") or {}).get("peer_socket") or {}).get("unread_bytes")
     recheck = (run.get("cycle_log") or [{}])[-1].get("recheck")
-    parts = [f"cycle {run.get('cycles')}", f"{len(silent)} silent"]
+    parts = [f"cycle {run.get('cycles')}", f"{len(silent)} silent", f"in {blocked_in(run)}"]
     if top:
         parts.append(f"innermost {top[0]}")
     if peer:
@@ -258,9 +281,18 @@ def wedge_line(run: dict[str, Any]) -> str:
     return f"{run.get('wedged_worker')} ({run.get('wedged_node')}, {'; '.join(parts)})"
 
 
-def _rank(order: list[str], setup: str) -> int:
-    head = ":".join(setup.split(":")[:2])
+def _rank(order: list[str], key: str) -> int:
+    head = key if key in order else ":".join(key.split(":")[:2])
     return order.index(head) if head in order else len(order)
+
+
+def _short(commit: str) -> str:
+    """``abc...-dirty`` -> 12 hex digits, keeping the dirty mark.
+
+    >>> _short("02d365c5de0c2fa0c006cb12957a6d0037c49675-dirty")
+    '02d365c5de0c-dirty'
+    """
+    return commit[:12] + ("-dirty" if commit.endswith("-dirty") else "")
 
 
 def render(args: argparse.Namespace) -> int:
@@ -269,10 +301,10 @@ def render(args: argparse.Namespace) -> int:
     rows = summarize(runs)
     versions = next((r["versions"] for r in reports if r.get("versions")), {})
     shown = ", ".join(f"{k} {v}" for k, v in versions.items() if k != "commit")
-    commits = sorted({(r.get("versions") or {}).get("commit", "?") for r in reports})
     header = (
         "| setup (URLs:profile:trigger) | runs | runs with a worker silent past the bound "
-        "(of which answered again on recheck) | cycles survived / run | "
+        "(of which answered again on recheck) | of which blocked in connect/handshake | "
+        "cycles survived, of all run | "
         "first wedge after s, median (range) | first wedge cycle | published | lost | "
         "stranded | dup | restarts | longest gap without a task, s, per run | "
         "longest gap in a survived cycle, s | all answer after VIP, s | "
@@ -285,6 +317,7 @@ def render(args: argparse.Namespace) -> int:
     for r in rows:
         lines.append(
             f"| `{r['setup']}` | {r['runs']} | {r['wedged_runs']} ({r['recovered_on_recheck']}) | "
+            f"{r['stuck_in_handshake']} | "
             f"{r['cycles_survived']} of {r['cycles_total']} | {r['first_wedge_s']} | "
             f"{r['first_wedge_cycle']} | {r['published']} | {r['lost']} | {r['stranded']} | "
             f"{r['duplicates']} | {r['restarts']} | {r['max_gap']} | {r['ok_cycle_gap']} | "
@@ -307,13 +340,17 @@ def render(args: argparse.Namespace) -> int:
         "its NodePort for one cycle (its connections go dark; clients must fail over).",
         "A run stops at its first wedge (a worker alive but silent past the wait bound).",
         "",
-        f"- raw JSON: {', '.join(f'`{p}`' for p in args.files)}",
-        f"- commit(s): {', '.join(f'`{c}`' for c in commits)}",
+        "- raw JSON, one file per lab (labrun slot):",
+        *[
+            f"  - `{p}`: {len(rep.get('runs', []))} runs from {rep.get('started', '?')} UTC, "
+            f"commit `{_short((rep.get('versions') or {}).get('commit', '?'))}`, at most "
+            f"{rep.get('cycles')} cycles / {rep.get('max_seconds')} s per run, wait bound "
+            f"{rep.get('wait_seconds')} s (node-down: {rep.get('wait_seconds_node_down', rep.get('wait_seconds'))} s)"
+            for p, rep in zip(args.files, reports, strict=True)
+        ],
         f"- versions: {shown or '?'}",
-        f"- cycles per run at most {reports[0].get('cycles') if reports else '?'}, wait bound "
-        f"{reports[0].get('wait_seconds') if reports else '?'} s (`node-down`: "
-        f"{reports[0].get('wait_seconds_node_down') if reports else '?'} s); "
-        "the 2-core box was shared with other helpers' labs: timings are rough.",
+        "- the 2-core box was shared with other helpers' labs (load average 11-22 during "
+        "these runs): timings are rough.",
         "",
         *lines,
         "",

@@ -124,7 +124,7 @@ def test_summary_counts_cycles_wedges_and_failover() -> None:
     slow = rows["nodes:seed:reconnect"]
     assert (slow["wedged_runs"], slow["recovered_on_recheck"]) == (1, 1)
     assert slow["wedged_workers"] == [
-        "n1b@h (n1, cycle 1; 0 silent; all answered again 4.5 s later)"
+        "n1b@h (n1, cycle 1; 0 silent; in unknown; all answered again 4.5 s later)"
     ]
     vip = rows["vip:seed:reconnect"]
     assert (vip["runs"], vip["wedged_runs"], vip["cycles_survived"], vip["cycles_total"]) == (
@@ -134,8 +134,19 @@ def test_summary_counts_cycles_wedges_and_failover() -> None:
         3,
     )
     assert vip["first_wedge_s"] == "40.0 (40.0-40.0)" and vip["lost"] == 2
-    assert vip["wedged_workers"] == ["n1@h (n1, cycle 3; 0 silent)"]
+    assert vip["wedged_workers"] == ["n1@h (n1, cycle 3; 0 silent; in unknown)"]
     assert vip["recovered_on_recheck"] == 0
     nodes = rows["nodes:harden:node-down"]
     assert nodes["wedged_runs"] == 0 and nodes["first_wedge_s"] == "-"
     assert nodes["failover_s"] == "10.0 (8.0-12.0)" and nodes["max_gap"] == "4.0 (4.0-4.0)"
+
+
+def test_a_silence_is_classed_by_where_the_worker_was_blocked() -> None:
+    va = _script()
+    handshake = ["TCPTransport._read (amqp/transport.py:648)", "read_frame (amqp/transport.py:297)"]
+    connect = ["_AbstractTransport._connect (amqp/transport.py:187)"]
+    loop = ["_epoll.poll (kombu/utils/eventio.py:83)", "asynloop (celery/worker/loops.py:130)"]
+    assert va.blocked_in({"silent_workers": [{"stack_top": handshake}]}) == "connect/handshake"
+    assert va.blocked_in({"silent_workers": [{"stack_top": connect}]}) == "connect/handshake"
+    assert va.blocked_in({"silent_workers": [{"stack_top": loop}]}) == "event loop"
+    assert va.blocked_in({"silent_workers": []}) == "unknown"
