@@ -305,7 +305,7 @@ def render(args: argparse.Namespace) -> int:
         "| setup (URLs:profile:trigger) | runs | runs with a worker silent past the bound "
         "(of which answered again on recheck) | of which blocked in connect/handshake | "
         "cycles survived, of all run | "
-        "first wedge after s, median (range) | first wedge cycle | published | lost | "
+        "first silence after s, median (range) | first silence cycle | published | lost | "
         "stranded | dup | restarts | longest gap without a task, s, per run | "
         "longest gap in a survived cycle, s | all answer after VIP, s | "
         "node down -> all answer, s |"
@@ -338,8 +338,12 @@ def render(args: argparse.Namespace) -> int:
         "`hangproof.celery.harden(app)`). Trigger `reconnect` closes every client connection each",
         "cycle while no node holds the VIP; `node-down` makes the node the VIP leaves stop answering on",
         "its NodePort for one cycle (its connections go dark; clients must fail over).",
-        "A run stops at its first wedge (a worker alive but silent past the wait bound).",
+        "A run stops at its first silence (a worker alive but silent past the wait bound).",
         "",
+        "- measured with `labrun .venv/bin/python scripts/vip_alternatives.py measure --setups "
+        "URLS:PROFILE:TRIGGER,... --runs N --cycles 12 --max-seconds 300 --out docs/data/...`, "
+        "one lab per labrun slot; this page: `scripts/vip_alternatives.py render "
+        f"{' '.join(args.files)} --conclusion {args.conclusion or '-'} --out {args.out}`",
         "- raw JSON, one file per lab (labrun slot):",
         *[
             f"  - `{p}`: {len(rep.get('runs', []))} runs from {rep.get('started', '?')} UTC, "
