@@ -122,6 +122,14 @@ class Ledger:
             return []
         return [name.split(DUP_MARK, 1)[0] for name in names]
 
+    def execution_times(self) -> list[float]:
+        """The wall-clock time of every recorded execution, sorted."""
+        times = []
+        for path in self.executed_dir.glob("*"):
+            with contextlib.suppress(OSError, ValueError, IndexError):
+                times.append(float(path.read_text().split()[1]))
+        return sorted(times)
+
     def counts(self) -> TaskCounts:
         return tally(self.published(), self.executions())
 

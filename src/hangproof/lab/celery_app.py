@@ -5,7 +5,7 @@ and client profile come from the environment, so the same module serves every
 profile:
 
 - ``HP_BROKER_URL``: e.g. ``amqp://guest:guest@198.18.0.100:32672//``;
-- ``HP_PROFILE``: ``seed`` | ``stock`` | ``gevent`` (see :data:`PROFILES`);
+- ``HP_PROFILE``: ``seed`` | ``stock`` | ``gevent`` | ``harden`` (see :data:`PROFILES`);
 - ``HP_CELERY_CONFIG``: optional ``module:object`` applied on top (a user's settings);
 - ``HP_LEDGER``: the :class:`~hangproof.lab.accounting.Ledger` directory.
 
@@ -47,12 +47,20 @@ PROFILES: dict[str, dict[str, Any]] = {
     "stock": {},
     # Stock settings; the gevent pool itself makes Celery drop the timeout.
     "gevent": {},
+    # The seed's settings, then hangproof.celery.harden(app) (see make_app):
+    # the guard on the report's app. Stall timeout from HP_STALL_TIMEOUT (15 s).
+    "harden": {
+        "broker_connection_timeout": None,
+        "control_queue_exclusive": False,
+        "event_queue_exclusive": False,
+    },
 }
 #: Pool and concurrency per profile (2 cores, 4 workers: keep them small).
 POOLS: dict[str, tuple[str, int]] = {
     "seed": ("prefork", 1),
     "stock": ("prefork", 1),
     "gevent": ("gevent", 4),
+    "harden": ("prefork", 1),
 }
 TASK_NAME = "hangproof.lab.record"
 
@@ -106,6 +114,11 @@ def make_app(broker_url: str, profile: str = "stock", celery_config: str | None 
     app.conf.update(PROFILES[profile])
     if celery_config:
         app.conf.update(settings_of(load_object(celery_config)))
+    if profile == "harden":
+        from hangproof.celery import harden
+        from hangproof.failure import Policy
+
+        harden(app, Policy(stall_timeout=float(os.environ.get("HP_STALL_TIMEOUT", "15"))))
 
     @app.task(name=TASK_NAME)
     def record(task_id: str) -> None:

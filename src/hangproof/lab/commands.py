@@ -256,7 +256,10 @@ def run(
         str, typer.Argument(help="Scenario name: seed-loop, fault-matrix or prometheus-alerts.")
     ],
     profile: Annotated[
-        str, typer.Option(help="Client profile: seed, stock or gevent (see celery_app.PROFILES).")
+        str,
+        typer.Option(
+            help="Client profile: seed, stock, gevent or harden (see celery_app.PROFILES)."
+        ),
     ] = "seed",
     celery_config: Annotated[
         str | None,
@@ -278,7 +281,8 @@ def run(
         typer.Option(
             help="seed-loop: none: the report's loop unchanged (default); reconnect: an "
             "injected trigger, not in the report: the brokers close every client connection "
-            "as each node's server starts, so the workers reconnect while no node holds the VIP."
+            "as each node's server starts, so the workers reconnect while no node holds the VIP; "
+            "node-down: the node the VIP leaves also stops answering on its NodePort for a cycle."
         ),
     ] = "none",
     rate: Annotated[float, typer.Option(help="Tasks published per second.")] = 5.0,
@@ -358,6 +362,13 @@ def run(
         str | None,
         typer.Option("--waiter-node", help="seed-loop: the node the literal waiter runs on (n1)."),
     ] = None,
+    urls: Annotated[
+        str,
+        typer.Option(
+            help="seed-loop: the workers' broker URLs: vip (VIP:NodePort) or nodes (every "
+            "node's address:NodePort as failover URLs, no VIP)."
+        ),
+    ] = "vip",
     name: NameOpt = "hplab",
     report: ReportOpt = None,
     json_out: JsonOpt = False,
@@ -398,6 +409,7 @@ def run(
             "subset": subset,
             "group_size": group_size,
             "publish_docs": publish_docs,
+            "urls": urls,
             "progress": lambda cell: progress(
                 f"cell {cell.fault} x {cell.profile}: {cell.resume_s}"
             ),

@@ -264,7 +264,7 @@ class LiteralWaiter:
         proc = processes.spawn(
             self.argv(),
             netns=topo.ns(self.node),
-            env=self.fleet.env(self.fleet.vip_url),
+            env=self.fleet.env(self.fleet.broker_url),  # VIP:NodePort unless --urls nodes
             log=self.log,
             cwd=self.lab.state.directory,
         )

@@ -26,6 +26,8 @@ from hangproof.lab import processes
 from hangproof.lab.celery_app import POOLS, PROFILES
 from hangproof.lab.lab import Lab
 
+#: The workers' broker URL setups (:attr:`WorkerFleet.urls`).
+URL_SETUPS = ("vip", "nodes")
 #: Seconds a ping waits for replies; a healthy lab answers in well under one.
 PING_TIMEOUT = 2.0
 PY_SPY_TIMEOUT = 20.0
@@ -49,6 +51,9 @@ class WorkerFleet:
     celery_config: str | None = None
     ledger: Path | None = None
     extra_node: str | None = None  # where the "+1" worker runs (default: first node)
+    #: The workers' broker URLs: "vip" (VIP:NodePort, the report's) or "nodes"
+    #: (every node's address:NodePort as ";"-separated failover URLs, no VIP).
+    urls: str = "vip"
     workers: list[Worker] = field(default_factory=list)
 
     def __post_init__(self) -> None:
@@ -56,11 +61,26 @@ class WorkerFleet:
             raise HangproofError(
                 f"unknown profile {self.profile!r}; choose one of: {', '.join(PROFILES)}"
             )
+        if self.urls not in URL_SETUPS:
+            raise HangproofError(
+                f"unknown broker URL setup {self.urls!r}; choose one of: {', '.join(URL_SETUPS)}"
+            )
 
     @property
     def vip_url(self) -> str:
         t = self.lab.topo
         return f"amqp://guest:guest@{t.vip}:{t.node_port}//"
+
+    @property
+    def nodes_url(self) -> str:
+        """Every node's address at the NodePort, in node order, as Celery failover URLs."""
+        t = self.lab.topo
+        return ";".join(f"amqp://guest:guest@{n.address}:{t.node_port}//" for n in t.nodes)
+
+    @property
+    def broker_url(self) -> str:
+        """What the workers (and the loop's producer) are given: see :attr:`urls`."""
+        return self.nodes_url if self.urls == "nodes" else self.vip_url
 
     @property
     def observer_url(self) -> str:
@@ -109,7 +129,7 @@ class WorkerFleet:
         proc = processes.spawn(
             argv,
             netns=self.lab.topo.ns(node),
-            env=self.env(self.vip_url),
+            env=self.env(self.broker_url),
             log=self.log_path(name),
             cwd=state.directory,
         )
@@ -189,11 +209,16 @@ class WorkerFleet:
         return next(w for w in self.workers if w.name == name)
 
     def broker_sockets(self, worker: Worker) -> list[dict[str, Any]]:
-        """The worker's established TCP sockets to VIP:NodePort (ss, in its node)."""
+        """The worker's established TCP sockets to the NodePort (ss, in its node).
+
+        To VIP:NodePort, or to any node's address with ``urls="nodes"``.
+        """
         from hangproof.lab.race import _ss
 
         t = self.lab.topo
-        socks = _ss(self.lab, worker.node, "dst", t.vip, "and", "dport", "=", f":{t.node_port}")
+        socks = _ss(self.lab, worker.node, "dport", "=", f":{t.node_port}")
+        dests = {n.address for n in t.nodes} if self.urls == "nodes" else {t.vip}
+        socks = [s for s in socks if s["remote"].rpartition(":")[0] in dests]
         pids = {worker.pid, *processes.children(worker.pid)}
         return [s for s in socks if s.get("pid") in pids and s["state"] == "ESTAB"]
 

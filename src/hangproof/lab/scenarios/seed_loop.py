@@ -34,6 +34,17 @@ the clients reconnect at once, while no node holds the VIP. (Closing them as
 soon as the VIP left was less reliable: a SYN sent on a stale neighbour entry
 fails with EHOSTUNREACH after ~8 s, before the VIP arrives.) The CI test
 uses it with the observer to find a wedged worker within a few cycles.
+``node-down``: when a node's server is killed, that node also stops answering
+on its NodePort (inbound packets to its address or the VIP at the NodePort are
+dropped, raw table) until the next node's server is killed, so one node is
+down at a time: the connections through it go dark and their clients must fail
+over.
+
+Broker URLs (``extra["urls"]``, docs/vip-alternatives.md): ``vip`` (default,
+the report's VIP:NodePort) or ``nodes`` (the three node addresses at the
+NodePort as ``;``-separated failover URLs, no VIP), for the workers and the
+producer alike. Profile ``harden`` is the seed's app with
+``hangproof.celery.harden(app)``.
 
     >>> run(lab, RunOptions(profile="seed", cycles=1000, max_seconds=1500))  # doctest: +SKIP
     {'outcome': 'wedged', 'wedged_process': {'kind': 'cli', 'pid': ..., 'fd': 3, 'node': 'n1'}, ...}
@@ -42,6 +53,7 @@ uses it with the observer to find a wedged worker within a few cycles.
 from __future__ import annotations
 
 import contextlib
+import itertools
 import json
 import sys
 import time
@@ -70,7 +82,7 @@ from hangproof.report.events import LANE_FAULT, client_lane
 
 NAME = "seed-loop"
 HELP = "The report's loop: move the VIP round the nodes until a worker stops answering."
-TRIGGERS = ("none", "reconnect")
+TRIGGERS = ("none", "reconnect", "node-down")
 WAITERS = ("literal", "observer")
 #: The report's pause after killing the HTTP server.
 SLEEP_AFTER_KILL = 4.0
@@ -94,6 +106,10 @@ def run(lab: Lab, options: RunOptions) -> dict[str, Any]:
     waiter_kind = str(extra.get("waiter", "literal"))
     wait_seconds = float(extra.get("wait_seconds", DEFAULT_WAIT_SECONDS))
     rate = float(extra.get("rate", DEFAULT_RATE))
+    # After a silence (observer waiter): ping again for this long to tell a wedge
+    # from a slow recovery (0: stop at once, as before).
+    recheck_seconds = float(extra.get("recheck_seconds") or 0.0)
+    urls = str(extra.get("urls") or "vip")
     if trigger not in TRIGGERS:
         raise HangproofError(f"unknown trigger {trigger!r}; choose one of: {', '.join(TRIGGERS)}")
     if waiter_kind not in WAITERS:
@@ -116,13 +132,20 @@ def run(lab: Lab, options: RunOptions) -> dict[str, Any]:
     ledger = Ledger(state.directory / "ledger")
     ledger.reset()
     fleet = WorkerFleet(
-        lab, profile=options.profile, celery_config=options.celery_config, ledger=ledger.directory
+        lab,
+        profile=options.profile,
+        celery_config=options.celery_config,
+        ledger=ledger.directory,
+        urls=urls,
     )
     versions = _versions(lab)  # at the start: the commit of the code that runs
     loop_started = time.monotonic()
+    run_started = time.time()
     undo: list[Any] = []
     keepaliveds: list[KeepalivedNode] = []
     servers: dict[str, int] = {}
+    down: dict[str, list[list[str]]] = {}  # --trigger node-down: node -> its DROP rules
+    down_since: float | None = None
     producer_pid: int | None = None
     cycles: list[dict[str, Any]] = []
     wedged: dict[str, Any] | None = None
@@ -174,7 +197,14 @@ def run(lab: Lab, options: RunOptions) -> dict[str, Any]:
 
     def move_away(node: str, record: dict[str, Any]) -> dict[str, Any] | None:
         """Steps 3 and 4: kill the server, sleep 4 s (watching every client, literal waiter)."""
+        nonlocal down_since
         kill_server(node)
+        if trigger == "node-down":
+            for other in list(down):
+                _node_up(lab, other, down.pop(other))
+            down[node] = _node_down(lab, node)
+            down_since = time.monotonic()
+            note(LANE_FAULT, "inject", f"{node} stops answering on its NodePort (node-down)")
         if waiter_kind == "literal":
             return watcher.sleep(SLEEP_AFTER_KILL, until=deadline)
         time.sleep(SLEEP_AFTER_KILL)
@@ -224,6 +254,7 @@ def run(lab: Lab, options: RunOptions) -> dict[str, Any]:
             )
         say(f"{len(fleet.workers)} workers answer ping ({took:.1f} s)")
         producer_pid = _start_producer(lab, fleet, rate, options.max_seconds + 120)
+        run_started = time.time()
         watcher.producer_pid = producer_pid
         move_away(nodes[-1], {})
 
@@ -236,7 +267,9 @@ def run(lab: Lab, options: RunOptions) -> dict[str, Any]:
             if cycle_one_started is None:
                 cycle_one_started = started
             start_server(node)
-            record: dict[str, Any] = {"cycle": c, "node": node}
+            record: dict[str, Any] = {"cycle": c, "node": node, "t_start": round(time.time(), 3)}
+            if down:
+                record["down_node"] = next(iter(down))
             if trigger == "reconnect":
                 # keepalived takes ~4-6 s to move the VIP here; the clients'
                 # SYNs go out now, while no node holds it.
@@ -255,11 +288,14 @@ def run(lab: Lab, options: RunOptions) -> dict[str, Any]:
                 record["answer_seconds"] = round(waited.seconds, 2)
                 record["pings"] = len(waited.pings)
                 stuck = waited.stuck
+                if down_since is not None and waited.outcome == "answered":
+                    record["since_down_seconds"] = round(time.monotonic() - down_since, 2)
                 if waited.outcome == "answered":
                     note(client_lane("waiter (inspect ping)"), "ready",
                          f"cycle {c}: every worker answered ping ({waited.seconds:.1f} s)")  # fmt: skip
                     stuck = move_away(node, record)
                 record["seconds"] = round(time.monotonic() - started, 2)
+                record["t_end"] = round(time.time(), 3)
                 cycles.append(record)
                 if stuck:
                     record["stuck"] = f"{stuck['kind']} pid {stuck['pid']} fd {stuck['fd']}"
@@ -296,9 +332,13 @@ def run(lab: Lab, options: RunOptions) -> dict[str, Any]:
                 "vip_seconds": round(vip_s, 2) if vip_s is not None else None,
                 "answer_seconds": round(answer_s, 2),
             }
+            if down_since is not None and not missing:
+                # Failover: from the node going down to every worker answering again.
+                record["since_down_seconds"] = round(time.monotonic() - down_since, 2)
             if missing:
                 record["silent"] = missing
                 record["seconds"] = round(time.monotonic() - started, 2)
+                record["t_end"] = round(time.time(), 3)
                 cycles.append(record)
                 say(f"cycle {c} on {node}: {', '.join(missing)} silent past {wait_seconds:.0f} s")
                 reports = [_wedge_report(lab, fleet, name) for name in missing]
@@ -327,6 +367,20 @@ def run(lab: Lab, options: RunOptions) -> dict[str, Any]:
                     for w in reports
                 ]
                 outcome = "wedged" if wedged["alive"] else "died"
+                if recheck_seconds > 0:
+                    # Evidence taken; now tell a wedge from a slow recovery: a
+                    # wedged worker is still silent after another bound.
+                    still, recheck_s = _still_silent(fleet, missing, recheck_seconds)
+                    record["recheck"] = {
+                        "seconds": recheck_seconds,
+                        "still_silent": still,
+                        "recovered_after_seconds": None if still else round(recheck_s, 2),
+                    }
+                    say(
+                        f"recheck: {', '.join(still)} still silent after {recheck_seconds:.0f} s"
+                        if still
+                        else f"recheck: every worker answered {recheck_s:.1f} s later"
+                    )
                 break
             note(
                 client_lane("waiter (inspect ping)"),
@@ -335,6 +389,7 @@ def run(lab: Lab, options: RunOptions) -> dict[str, Any]:
             )
             move_away(node, record)
             record["seconds"] = round(time.monotonic() - started, 2)
+            record["t_end"] = round(time.time(), 3)
             cycles.append(record)
             say(
                 f"cycle {c} on {node}: VIP in {record['vip_seconds']} s, all answered in "
@@ -350,6 +405,10 @@ def run(lab: Lab, options: RunOptions) -> dict[str, Any]:
             start_server(nodes[0])
             wait_for_vip(lab.vip_holders, nodes[0], VIP_MOVE_TIMEOUT)
         tasks = ledger.wait_drained(DRAIN_TIMEOUT).to_dict()
+        for rec in cycles:
+            rec["max_progress_gap_seconds"] = max_gap(
+                ledger.execution_times(), rec["t_start"], rec["t_end"]
+            )
         # A task still held by the broker (ready, or unacked on a connection
         # the broker has not yet declared dead: its heartbeat timeout can be
         # minutes) is stranded, not lost: it runs once the broker lets go.
@@ -367,6 +426,8 @@ def run(lab: Lab, options: RunOptions) -> dict[str, Any]:
             state.untrack(producer_pid)
         waiter.finish()
         fleet.stop()
+        for node in list(down):
+            _node_up(lab, node, down.pop(node))
         for node in list(servers):
             kill_server(node)
         for ka in keepaliveds:
@@ -384,11 +445,17 @@ def run(lab: Lab, options: RunOptions) -> dict[str, Any]:
         "celery_config": options.celery_config,
         "mitigation": options.mitigation,
         "trigger": trigger,
+        "urls": urls,
         "wait_seconds": wait_seconds,
         "wall_seconds": round(time.monotonic() - loop_started, 1),
         "cycle_log": cycles,
         "wedged_worker": wedged["worker"] if wedged else None,
         "wedged_cycle": len(cycles) if wedged else None,
+        # From the loop proper (workers up, producer started) to the start of
+        # the cycle that wedged: the wedge happened within that cycle's first seconds.
+        "wedged_after_seconds": (
+            round(cycles[-1]["t_start"] - run_started, 1) if wedged and cycles else None
+        ),
         "wedged_node": wedged["node"] if wedged else None,
         "evidence": wedged["evidence"] if wedged else None,
         "python_stack": wedged["python_stack"] if wedged else None,
@@ -421,6 +488,58 @@ def run(lab: Lab, options: RunOptions) -> dict[str, Any]:
         timeline = seed_loop_log(recorder, result, read_events(state.directory), logs)
         result["report"] = write_report(timeline, Path(report), say)
     return result
+
+
+def max_gap(times: list[float], start: float, end: float) -> float:
+    """Longest stretch of [start, end] with no task executed (``times`` sorted, wall clock).
+
+    >>> max_gap([1.0, 1.5, 4.0], 0.5, 5.0)
+    2.5
+    >>> max_gap([], 0.0, 3.0)
+    3.0
+    """
+    points = [start, *(t for t in times if start < t < end), end]
+    return round(max(b - a for a, b in itertools.pairwise(points)), 2)
+
+
+def _still_silent(fleet: WorkerFleet, names: list[str], bound: float) -> tuple[list[str], float]:
+    """Which of ``names`` still do not answer ping within ``bound`` seconds."""
+    start = time.monotonic()
+    left = set(names)
+    for _ in range(int(bound / 0.5) + 1):
+        left -= set(fleet.ping())
+        if not left or time.monotonic() - start > bound:
+            break
+        time.sleep(0.5)
+    return sorted(left), time.monotonic() - start
+
+
+def _node_down_rules(lab: Lab, node: str) -> list[list[str]]:
+    """Raw-table DROPs: the node no longer answers on its NodePort (address or VIP)."""
+    t = lab.topo
+    port = ["-p", "tcp", "--dport", str(t.node_port), "-j", "DROP"]
+    addr = t.node(node).address
+    return [
+        ["PREROUTING", "-d", addr, *port],
+        ["PREROUTING", "-d", t.vip, *port],
+        ["OUTPUT", "-d", addr, *port],
+    ]
+
+
+def _node_down(lab: Lab, node: str) -> list[list[str]]:
+    rules = _node_down_rules(lab, node)
+    for rule in rules:
+        processes.run(
+            ["iptables", "-t", "raw", "-I", *rule[:1], "1", *rule[1:]], netns=lab.topo.ns(node)
+        )
+    lab.progress(f"{node} down: its NodePort drops every inbound packet")
+    return rules
+
+
+def _node_up(lab: Lab, node: str, rules: list[list[str]]) -> None:
+    for rule in rules:
+        processes.run(["iptables", "-t", "raw", "-D", *rule], netns=lab.topo.ns(node), check=False)
+    lab.progress(f"{node} up again")
 
 
 def _versions(lab: Lab) -> dict[str, str]:
@@ -508,11 +627,11 @@ def _start_producer(lab: Lab, fleet: WorkerFleet, rate: float, seconds: float) -
     proc = processes.spawn(
         [sys.executable, "-m", "hangproof.lab.celery_app", "produce", str(rate), str(seconds)],
         netns=lab.topo.ns(node),
-        env={**fleet.env(fleet.vip_url), "HP_PROFILE": "stock"},
+        env={**fleet.env(fleet.broker_url), "HP_PROFILE": "stock"},
         log=lab.state.directory / "producer.log",
     )
     lab.state.track("producer", node, proc.pid, lab.topo.ns(node))
-    lab.progress(f"producer on {node} (pid {proc.pid}): {rate:g} tasks/s through the VIP")
+    lab.progress(f"producer on {node} (pid {proc.pid}): {rate:g} tasks/s ({fleet.urls} URLs)")
     return proc.pid
 
 
