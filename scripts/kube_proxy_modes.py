@@ -76,8 +76,8 @@ def measure(args: argparse.Namespace) -> int:
     # The netfilter side of the version set (not in version_set: the fault matrix has no nft).
     report["versions"]["kernel"] = os.uname().release
     for tool in ("iptables", "nft"):
-        out = _run([tool, "--version"], 10).stdout.split()
-        report["versions"][tool] = out[1] if len(out) > 1 else "?"
+        words = _run([tool, "--version"], 10).stdout.split()
+        report["versions"][tool] = words[1] if len(words) > 1 else "?"
     report["started"] = report.get("started") or datetime.now(UTC).strftime("%Y-%m-%d %H:%M")
     report["command"] = " ".join(["scripts/kube_proxy_modes.py", *sys.argv[1:]])
     report["races_per_cell"] = args.races
