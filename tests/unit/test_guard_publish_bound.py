@@ -184,6 +184,10 @@ def returning_broker() -> Iterator[int]:
                 }.get(name)
                 if name == "Queue.Declare":
                     reply = commands.Queue.DeclareOk(value.queue or "q", 0, 0)
+                if name == "Basic.Consume":
+                    reply = commands.Basic.ConsumeOk(value.consumer_tag or "ctag")
+                if name == "Basic.Cancel":
+                    reply = commands.Basic.CancelOk(value.consumer_tag)
                 if reply is not None:
                     _send(conn, 0 if name.startswith("Connection") else channel, reply)
                 if name == "Basic.Publish":
@@ -244,3 +248,34 @@ def test_hardened_send_task_is_mandatory_and_a_return_is_an_error() -> None:
         with pytest.raises(PublishUnroutable, match="no queue took it"):
             app.send_task("hangproof.record", args=("k",), queue="deleted-queue")
         assert time.monotonic() - started < 2.0  # an answer, not a retry loop
+
+
+def test_hardened_broadcast_with_no_worker_is_no_reply_not_an_error() -> None:
+    # inspect().ping() publishes to Celery's fanout pidbox through the same
+    # producer pool as tasks. No worker listening is an ordinary answer (no
+    # replies), as with stock Celery; made mandatory, the broker returns the
+    # broadcast and every inspect()/control call raised PublishUnroutable
+    # (the warm-up ping of tests/lab/test_faults_calls.py).
+    with returning_broker() as port:
+        app, _ = hardened_app(port, stall=4.0)
+        started = time.monotonic()
+        assert app.control.inspect(timeout=0.3).ping() is None
+        assert app.control.broadcast("ping", reply=False) is None
+        assert time.monotonic() - started < 2.0
+        # A task to a queue nobody has is still an error on the same app.
+        with pytest.raises(PublishUnroutable, match="no queue took it"):
+            app.send_task("hangproof.record", args=("k",), queue="deleted-queue")
+
+
+def test_pidbox_reply_is_not_mandatory_but_a_queue_publish_is() -> None:
+    # A worker's control reply (kombu marks it with a "ticket" header) to a
+    # caller that has gone is dropped by kombu on purpose ("no one is
+    # expecting a reply"): it must not raise in the worker.
+    with returning_broker() as port:
+        app, _ = hardened_app(port, stall=4.0)
+        with app.producer_or_acquire() as producer:
+            assert isinstance(producer, GuardProducer)
+            producer.publish({"ok": "pong"}, exchange="reply.celery.pidbox",
+                             routing_key="gone", headers={"ticket": "t1"}, retry=False)  # fmt: skip
+            with pytest.raises(PublishUnroutable):
+                producer.publish({"x": 1}, exchange="", routing_key="gone", retry=False)

@@ -163,8 +163,50 @@ def publish_limit(connection: Any) -> float | None:
     return float(limit)
 
 
+def _exchange_type(producer: Any, kwargs: dict[str, Any]) -> str | None:
+    """The type of the exchange a publish goes to, when the call says it (else None)."""
+    target = kwargs.get("exchange")
+    if target is None:
+        target = getattr(producer, "exchange", None)
+    kind = getattr(target, "type", None)
+    if kind is not None:
+        return str(kind)
+    name = "" if target is None else str(target)
+    for entity in kwargs.get("declare") or ():
+        if getattr(entity, "name", None) == name and getattr(entity, "type", None) is not None:
+            return str(entity.type)
+    return None
+
+
+def expects_a_queue(producer: Any, kwargs: dict[str, Any]) -> bool:
+    """Whether a publish is meant for a queue, so no queue taking it is an error (mandatory).
+
+    Not so for a broadcast (a fanout exchange: Celery's ``control`` pidbox,
+    e.g. ``inspect().ping()``, where no worker listening means "no replies",
+    not a failure) nor for a pidbox reply (kombu marks it with a ``ticket``
+    header, and drops it itself when "no one is expecting a reply"). Made
+    mandatory, the broker returns them whenever no worker (or no caller) is
+    there, and every ``inspect()`` / ``control`` call fails.
+
+    >>> from kombu import Exchange
+    >>> pidbox = Exchange("celery.pidbox", type="fanout")
+    >>> expects_a_queue(None, {"exchange": "celery.pidbox", "declare": [pidbox]})
+    False
+    >>> expects_a_queue(None, {"exchange": "x", "headers": {"ticket": "t"}})
+    False
+    >>> expects_a_queue(None, {"exchange": "", "routing_key": "celery"})
+    True
+    """
+    if _exchange_type(producer, kwargs) == "fanout":
+        return False
+    return "ticket" not in (kwargs.get("headers") or {})
+
+
 class GuardProducer(Producer):
     """kombu's Producer: mandatory publishes, and one deadline over all retries.
+
+    Mandatory only where a queue is expected (:func:`expects_a_queue`): not
+    for broadcasts (fanout) nor control replies.
 
     Only on a connection with the guard's transport options
     (``publish_timeout`` and ``confirm_publish``: what ``harden()`` sets);
@@ -175,8 +217,10 @@ class GuardProducer(Producer):
         limit = publish_limit(self.connection)
         if limit is None:
             return super().publish(body, *args, **kwargs)
-        # A returned message is an error (guard channel), never a silent drop.
-        kwargs.setdefault("mandatory", True)
+        # A returned message is an error (guard channel), never a silent drop;
+        # but a broadcast or a control reply is not a task: no receiver is fine.
+        if expects_a_queue(self, kwargs):
+            kwargs.setdefault("mandatory", True)
         if kwargs.get("retry"):
             kwargs["retry_policy"] = bounded_retry_policy(kwargs.get("retry_policy"))
         with bounded(PublishDeadline(limit)) as deadline:
