@@ -64,10 +64,13 @@ MOVES: dict[str, str] = {
     "race": "scenarios.race",
     "demo": "scenarios.demo",
     "fault_matrix_docs": "scenarios.fault_matrix_docs",
+    "kube_proxy_docs": "scenarios.kube_proxy_docs",
+    "seed_loop_docs": "scenarios.seed_loop_docs",
     # observe: what the lab reads (ss, counters, conntrack) and tells
     "evidence": "observe.evidence",
     "timeline": "observe.timeline",
     "story": "observe.story",
+    "literal_waiter": "observe.literal_waiter",
     # clients: the AMQP programs the lab runs inside its namespaces
     "celery_app": "clients.celery_app",
     "alerts_app": "clients.alerts_app",
@@ -113,7 +116,10 @@ ROOMS: dict[str, str] = {
         "keepalived, RabbitMQ (cookie, TLS), the SYN hook counters, a DNS responder."
     ),
     "beds": ("The beds faults run on: the two-namespace testbed, the seed lab, the cluster."),
-    "observe": ("What the lab reads and tells: ss evidence, connection timelines, race stories."),
+    "observe": (
+        "What the lab reads and tells: ss evidence, connection timelines, race stories,\n"
+        "the report's literal wait_celery loop and its wedge watch."
+    ),
     "clients": (
         "The AMQP programs the lab runs in its namespaces: the sample Celery apps and\n"
         "their workers, the ledger, the race clients, the matrix clients, the call probe."
