@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from hangproof.lab.accounting import Ledger, tally
+from hangproof.lab.clients.accounting import Ledger, tally
 
 
 def test_tally_counts_each_kind_once() -> None:

@@ -14,8 +14,8 @@ from typing import Any
 import pytest
 
 from hangproof.errors import HangproofError
-from hangproof.lab import fault_matrix_docs
 from hangproof.lab.faults import fault_bed
+from hangproof.lab.scenarios import fault_matrix_docs
 from hangproof.lab.scenarios.fault_matrix import (
     PROFILES,
     PUBLISH_VERDICTS,

@@ -7,10 +7,10 @@ from pathlib import Path
 import pytest
 
 from hangproof.errors import HangproofError
+from hangproof.lab.components.rabbitmq import RabbitNode
 from hangproof.lab.faults import FaultTarget, fault_bed, flow_state, one_way_loss
 from hangproof.lab.faults.flow_state import FlowStateLoss
 from hangproof.lab.faults.one_way_loss import OneWayLoss
-from hangproof.lab.rabbitmq import RabbitNode
 from hangproof.lab.scenarios.fault_matrix import judge_promise
 
 IPTABLES_L = """Chain OUTPUT (policy ACCEPT 0 packets, 0 bytes)

@@ -22,11 +22,11 @@ from typing import TYPE_CHECKING, Protocol
 
 from hangproof.errors import HangproofError
 from hangproof.failure import FaultClass
-from hangproof.lab import processes
-from hangproof.lab.rabbitmq import RabbitNode
+from hangproof.lab.components.rabbitmq import RabbitNode
+from hangproof.lab.engine import processes
 
 if TYPE_CHECKING:
-    from hangproof.lab.lab import Lab
+    from hangproof.lab.engine.lab import Lab
 
 #: Fault name (the FaultClass value) -> module under hangproof.lab.faults.
 FAULTS: dict[str, str] = {
@@ -55,9 +55,9 @@ FAULTS: dict[str, str] = {
     FaultClass.FLOW_STATE_RST.value: "flow_state_rst",
 }
 
-#: Where a fault runs: the two-namespace testbed (:mod:`.testbed`) unless its
+#: Where a fault runs: the two-namespace testbed (:mod:`hangproof.lab.beds.testbed`) unless its
 #: module sets ``BED = "seed-lab"`` (the seed's 3 nodes, kube-proxy rules,
-#: port holders and VIP: :mod:`.seed_bed`).
+#: port holders and VIP: :mod:`hangproof.lab.beds.seed_bed`).
 TESTBED = "testbed"
 SEED_LAB = "seed-lab"
 #: The testbed with a router namespace between clients and broker

@@ -20,7 +20,7 @@ from __future__ import annotations
 import contextlib
 import re
 
-from hangproof.lab import processes
+from hangproof.lab.engine import processes
 from hangproof.lab.faults import FaultTarget, delete_rules, insert_rules
 
 #: Marks our rule, so heal deletes exactly what inject added.

@@ -44,7 +44,7 @@ import time
 from typing import Any
 
 from hangproof.errors import HangproofError
-from hangproof.lab import processes
+from hangproof.lab.engine import processes
 from hangproof.lab.faults import CellContext, FaultTarget
 from hangproof.lab.faults.broker_view import client_connections, log_since, log_size
 

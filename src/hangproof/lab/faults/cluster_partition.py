@@ -13,7 +13,7 @@ closes its client connections and stops listening until it can see a majority
 again, then resumes and resyncs. Its clients must reconnect, and keep trying
 until it is back (their only URL is that node).
 
-The lab (:mod:`.cluster_bed`, three clustered nodes with
+The lab (:mod:`hangproof.lab.beds.cluster_bed`, three clustered nodes with
 ``pause_minority`` and ``net_ticktime = 10``, clients on n1):
 
 - ``configure()``: the consumer dials n2 alone (the minority node to be);
@@ -33,9 +33,9 @@ import time
 from typing import Any
 
 from hangproof.errors import HangproofError
-from hangproof.lab import processes
+from hangproof.lab.beds.cluster_bed import SEED_CLUSTER, WORKER_NODE
+from hangproof.lab.engine import processes
 from hangproof.lab.faults import CellContext, FaultTarget, delete_rules, insert_rules
-from hangproof.lab.faults.cluster_bed import SEED_CLUSTER, WORKER_NODE
 
 BED = SEED_CLUSTER
 RULE_COMMENT = "hpfault-cluster-partition"

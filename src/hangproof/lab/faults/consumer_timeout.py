@@ -40,7 +40,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from hangproof.lab import processes
+from hangproof.lab.engine import processes
 from hangproof.lab.faults import CellContext, FaultTarget
 from hangproof.lab.faults.broker_view import log_since, log_size
 

@@ -50,7 +50,7 @@ import time
 from typing import Any
 
 from hangproof.errors import HangproofError
-from hangproof.lab import processes
+from hangproof.lab.engine import processes
 from hangproof.lab.faults import FaultTarget, delete_rules, insert_rules
 
 #: The faults need the testbed with a router namespace (``FaultBed(router=True)``).

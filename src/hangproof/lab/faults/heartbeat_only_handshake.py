@@ -27,7 +27,7 @@ import sys
 import threading
 import time
 
-from hangproof.lab import processes
+from hangproof.lab.engine import processes
 from hangproof.lab.faults import FaultTarget
 
 #: Where the fake peer listens inside the broker namespace.

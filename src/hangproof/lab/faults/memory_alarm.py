@@ -17,7 +17,7 @@ kombu: the guard transport's ``hangproof.guard: broker-blocked`` line; aio-pika:
 alarm is in force (fault_matrix's ``DETECT_FROM_END_OF_INJECT``: before it is
 rabbitmqctl's own start-up). ``configure()`` points
 the cell's client-side publishes at the consumer's log (``HANGPROOF_EVENT_LOG``,
-:func:`hangproof.lab.matrix_clients.log_guard_events_to_cell`), where the
+:func:`hangproof.lab.clients.matrix_clients.log_guard_events_to_cell`), where the
 matrix reads detections; a stock client logs no such notice, so its detect
 stays "-" (what it shows).
 """
@@ -26,8 +26,8 @@ from __future__ import annotations
 
 import contextlib
 
+from hangproof.lab.clients.matrix_clients import EVENT_LOG_ENV
 from hangproof.lab.faults import CellContext, FaultTarget
-from hangproof.lab.matrix_clients import EVENT_LOG_ENV
 
 #: What RabbitNode.prepare configures (vm_memory_high_watermark.relative).
 NORMAL_WATERMARK = "0.4"

@@ -49,7 +49,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from hangproof.lab import processes
+from hangproof.lab.engine import processes
 from hangproof.lab.faults import CellContext, FaultTarget, delete_rules, insert_rules
 
 #: The DROP rule acts on every client of the interface and the filler is the

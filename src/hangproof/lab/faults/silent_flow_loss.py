@@ -38,7 +38,7 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from hangproof.lab import processes
+from hangproof.lab.engine import processes
 from hangproof.lab.faults import FaultTarget, delete_rules, insert_rules
 
 #: Marks our rules, so close() deletes exactly what prepare() added.

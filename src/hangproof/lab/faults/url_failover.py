@@ -14,7 +14,7 @@ queues are mirrored, so the other nodes keep them and the producer, on
 another node, keeps publishing. The worker must move to the next URL and
 consume again.
 
-The lab (:mod:`.cluster_bed`, three clustered nodes, clients on n1):
+The lab (:mod:`hangproof.lab.beds.cluster_bed`, three clustered nodes, clients on n1):
 
 - ``configure()``: the consumer's URL is the ``;``-separated list
   n2;n3;n1 (pod addresses). aio-pika has no failover list, so its cells get
@@ -34,13 +34,13 @@ import contextlib
 from typing import Any
 
 from hangproof.errors import HangproofError
-from hangproof.lab.faults import CellContext, FaultTarget
-from hangproof.lab.faults.cluster_bed import (
+from hangproof.lab.beds.cluster_bed import (
     SEED_CLUSTER,
     WORKER_NODE,
     connections_by_node,
     pod_address,
 )
+from hangproof.lab.faults import CellContext, FaultTarget
 
 BED = SEED_CLUSTER
 #: attach() only records where the consumers are connected (all of them, the

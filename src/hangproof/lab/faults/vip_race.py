@@ -10,12 +10,12 @@ and reaches kube-proxy's port holder on *:32672, whose kernel completes the
 handshake and never reads (INCIDENT.md, "The root cause"). A client without a
 handshake deadline waits for Connection.Start forever.
 
-Injected on the seed lab (:mod:`.seed_bed`), clients on n1, VIP on n2:
+Injected on the seed lab (:mod:`hangproof.lab.beds.seed_bed`), clients on n1, VIP on n2:
 
 1. the VIP leaves n2; n1 keeps its permanent neighbour entry to n2's MAC;
 2. the broker closes the clients' connections (not the producer's), while
 3. when a reconnecting SYN from n1 is in SYN-SENT with an un-NATed conntrack
-   entry (:func:`hangproof.lab.race.wait_syn_sent`), the VIP is added on n1.
+   entry (:func:`hangproof.lab.scenarios.race.wait_syn_sent`), the VIP is added on n1.
 
 There is nothing to heal: the VIP stays on n1, and a new connection is DNATed
 to the pod. ``close()`` removes the VIP and flushes its conntrack entries.
@@ -27,12 +27,12 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-from hangproof.lab.faults import SEED_LAB, FaultTarget
-from hangproof.lab.faults.seed_bed import (
+from hangproof.lab.beds.seed_bed import (
     FIRST_HOLDER,
     SeedBedFault,
     close_client_connections,
 )
+from hangproof.lab.faults import SEED_LAB, FaultTarget
 
 BED = SEED_LAB
 #: fault-matrix runs one cell at a time: the race is per connection, timed per cell.
@@ -49,7 +49,7 @@ class VipRace(SeedBedFault):
 
     def inject(self) -> None:
         """VIP leaves n2, the broker drops the clients, VIP lands on n1 mid-SYN."""
-        from hangproof.lab.race import wait_syn_sent
+        from hangproof.lab.scenarios.race import wait_syn_sent
 
         self.lab.del_vip(FIRST_HOLDER)
         keep = (self.target.node.host, "127.0.0.1")  # the producer in the pod
@@ -76,7 +76,7 @@ class VipRace(SeedBedFault):
         ``client_socket.bytes_received`` 0 means no Connection.Start ever came;
         ``peer_socket.owner`` is the port holder, ``conntrack.dnat`` False.
         """
-        from hangproof.lab.race import collect_evidence
+        from hangproof.lab.scenarios.race import collect_evidence
 
         sport = self.detail.get("wedged_sport")
         if sport is None:

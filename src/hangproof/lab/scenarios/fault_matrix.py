@@ -1,14 +1,14 @@
 """fault-matrix: every lab fault x client profile, measured on a real RabbitMQ.
 
 For each cell (fault, profile), on the bed the fault needs: the faults'
-two-namespace testbed (:mod:`hangproof.lab.faults.testbed`) or, for the VIP
-faults, the seed lab itself (:mod:`hangproof.lab.faults.seed_bed`: clients on
+two-namespace testbed (:mod:`hangproof.lab.beds.testbed`) or, for the VIP
+faults, the seed lab itself (:mod:`hangproof.lab.beds.seed_bed`: clients on
 n1 dial VIP:32672, the broker is in n1's pod):
 
 1. a consumer of the profile starts in the client namespace, consuming a
    queue of its own; executions go to a ledger file. Celery profiles run a
    worker; kombu and aio-pika profiles run the small consumers of
-   :mod:`hangproof.lab.matrix_clients`, which record in the same ledger;
+   :mod:`hangproof.lab.clients.matrix_clients`, which record in the same ledger;
 2. a producer in the broker's namespace (so link and VIP faults do not touch
    it) publishes ``hangproof.record`` at a steady rate with publisher
    confirms: "published" means the broker confirmed it;
@@ -65,7 +65,7 @@ serial cell: 60-80 s; of a shared injection of 8 profiles: one cell's time
 plus the slowest consumer's start.
 
 ``--tls`` runs every cell over TLS: the brokers get a TLS listener
-(certificates made at run time, :mod:`hangproof.lab.tls`), every client of
+(certificates made at run time, :mod:`hangproof.lab.components.tls`), every client of
 every profile dials ``amqps://`` verified against the lab CA, the link faults
 act on the TLS port, and on the seed lab the NodePort forwards to the pods'
 TLS listener (so the port holder is a TLS port that never answers).
@@ -97,7 +97,11 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from hangproof.errors import HangproofError
 from hangproof.failure import Backoff, Policy
-from hangproof.lab import processes
+from hangproof.lab.beds.cluster_bed import SEED_CLUSTER, ClusterBed
+from hangproof.lab.beds.seed_bed import PREFIX as SEED_LAB_PREFIX
+from hangproof.lab.beds.seed_bed import SeedBed
+from hangproof.lab.beds.testbed import PREFIX, FaultBed
+from hangproof.lab.engine import processes
 from hangproof.lab.faults import (
     FAULTS,
     SEED_LAB,
@@ -111,19 +115,15 @@ from hangproof.lab.faults import (
     make_fault,
     prepare_fault,
 )
-from hangproof.lab.faults.cluster_bed import SEED_CLUSTER, ClusterBed
-from hangproof.lab.faults.seed_bed import PREFIX as SEED_LAB_PREFIX
-from hangproof.lab.faults.seed_bed import SeedBed
-from hangproof.lab.faults.testbed import PREFIX, FaultBed
-from hangproof.lab.timeline import CellRecorder, write_matrix_report, write_report
+from hangproof.lab.observe.timeline import CellRecorder, write_matrix_report, write_report
 
 if TYPE_CHECKING:
-    from hangproof.lab.lab import Lab
+    from hangproof.lab.engine.lab import Lab
     from hangproof.lab.scenarios import RunOptions
 
 NAME = "fault-matrix"
 MODULE = "hangproof.lab.scenarios.fault_matrix"
-CLIENTS_MODULE = "hangproof.lab.matrix_clients"
+CLIENTS_MODULE = "hangproof.lab.clients.matrix_clients"
 #: fault-matrix builds its own beds; `lab run` must not bring up the shared lab.
 NEEDS_LAB = False
 HELP = "every lab fault x client profile: detect, resume (or HANG), published/executed/lost/dup"
@@ -271,7 +271,7 @@ class Cell:
     #: The cell's timeline (HTML, PNG, event log), when a report was asked for.
     timeline: dict[str, str] | None = None
     #: Celery profiles under the call faults: each call made during the fault
-    #: (:mod:`hangproof.lab.call_probe`: outcome, seconds, queued, false_ok, miss).
+    #: (:mod:`hangproof.lab.clients.call_probe`: outcome, seconds, queued, false_ok, miss).
     calls: list[dict[str, Any]] = field(default_factory=list)
     #: How long ``inject()`` took, and inject -> heal done (s), for judging resume.
     inject_s: float | None = None
@@ -396,7 +396,7 @@ def judge_promise(
     - ``false-ok``: 0 false ok (the publish during the fault, and every call
       of the call faults);
     - ``calls``: the call faults' calls (delay, apply_async, ping, close)
-      keep their own deadlines (:func:`hangproof.lab.call_probe.judge`);
+      keep their own deadlines (:func:`hangproof.lab.clients.call_probe.judge`);
     - ``alive``: the worker never exits;
     - ``consumers``: the queue's consumer count after heal is restored (>=
       the count before the fault, when read; else >= 1).
@@ -613,7 +613,14 @@ def _consumer_argv(
 ) -> list[str]:
     """The consumer process of ``profile``: a Celery worker or a matrix client."""
     if profile.kind == "celery":
-        argv = [sys.executable, "-m", "celery", "-A", "hangproof.lab.matrix_celery", "worker"]
+        argv = [
+            sys.executable,
+            "-m",
+            "celery",
+            "-A",
+            "hangproof.lab.clients.matrix_celery",
+            "worker",
+        ]
         argv += ["-P", profile.pool, "-c", "2" if profile.pool == "prefork" else "10"]
         argv += ["-n", f"{queue}@%h", "-Q", queue, "--loglevel=INFO"]
         return [*argv, "--without-mingle", "--without-gossip"]
@@ -638,9 +645,9 @@ def _publish_once(
         return processes.spawn(argv, netns=bed.client_netns, env=env, stdout=-1)
     code = (
         "import os,sys,time\n"
-        "from hangproof.lab.matrix_clients import log_guard_events_to_cell\n"
+        "from hangproof.lab.clients.matrix_clients import log_guard_events_to_cell\n"
         "log_guard_events_to_cell(os.environ.get('HANGPROOF_GUARD') == '1')\n"
-        "from hangproof.lab.matrix_celery import app\n"
+        "from hangproof.lab.clients.matrix_celery import app\n"
         "t=time.monotonic()\n"
         "try:\n"
         f"    app.send_task('hangproof.record', args=({key!r},), queue={queue!r})\n"
@@ -822,7 +829,7 @@ def queued(url: str, queues: list[str], limit: int = 20000) -> dict[str, list[st
     """Read (basic_get, never ack: all is requeued at close) the task keys in each queue."""
     import kombu
 
-    from hangproof.lab.matrix_clients import message_key
+    from hangproof.lab.clients.matrix_clients import message_key
 
     found: dict[str, list[str] | None] = {}
     with kombu.Connection(url, connect_timeout=10) as conn:
@@ -1226,7 +1233,7 @@ def _fault_calls(
     HANG). The tasks go to the cell's queue with keys ending ``-during``, so
     the consumer's ledger says whether an ok publish was really queued.
     """
-    from hangproof.lab.call_probe import run_calls
+    from hangproof.lab.clients.call_probe import run_calls
     from hangproof.lab.scenarios.fault_calls import CALLS_OF
 
     if profile.kind != "celery" or fault_name not in CALLS_OF:
@@ -1243,7 +1250,7 @@ def _judge_calls(
     stall_timeout: float,
 ) -> list[dict[str, Any]]:  # fmt: skip
     """Each call as JSON: queued (its task executed), false_ok, and for guarded cells the miss."""
-    from hangproof.lab.call_probe import PUBLISHING, as_dict, deadline, judge
+    from hangproof.lab.clients.call_probe import PUBLISHING, as_dict, deadline, judge
     from hangproof.lab.scenarios.fault_calls import MUST_FAIL
 
     policy = Policy(stall_timeout=stall_timeout)
@@ -1491,7 +1498,7 @@ def run(lab: Lab | None, options: RunOptions) -> dict[str, Any]:
         "stall_timeout": result["stall_timeout"],
     }  # fmt: skip
     if extra.get("publish_docs"):
-        from hangproof.lab.fault_matrix_docs import publish
+        from hangproof.lab.scenarios.fault_matrix_docs import publish
 
         result["published_docs"] = [str(p) for p in publish(result, Path(extra["publish_docs"]))]
     return result
@@ -1608,7 +1615,7 @@ def main(argv: list[str] | None = None) -> int:
         "serial": args.serial, "group_size": args.group_size, "tls": args.tls,
     }  # fmt: skip
     if args.publish_docs:
-        from hangproof.lab.fault_matrix_docs import publish
+        from hangproof.lab.scenarios.fault_matrix_docs import publish
 
         for path in publish(report, Path(args.publish_docs)):
             print(f"wrote {path}", file=sys.stderr)

@@ -5,7 +5,7 @@ For each node in turn (INCIDENT.md, "How the report reproduced it"):
 1. start an HTTP server on :8978 in that node; keepalived's check passes there
    and the VIP follows;
 2. wait until every worker answers ``inspect ping``: the report's ``wait_celery``
-   (``waiter="literal"``, default; :mod:`hangproof.lab.literal_waiter`), a fresh
+   (``waiter="literal"``, default; :mod:`hangproof.lab.observe.literal_waiter`), a fresh
    ``celery inspect ping`` CLI every ~4 s from node ``waiter_node`` (n1) through
    VIP:NodePort with the profile's settings and no bound of its own; or
    (``waiter="observer"``) the harness's bounded ping from the first broker's pod,
@@ -50,22 +50,22 @@ from pathlib import Path
 from typing import Any
 
 from hangproof.errors import HangproofError
-from hangproof.lab import processes
-from hangproof.lab.accounting import Ledger
-from hangproof.lab.keepalived import (
+from hangproof.lab.clients.accounting import Ledger
+from hangproof.lab.clients.workers import WorkerFleet, python_stack
+from hangproof.lab.components.keepalived import (
     CHECK_PORT,
     KeepalivedNode,
     KeepalivedSpec,
     read_events,
     wait_for_vip,
 )
-from hangproof.lab.lab import Lab
-from hangproof.lab.literal_waiter import LiteralWaiter, WedgeWatcher
+from hangproof.lab.engine import processes
+from hangproof.lab.engine.lab import Lab
 from hangproof.lab.mitigations import MITIGATIONS, conntrack_flush_command, reject_undnat_rule
-from hangproof.lab.race import collect_evidence
+from hangproof.lab.observe.literal_waiter import LiteralWaiter, WedgeWatcher
+from hangproof.lab.observe.timeline import CellRecorder, seed_loop_log, write_report
 from hangproof.lab.scenarios import RunOptions
-from hangproof.lab.timeline import CellRecorder, seed_loop_log, write_report
-from hangproof.lab.workers import WorkerFleet, python_stack
+from hangproof.lab.scenarios.race import collect_evidence
 from hangproof.report.events import LANE_FAULT, client_lane
 
 NAME = "seed-loop"
@@ -506,7 +506,14 @@ def _apply_mitigation(lab: Lab, mitigation: str) -> list[Any]:
 def _start_producer(lab: Lab, fleet: WorkerFleet, rate: float, seconds: float) -> int:
     node = lab.topo.nodes[-1].name
     proc = processes.spawn(
-        [sys.executable, "-m", "hangproof.lab.celery_app", "produce", str(rate), str(seconds)],
+        [
+            sys.executable,
+            "-m",
+            "hangproof.lab.clients.celery_app",
+            "produce",
+            str(rate),
+            str(seconds),
+        ],
         netns=lab.topo.ns(node),
         env={**fleet.env(fleet.vip_url), "HP_PROFILE": "stock"},
         log=lab.state.directory / "producer.log",

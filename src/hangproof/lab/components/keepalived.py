@@ -18,8 +18,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from hangproof.lab import network, processes
-from hangproof.lab.state import LabState
+from hangproof.lab.engine import network, processes
+from hangproof.lab.engine.state import LabState
 
 #: The report's check: port 8978 answers locally.
 CHECK_PORT = 8978

@@ -8,7 +8,7 @@ it. Run it with the threads pool: the guard's metrics live in the worker's main
 process, and a prefork child's blocked connection is not seen there::
 
     HANGPROOF_BROKER_URL=amqp://... HANGPROOF_GUARD=1 HANGPROOF_LIVENESS_PORT=9808 \\
-        celery -A hangproof.lab.alerts_app worker -P threads -c 2
+        celery -A hangproof.lab.clients.alerts_app worker -P threads -c 2
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ import time
 
 from hangproof.guard.sample_app import app, noop, record, sleep_then_record
 
-log = logging.getLogger("hangproof.lab.alerts_app")
+log = logging.getLogger("hangproof.lab.clients.alerts_app")
 
 
 @app.task(name="hangproof.publish_for")

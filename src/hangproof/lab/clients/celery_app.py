@@ -1,18 +1,18 @@
 """The lab's small Celery app: one task that records its execution in a Ledger.
 
-Workers run it with ``celery -A hangproof.lab.celery_app worker``; the broker
+Workers run it with ``celery -A hangproof.lab.clients.celery_app worker``; the broker
 and client profile come from the environment, so the same module serves every
 profile:
 
 - ``HP_BROKER_URL``: e.g. ``amqp://guest:guest@198.18.0.100:32672//``;
 - ``HP_PROFILE``: ``seed`` | ``stock`` | ``gevent`` (see :data:`PROFILES`);
 - ``HP_CELERY_CONFIG``: optional ``module:object`` applied on top (a user's settings);
-- ``HP_LEDGER``: the :class:`~hangproof.lab.accounting.Ledger` directory.
+- ``HP_LEDGER``: the :class:`~hangproof.lab.clients.accounting.Ledger` directory.
 
 It also has two small commands the scenarios run inside lab namespaces::
 
-    python -m hangproof.lab.celery_app ping TIMEOUT          # JSON list of hostnames
-    python -m hangproof.lab.celery_app produce RATE SECONDS  # publish at RATE/s
+    python -m hangproof.lab.clients.celery_app ping TIMEOUT          # JSON list of hostnames
+    python -m hangproof.lab.clients.celery_app produce RATE SECONDS  # publish at RATE/s
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ from typing import Any
 
 from celery import Celery
 
-from hangproof.lab.accounting import Ledger
+from hangproof.lab.clients.accounting import Ledger
 
 #: Broker settings per client profile. Only what differs from Celery 5 defaults.
 PROFILES: dict[str, dict[str, Any]] = {
@@ -60,7 +60,7 @@ TASK_NAME = "hangproof.lab.record"
 def load_object(spec: str) -> Any:
     """``"package.module:attr"`` -> the object (a user's Celery settings).
 
-    >>> load_object("hangproof.lab.celery_app:PROFILES")["stock"]
+    >>> load_object("hangproof.lab.clients.celery_app:PROFILES")["stock"]
     {}
     """
     module_name, _, attr = spec.partition(":")

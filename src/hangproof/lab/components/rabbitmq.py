@@ -11,7 +11,7 @@ shared.
 
 With ``tls=True`` the node also has a TLS listener (``tls_port``, 5671 in a
 namespace), with a CA and certificates made at start-up in ``state_dir/tls``
-(:mod:`hangproof.lab.tls`; keys 0600). ``client_url`` / ``client_port`` are
+(:mod:`hangproof.lab.components.tls`; keys 0600). ``client_url`` / ``client_port`` are
 what clients dial (the TLS listener when ``tls``), ``client_ssl`` the
 ``broker_use_ssl`` that trusts the lab CA. The plain listener stays, for the
 lab's own producers and readiness checks.
@@ -30,9 +30,9 @@ from pathlib import Path
 
 from hangproof.credentials import mask_argv
 from hangproof.errors import HangproofError, require_tools
-from hangproof.lab import processes
-from hangproof.lab.cookie import node_cookie
-from hangproof.lab.tls import TlsFiles, make_tls_files
+from hangproof.lab.components.cookie import node_cookie
+from hangproof.lab.components.tls import TlsFiles, make_tls_files
+from hangproof.lab.engine import processes
 
 RABBITMQ_BIN = Path("/usr/lib/rabbitmq/bin")
 #: A fresh node on 2 cores takes 5-15 s to boot; a cluster join adds more.
@@ -61,7 +61,7 @@ class RabbitNode:
     host: str = "127.0.0.1"
     amqp_port: int | None = None
     netns: str | None = None
-    #: Erlang cookie; None: the node's own random one (hangproof.lab.cookie). Never shown.
+    #: Erlang cookie; None: the node's own random one (hangproof.lab.components.cookie). Never shown.
     cookie: str | None = field(default=None, repr=False)
     epmd_port: int | None = None
     dist_port: int | None = None

@@ -11,7 +11,7 @@ The report waited for its workers with::
     }
 
 :class:`LiteralWaiter` does exactly that: every ~4 s a fresh ``celery -A
-hangproof.lab.celery_app inspect ping`` process (the real CLI, the venv's
+hangproof.lab.clients.celery_app inspect ping`` process (the real CLI, the venv's
 ``celery`` script, so ``ss`` names it ``celery`` as in the report), in node
 ``n1``'s namespace, through VIP:NodePort, with the profile's settings (the
 seed profile: no connection timeout) and no bound of its own: only the run's
@@ -21,13 +21,13 @@ were ``celery@node-N``); the lab counts the ``-> NAME: OK`` lines.
 A CLI that wedges never returns, and a worker that wedges never answers, so
 the loop would wait forever, as the report's did. :class:`WedgeWatcher` looks
 at every client socket in every node's namespace instead (``ss``, parsed by
-:mod:`hangproof.lab.evidence`) and names the first one stuck the report's way:
+:mod:`hangproof.lab.observe.evidence`) and names the first one stuck the report's way:
 ESTAB to VIP:NodePort, 8 bytes sent, none received, the peer socket in the
 same node holding Recv-Q 8.
 
 Each CLI run is logged with the VIP holder when it started, how it ended
 (rc, the error it printed) and the SYNs the node's trace hooks counted meanwhile
-(:mod:`hangproof.lab.hooks`): the SYN-level record of what a SYN sent while no
+(:mod:`hangproof.lab.components.hooks`): the SYN-level record of what a SYN sent while no
 node holds the VIP meets.
 """
 
@@ -42,11 +42,16 @@ from pathlib import Path
 from typing import Any
 
 from hangproof.credentials import mask_url
-from hangproof.lab import processes
-from hangproof.lab.evidence import WEDGE_IDLE_MS, join_ss_records, parse_ss_record, stuck_handshakes
-from hangproof.lab.hooks import parse_trace_counters
-from hangproof.lab.lab import Lab
-from hangproof.lab.workers import WorkerFleet
+from hangproof.lab.clients.workers import WorkerFleet
+from hangproof.lab.components.hooks import parse_trace_counters
+from hangproof.lab.engine import processes
+from hangproof.lab.engine.lab import Lab
+from hangproof.lab.observe.evidence import (
+    WEDGE_IDLE_MS,
+    join_ss_records,
+    parse_ss_record,
+    stuck_handshakes,
+)
 
 #: The report's ``sleep 3`` before each ping.
 SLEEP_BEFORE_PING = 3.0
@@ -228,7 +233,7 @@ class LiteralWaiter:
     def argv(self) -> list[str]:
         celery = Path(sys.executable).with_name("celery")
         head = [str(celery)] if celery.exists() else [sys.executable, "-m", "celery"]
-        return [*head, "-A", "hangproof.lab.celery_app", "inspect", "ping"]
+        return [*head, "-A", "hangproof.lab.clients.celery_app", "inspect", "ping"]
 
     def wait_celery(self, expected: int, *, until: float, cycle: int) -> WaitResult:
         """Loop until ``expected`` workers answer one ping; a stuck client or ``until`` ends it."""

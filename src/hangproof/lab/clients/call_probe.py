@@ -6,7 +6,7 @@ celery#1305 (``apply_async`` blocks), celery#1828 (publishing hangs under a
 disk/memory alarm), pika#764 (``close()`` hangs on a blocked connection).
 
 Each call runs in its own subprocess in the clients' namespace, with the
-fault-matrix Celery app (:mod:`hangproof.lab.matrix_celery`, stock or
+fault-matrix Celery app (:mod:`hangproof.lab.clients.matrix_celery`, stock or
 ``harden(app)`` by ``HANGPROOF_GUARD``), and is bounded from *outside*: a call
 still running at ``bound`` seconds is killed by pid and reported as ``HANG``,
 never waited for. The calls:
@@ -31,7 +31,7 @@ checked afterwards: ``queued`` is whether the broker really had the message
 Run one call by hand (inside the clients' namespace)::
 
     HANGPROOF_BROKER_URL=amqp://... HANGPROOF_GUARD=1 \\
-        python -m hangproof.lab.call_probe call delay --queue q --key k1
+        python -m hangproof.lab.clients.call_probe call delay --queue q --key k1
 """
 
 from __future__ import annotations
@@ -46,9 +46,9 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from hangproof.lab import processes
+from hangproof.lab.engine import processes
 
-MODULE = "hangproof.lab.call_probe"
+MODULE = "hangproof.lab.clients.call_probe"
 CALLS = ("delay", "apply_async", "ping", "close")
 #: Calls that publish a task (``queued`` applies to them).
 PUBLISHING = frozenset({"delay", "apply_async", "close"})
@@ -234,7 +234,7 @@ def child(call: str, queue: str, key: str, go: Path | None = None) -> int:
     open; for ``close``, the connection opened and used once), touch
     ``go.ready-CALL``, wait for ``go`` to exist, then make the measured call.
     """
-    from hangproof.lab.matrix_celery import app, record
+    from hangproof.lab.clients.matrix_celery import app, record
 
     app.conf.task_default_queue = queue  # delay() routes here
     conn: Any = None

@@ -18,7 +18,7 @@ and what it was told.
 
 Run (inside a lab namespace)::
 
-    python -m hangproof.lab.dns_server 198.18.200.1 53 records.json
+    python -m hangproof.lab.components.dns_server 198.18.200.1 53 records.json
 """
 
 from __future__ import annotations

@@ -36,8 +36,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from hangproof.doctor.conntrack import parse_conntrack
-from hangproof.lab.evidence import join_ss_records, parse_ss_record
-from hangproof.lab.hooks import TRACE_IN, TRACE_OUT
+from hangproof.lab.components.hooks import TRACE_IN, TRACE_OUT
+from hangproof.lab.observe.evidence import join_ss_records, parse_ss_record
 from hangproof.report.events import (
     LANE_CONNTRACK,
     LANE_FAULT,
@@ -52,7 +52,7 @@ from hangproof.report.events import (
 )
 
 if TYPE_CHECKING:
-    from hangproof.lab.lab import Lab
+    from hangproof.lab.engine.lab import Lab
 
 SEPARATOR = "---HP---"
 #: Lab reports go here (under the lab's state directory) unless --report says otherwise.
@@ -138,7 +138,7 @@ class ConnectionWatch:
         self._hooks(at, ipt_text, new)
 
     def tick(self, lab: Lab, node: str) -> None:
-        from hangproof.lab import processes
+        from hangproof.lab.engine import processes
 
         out = processes.run(
             ["sh", "-c", self.script()], netns=lab.topo.ns(node), check=False
@@ -516,7 +516,7 @@ class CellRecorder:
             self._watcher.start()
 
     def _watch(self) -> None:
-        from hangproof.lab import processes
+        from hangproof.lab.engine import processes
 
         assert self.watch is not None
         # Bounded like the sampler: at most 4 h of 0.2 s ticks.

@@ -16,11 +16,12 @@ from pathlib import Path
 from typing import Any
 
 from hangproof.errors import HangproofError, require_root, require_tools
-from hangproof.lab import hooks, kube_proxy, network, processes
-from hangproof.lab.cookie import LAB_COOKIE_FILE, lab_cookie
-from hangproof.lab.rabbitmq import RabbitNode
-from hangproof.lab.state import LabState, known_labs
-from hangproof.lab.topology import Topology
+from hangproof.lab.components import hooks, kube_proxy
+from hangproof.lab.components.cookie import LAB_COOKIE_FILE, lab_cookie
+from hangproof.lab.components.rabbitmq import RabbitNode
+from hangproof.lab.engine import network, processes
+from hangproof.lab.engine.state import LabState, known_labs
+from hangproof.lab.engine.topology import Topology
 
 #: Where hangproof kept lab state before it moved to /run (issue 9): never acted on.
 LEGACY_STATE_ROOT = Path("/var/lib/hangproof")
@@ -358,7 +359,7 @@ class Lab:
             netns=self.topo.ns(node),
             check=False,
         ).stdout
-        from hangproof.lab.evidence import parse_ss_users
+        from hangproof.lab.observe.evidence import parse_ss_users
 
         for line in out.splitlines():
             users = parse_ss_users(line)

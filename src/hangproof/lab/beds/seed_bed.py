@@ -32,11 +32,11 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from hangproof.errors import HangproofError
-from hangproof.lab import network, processes
+from hangproof.lab.components.rabbitmq import AMQPS_PORT, RabbitNode
+from hangproof.lab.engine import network, processes
+from hangproof.lab.engine.lab import Lab, Progress, quiet
+from hangproof.lab.engine.topology import Topology
 from hangproof.lab.faults import FaultTarget
-from hangproof.lab.lab import Lab, Progress, quiet
-from hangproof.lab.rabbitmq import AMQPS_PORT, RabbitNode
-from hangproof.lab.topology import Topology
 
 PREFIX = "hpfv"
 CLIENT_NODE = "n1"

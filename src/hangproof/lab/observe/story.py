@@ -6,7 +6,7 @@ import statistics
 from collections import Counter
 from typing import Any
 
-from hangproof.lab.topology import Topology
+from hangproof.lab.engine.topology import Topology
 
 OUTCOME_WORDS = {
     "hang": "HANG: the client waits for Connection.Start that will never come",

@@ -8,7 +8,7 @@ namespaces it names), one directory per lab, named after the lab.
 Each process is recorded with its identity (boot id, start time, spawn
 token), and each namespace carries the lab's random ``owner_token`` as a mark,
 so ``lab down`` acts only on what is provably still the lab's
-(:mod:`hangproof.lab.processes`, :func:`hangproof.lab.network.owned`).
+(:mod:`hangproof.lab.engine.processes`, :func:`hangproof.lab.engine.network.owned`).
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-from hangproof.lab import processes
+from hangproof.lab.engine import processes
 
 DEFAULT_STATE_ROOT = Path("/run/hangproof")
 
@@ -72,7 +72,7 @@ class LabState:
     namespaces: list[str] = field(default_factory=list)
     processes: list[TrackedProcess] = field(default_factory=list)
     created_at: float = field(default_factory=time.time)
-    #: Random; the mark on the lab's namespaces (hangproof.lab.network.owner_mark).
+    #: Random; the mark on the lab's namespaces (hangproof.lab.engine.network.owner_mark).
     owner_token: str = field(default_factory=lambda: secrets.token_hex(8))
     extra: dict[str, Any] = field(default_factory=dict)
 

@@ -1,6 +1,6 @@
 """The clients ``lab race`` measures, each run inside the client node's namespace.
 
-``python -m hangproof.lab.race_client CLIENT URL RESULT_FILE`` connects with
+``python -m hangproof.lab.clients.race_client CLIENT URL RESULT_FILE`` connects with
 that client's defaults and writes one JSON object to RESULT_FILE when it gets
 an answer or an error. If it hangs, it writes nothing: the race controller
 decides ``hang`` when its observation window closes, and stops us by pid.

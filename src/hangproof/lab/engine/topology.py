@@ -1,7 +1,7 @@
 """The lab's declarative topology (the seed's system by default).
 
 A :class:`Topology` is pure data: it can be printed, validated and built. The
-engine in :mod:`hangproof.lab.network` turns it into namespaces.
+engine in :mod:`hangproof.lab.engine.network` turns it into namespaces.
 
     >>> topo = Topology.seed()
     >>> [n.address for n in topo.nodes], topo.vip, topo.node_port
@@ -33,7 +33,7 @@ LAB_NAME_RE = re.compile(r"^hp[a-z0-9]{0,6}$")
 #: Namespace name prefixes of common runtimes; named in the refusal, for a clear line.
 RUNTIME_NAMES = ("cni", "docker", "containerd", "crio", "podman", "k8s", "kube", "lxc", "netns")
 NODE_NAME_RE = re.compile(r"^[a-z][a-z0-9]{0,3}$")
-#: kube-proxy modes (hangproof.lab.kube_proxy.MODES), then the old names: legacy is
+#: kube-proxy modes (hangproof.lab.components.kube_proxy.MODES), then the old names: legacy is
 #: iptables-holder (1.9 with port holders), modern is iptables (>= 1.24, none).
 KUBE_PROXY_MODES = (
     "legacy",
@@ -129,7 +129,7 @@ class Topology:
     @property
     def kube_proxy_mode(self) -> str:
         """The kube-proxy mode with old names resolved (``legacy`` -> ``iptables-holder``)."""
-        from hangproof.lab.kube_proxy import canonical_mode
+        from hangproof.lab.components.kube_proxy import canonical_mode
 
         return canonical_mode(self.kube_proxy)
 

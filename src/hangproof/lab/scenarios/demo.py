@@ -8,11 +8,11 @@ from typing import Annotated, Any
 import typer
 
 from hangproof.errors import EXIT_FINDING, EXIT_OK, require_root
-from hangproof.lab import processes
-from hangproof.lab.lab import Lab, stderr_progress
+from hangproof.lab.engine import processes
+from hangproof.lab.engine.lab import Lab, stderr_progress
+from hangproof.lab.engine.topology import Topology
 from hangproof.lab.mitigations import MITIGATIONS
-from hangproof.lab.story import race_story
-from hangproof.lab.topology import Topology
+from hangproof.lab.observe.story import race_story
 
 #: doctor's silence threshold in the demo: the wedge is seconds old when we look.
 DEMO_MIN_SILENCE = 2.0
@@ -25,7 +25,7 @@ def demo(
     ] = False,
 ) -> int:
     """Bring the lab up, reproduce the hang, diagnose it, prove each mitigation, clean up."""
-    from hangproof.lab.race import run_race
+    from hangproof.lab.scenarios.race import run_race
 
     require_root("hangproof demo")
     progress = stderr_progress("demo")
@@ -107,7 +107,7 @@ def _diagnose(lab: Lab, node: str, progress: Any) -> dict[str, Any]:
 
 def _release(lab: Lab, race: dict[str, Any]) -> None:
     """Stop the kept client by its pid and put the lab back as the race found it."""
-    from hangproof.lab.race import reset_after_race
+    from hangproof.lab.scenarios.race import reset_after_race
 
     pid = race.get("client_pid")
     if pid:

@@ -29,8 +29,8 @@ CA, "cert_reqs": CERT_REQUIRED}``, aio-pika the CA as aiormq's ``cafile`` query.
 Log lines carry Celery's timestamp format, so the matrix reads detection the
 same way for every profile::
 
-    python -m hangproof.lab.matrix_clients consume kombu URL QUEUE LEDGER --guard --stall 4
-    python -m hangproof.lab.matrix_clients publish aio-pika URL QUEUE KEY
+    python -m hangproof.lab.clients.matrix_clients consume kombu URL QUEUE LEDGER --guard --stall 4
+    python -m hangproof.lab.clients.matrix_clients publish aio-pika URL QUEUE KEY
 """
 
 from __future__ import annotations

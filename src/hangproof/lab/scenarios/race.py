@@ -27,13 +27,13 @@ from typing import Any
 from hangproof.doctor.conntrack import parse_conntrack
 from hangproof.errors import HangproofError
 from hangproof.failure import RaceOutcome
-from hangproof.lab import network, processes
-from hangproof.lab.evidence import join_ss_records, parse_ss_record
-from hangproof.lab.hooks import TRACE_IN, TRACE_OUT, parse_trace_counters, seen
-from hangproof.lab.lab import Lab
+from hangproof.lab.clients.race_client import CLIENTS
+from hangproof.lab.components.hooks import TRACE_IN, TRACE_OUT, parse_trace_counters, seen
+from hangproof.lab.engine import network, processes
+from hangproof.lab.engine.lab import Lab
 from hangproof.lab.mitigations import MITIGATIONS, conntrack_flush_command, reject_undnat_rule
-from hangproof.lab.race_client import CLIENTS
-from hangproof.lab.timeline import ConnectionWatch, race_markers
+from hangproof.lab.observe.evidence import join_ss_records, parse_ss_record
+from hangproof.lab.observe.timeline import ConnectionWatch, race_markers
 from hangproof.report.events import LANE_FAULT, LANE_VIP, EventLog
 
 #: The raw client waits this long for Connection.Start before we call it a hang.
@@ -136,7 +136,7 @@ def run_race(
     watch.tick(lab, cn)  # baseline: hook counters at zero, no socket yet
     started = time.monotonic()
     proc = processes.spawn(
-        [sys.executable, "-m", "hangproof.lab.race_client", client, url, str(result_file)],
+        [sys.executable, "-m", "hangproof.lab.clients.race_client", client, url, str(result_file)],
         netns=ns,
         log=state.directory / f"race-{cn}-client.log",
     )

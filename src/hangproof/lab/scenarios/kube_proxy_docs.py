@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections import Counter
 from typing import Any
 
-from hangproof.lab.kube_proxy import MODE_DESCRIPTIONS, MODES
+from hangproof.lab.components.kube_proxy import MODE_DESCRIPTIONS, MODES
 
 MITIGATION_ORDER = ("none", "reject-undnat", "conntrack-flush")
 HAZARD = "nodeport-vip-race-hazard"

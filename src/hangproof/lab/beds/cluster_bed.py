@@ -37,11 +37,11 @@ import dataclasses
 import json
 import time
 
+from hangproof.lab.beds.seed_bed import CLIENT_NODE
+from hangproof.lab.components.rabbitmq import RabbitNode
+from hangproof.lab.engine.lab import Lab, Progress, quiet
+from hangproof.lab.engine.topology import Topology
 from hangproof.lab.faults import FaultTarget
-from hangproof.lab.faults.seed_bed import CLIENT_NODE
-from hangproof.lab.lab import Lab, Progress, quiet
-from hangproof.lab.rabbitmq import RabbitNode
-from hangproof.lab.topology import Topology
 
 #: The fault_bed() kind of the cluster faults (a module's ``BED``).
 SEED_CLUSTER = "seed-cluster"

@@ -9,7 +9,7 @@ percentiles. The app is :mod:`hangproof.guard.sample_app`, so the same
 environment makes it stock or guarded (``HANGPROOF_GUARD=1``)::
 
     HANGPROOF_BROKER_URL=amqp://guest:guest@127.0.0.1:5672// HANGPROOF_GUARD=1 \\
-        python -m hangproof.lab.delay_loop run QUEUE calls.jsonl --seconds 30 --interval 0.2
+        python -m hangproof.lab.clients.delay_loop run QUEUE calls.jsonl --seconds 30 --interval 0.2
 
 ``drain URL QUEUE`` prints the keys of the messages waiting in ``QUEUE`` (one
 per line, bounded in time), to compare with the "ok" calls.
@@ -83,7 +83,7 @@ def drain(url: str, queue: str, bound: float = 20.0) -> list[str]:
     """The keys of the messages in ``queue`` (consumed and acked), within ``bound`` seconds."""
     from kombu import Connection, Queue
 
-    from hangproof.lab.matrix_clients import message_key
+    from hangproof.lab.clients.matrix_clients import message_key
 
     keys: list[str] = []
     deadline = time.monotonic() + bound

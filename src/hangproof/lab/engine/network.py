@@ -21,9 +21,9 @@ import subprocess
 from collections.abc import Callable
 
 from hangproof.errors import HangproofError
-from hangproof.lab import processes
-from hangproof.lab.state import LabState
-from hangproof.lab.topology import Topology
+from hangproof.lab.engine import processes
+from hangproof.lab.engine.state import LabState
+from hangproof.lab.engine.topology import Topology
 
 #: Node uplink name inside each node namespace (the report's was br-roller).
 UPLINK = "eth0"

@@ -39,11 +39,11 @@ import contextlib
 from pathlib import Path
 
 from hangproof.errors import HangproofError
-from hangproof.lab import network, processes
+from hangproof.lab.components.rabbitmq import RabbitNode
+from hangproof.lab.engine import network, processes
+from hangproof.lab.engine.lab import teardown
+from hangproof.lab.engine.state import LabState
 from hangproof.lab.faults import FaultTarget
-from hangproof.lab.lab import teardown
-from hangproof.lab.rabbitmq import RabbitNode
-from hangproof.lab.state import LabState
 
 PREFIX = "hpfault-"
 BROKER_NETNS = "hpfault-b"

@@ -6,7 +6,7 @@ Celery 5 forces the same under gevent and eventlet. Otherwise the app is
 exactly the sample app (stock, or hardened with ``HANGPROOF_GUARD=1``)::
 
     HANGPROOF_BROKER_URL=amqp://... HANGPROOF_CONNECTION_TIMEOUT=none \\
-        celery -A hangproof.lab.matrix_celery worker -P prefork -c 2
+        celery -A hangproof.lab.clients.matrix_celery worker -P prefork -c 2
 """
 
 from __future__ import annotations
