@@ -31,7 +31,7 @@ from hangproof.lab.clients.race_client import CLIENTS
 from hangproof.lab.components.hooks import TRACE_IN, TRACE_OUT, parse_trace_counters, seen
 from hangproof.lab.engine import network, processes
 from hangproof.lab.engine.lab import Lab
-from hangproof.lab.mitigations import MITIGATIONS, conntrack_flush_command, reject_undnat_rule
+from hangproof.lab.mitigations import Mitigation, make_mitigation
 from hangproof.lab.observe.evidence import join_ss_records, parse_ss_record
 from hangproof.lab.observe.timeline import ConnectionWatch, race_markers
 from hangproof.report.events import LANE_FAULT, LANE_VIP, EventLog
@@ -70,10 +70,7 @@ def run_race(
     """
     if client not in CLIENTS:
         raise HangproofError(f"unknown client {client!r}; choose one of: {', '.join(CLIENTS)}")
-    if mitigation not in MITIGATIONS:
-        raise HangproofError(
-            f"unknown mitigation {mitigation!r}; choose one of: {', '.join(MITIGATIONS)}"
-        )
+    fix = make_mitigation(mitigation)
     topo = lab.topo
     if len(topo.nodes) < 2:
         raise HangproofError(
@@ -127,7 +124,7 @@ def run_race(
         f"ip neigh replace {vip} lladdr {lab.mac(oh)} nud permanent (in {cn})",
     )
     say(f"VIP {vip} left {oh}; {cn} still sends it to {oh}'s MAC")
-    undo = _apply_mitigation(lab, mitigation, cn)
+    undo = _apply_mitigation(lab, fix, cn)
     result_file = state.directory / f"race-{cn}-result.json"
     with contextlib.suppress(FileNotFoundError):
         result_file.unlink()
@@ -167,20 +164,14 @@ def run_race(
             f"VIP added on {cn} mid-SYN",
             f"ip addr replace {vip}/32 dev {network.UPLINK} (in {cn})",
         )
-        if mitigation == "conntrack-flush":
-            processes.run(conntrack_flush_command(vip), netns=ns, check=False)
-            log.add(
-                time.time(),
-                LANE_FAULT,
-                "heal",
-                "conntrack -D -d VIP (mitigation)",
-                " ".join(conntrack_flush_command(vip)),
-            )
+        on_vip_added = fix.on_vip_added(vip)
+        for argv in on_vip_added:
+            processes.run(argv, netns=ns, check=False)
+            log.add(time.time(), LANE_FAULT, "heal", _vip_label(argv, vip), " ".join(argv))
         trigger_seconds = time.monotonic() - started
         say(
             f"SYN-SENT from port {sport}, conntrack un-NATed: VIP added on {cn} "
-            f"at {trigger_seconds:.2f} s"
-            + (" and conntrack flushed" if mitigation == "conntrack-flush" else "")
+            f"at {trigger_seconds:.2f} s" + (f" and {fix.vip_added_note}" if on_vip_added else "")
         )
 
         # 4. watch: connected? answered? until the observation window closes
@@ -295,19 +286,16 @@ def reset_after_race(lab: Lab, client_node: str) -> None:
             )
 
 
-def _apply_mitigation(lab: Lab, mitigation: str, node: str) -> Any:
+def _apply_mitigation(lab: Lab, fix: Mitigation, node: str) -> Any:
     """Deploy a mitigation on the client node; return a function that removes it."""
-    ns = lab.topo.ns(node)
-    if mitigation == "reject-undnat":
-        rule = reject_undnat_rule(lab.topo.node_port)
-        processes.run(["iptables", "-I", "INPUT", "1", *rule], netns=ns)
-        return lambda: processes.run(["iptables", "-D", "INPUT", *rule], netns=ns, check=False)
-    if mitigation == "no-port-holder":
-        had_holder = bool(lab.state.find("port-holder", node))
-        lab.stop_port_holder(node)
-        if had_holder:
-            return lambda: lab.start_port_holder(node, lab.state)
+    if fix.apply(lab, node):
+        return lambda: fix.remove(lab, node)
     return lambda: None
+
+
+def _vip_label(argv: list[str], vip: str) -> str:
+    """The timeline's label of a command run on the VIP's arrival: "conntrack -D -d VIP"."""
+    return " ".join("VIP" if a == vip else a for a in argv) + " (mitigation)"
 
 
 def _ss(lab: Lab, node: str, *filter_args: str) -> list[dict[str, Any]]:

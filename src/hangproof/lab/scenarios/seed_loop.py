@@ -61,7 +61,7 @@ from hangproof.lab.components.keepalived import (
 )
 from hangproof.lab.engine import processes
 from hangproof.lab.engine.lab import Lab
-from hangproof.lab.mitigations import MITIGATIONS, conntrack_flush_command, reject_undnat_rule
+from hangproof.lab.mitigations import Mitigation, make_mitigation
 from hangproof.lab.observe.literal_waiter import LiteralWaiter, WedgeWatcher
 from hangproof.lab.observe.timeline import CellRecorder, seed_loop_log, write_report
 from hangproof.lab.scenarios import RunOptions
@@ -98,10 +98,7 @@ def run(lab: Lab, options: RunOptions) -> dict[str, Any]:
         raise HangproofError(f"unknown trigger {trigger!r}; choose one of: {', '.join(TRIGGERS)}")
     if waiter_kind not in WAITERS:
         raise HangproofError(f"unknown waiter {waiter_kind!r}; choose one of: {', '.join(WAITERS)}")
-    if options.mitigation not in MITIGATIONS:
-        raise HangproofError(
-            f"unknown mitigation {options.mitigation!r}; choose one of: {', '.join(MITIGATIONS)}"
-        )
+    fix = make_mitigation(options.mitigation)
     if not 1 <= options.cycles <= 10000:
         raise HangproofError("--cycles must be between 1 and 10000")
     say = lab.progress
@@ -186,15 +183,11 @@ def run(lab: Lab, options: RunOptions) -> dict[str, Any]:
         # exclusive pidbox queues (RESOURCE_LOCKED at start): start clean.
         _close_client_connections(lab)
         _purge_task_queue(lab)
-        undo += _apply_mitigation(lab, options.mitigation)
+        undo += _apply_mitigation(lab, fix)
         if recorder:
             recorder.start()
         for node in nodes:
-            notify = (
-                [" ".join(conntrack_flush_command(topo.vip))]
-                if options.mitigation == "conntrack-flush"
-                else []
-            )
+            notify = [" ".join(argv) for argv in fix.on_vip_added(topo.vip)]
             ka = KeepalivedNode(
                 KeepalivedSpec(
                     node=node, router_id=f"{topo.name}-{node}", vip=topo.vip, notify_master=notify
@@ -481,25 +474,16 @@ def _clear_vip(lab: Lab) -> None:
         lab.conntrack_flush_vip(n.name)
 
 
-def _apply_mitigation(lab: Lab, mitigation: str) -> list[Any]:
+def _apply_mitigation(lab: Lab, fix: Mitigation) -> list[Any]:
     """Deploy a node-side fix on every node, as a user would; returns undo functions.
 
-    conntrack-flush is deployed through keepalived's notify_master instead.
+    What a fix does when the VIP arrives (conntrack-flush) is deployed through
+    keepalived's notify_master instead.
     """
     undo: list[Any] = []
     for node in (n.name for n in lab.topo.nodes):
-        ns = lab.topo.ns(node)
-        if mitigation == "reject-undnat":
-            rule = reject_undnat_rule(lab.topo.node_port)
-            processes.run(["iptables", "-I", "INPUT", "1", *rule], netns=ns)
-            undo.append(
-                lambda ns=ns, rule=rule: processes.run(
-                    ["iptables", "-D", "INPUT", *rule], netns=ns, check=False
-                )
-            )
-        elif mitigation == "no-port-holder" and lab.state.find("port-holder", node):
-            lab.stop_port_holder(node)
-            undo.append(lambda node=node: lab.start_port_holder(node, lab.state))
+        if fix.apply(lab, node):
+            undo.append(lambda node=node: fix.remove(lab, node))
     return undo
 
 
