@@ -89,7 +89,7 @@ def test_the_link_faults_share_one_injection_in_the_matrix(tmp_path: Path) -> No
     from hangproof.lab.faults import make_fault
     from hangproof.lab.scenarios.fault_matrix import _fault_parallel
 
-    # PARALLEL is read from the registered module (one_way_loss_in/_out), not the shared one.
+    # parallel is read from the registered class (one_way_loss_in/_out), inherited from OneWayLoss.
     for name in ("one-way-loss-in", "one-way-loss-out"):
         assert _fault_parallel(name, make_fault(name, _target(tmp_path))) is True, name
     # client-freeze acts on one consumer's pid: one cell at a time.

@@ -43,7 +43,7 @@ from hangproof.lab.engine.lab import Lab, Progress, quiet
 from hangproof.lab.engine.topology import Topology
 from hangproof.lab.faults import FaultTarget
 
-#: The fault_bed() kind of the cluster faults (a module's ``BED``).
+#: The fault_bed() kind of the cluster faults (a fault class's ``bed``).
 SEED_CLUSTER = "seed-cluster"
 PREFIX = "hpfc"
 #: The node the worker dials first (the one the faults stop or isolate).

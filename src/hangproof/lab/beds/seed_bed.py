@@ -36,7 +36,7 @@ from hangproof.lab.components.rabbitmq import AMQPS_PORT, RabbitNode
 from hangproof.lab.engine import network, processes
 from hangproof.lab.engine.lab import Lab, Progress, quiet
 from hangproof.lab.engine.topology import Topology
-from hangproof.lab.faults import FaultTarget
+from hangproof.lab.faults import SEED_LAB, Fault, FaultTarget
 
 PREFIX = "hpfv"
 CLIENT_NODE = "n1"
@@ -194,14 +194,14 @@ def close_client_connections(node: RabbitNode, keep_hosts: tuple[str, ...], reas
         return sum(pool.map(close, pids))
 
 
-class SeedBedFault:
+class SeedBedFault(Fault):
     """Base of the faults that act on the seed lab's VIP, with clients on n1.
 
     ``prepare()`` pins the VIP on n2, so the clients connect through n2's DNAT;
     ``close()`` leaves the VIP nowhere, with no neighbour or conntrack entry.
     """
 
-    name = ""
+    bed = SEED_LAB
 
     def __init__(self, target: FaultTarget) -> None:
         if target.lab is None:

@@ -45,8 +45,9 @@ from pathlib import Path
 from typing import Any
 
 from hangproof.errors import HangproofError
+from hangproof.failure import FaultClass
 from hangproof.lab.engine import processes
-from hangproof.lab.faults import CellContext, FaultTarget, delete_rules, insert_rules
+from hangproof.lab.faults import CellContext, Fault, FaultTarget, delete_rules, insert_rules
 
 BROKER_NAME = "broker.hangproof.test"
 #: The broker's "new" address after the record flips (DNAT'ed to the broker).
@@ -74,10 +75,10 @@ def _counters(netns: str, chain: str, comment: str) -> int:
     return total
 
 
-class DnsStall:
+class DnsStall(Fault):
     """DROP DNS, flip the broker's record, black-hole the old address."""
 
-    name = "dns-stall"
+    name = FaultClass.DNS_STALL.value
 
     def __init__(self, target: FaultTarget) -> None:
         self.target = target
@@ -277,8 +278,3 @@ def _client_iface(netns: str, broker_ip: str) -> str:
     if not m:
         raise HangproofError(f"no route from {netns} to {broker_ip}")
     return m.group(1)
-
-
-def make(target: FaultTarget) -> DnsStall:
-    """The dns-stall fault for ``target`` (a testbed target)."""
-    return DnsStall(target)

@@ -27,16 +27,13 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
+from hangproof.failure import FaultClass
 from hangproof.lab.beds.seed_bed import (
     FIRST_HOLDER,
     SeedBedFault,
     close_client_connections,
 )
-from hangproof.lab.faults import SEED_LAB, FaultTarget
 
-BED = SEED_LAB
-#: fault-matrix runs one cell at a time: the race is per connection, timed per cell.
-PARALLEL = False
 #: How long we wait for a reconnecting SYN (Celery retries at once; kombu's
 #: ensure_connection and aio-pika's robust reconnect within ~5 s).
 TRIGGER_TIMEOUT = 20.0
@@ -45,7 +42,9 @@ TRIGGER_TIMEOUT = 20.0
 class VipRace(SeedBedFault):
     """Close the clients' links while the VIP is nowhere; add it on their node mid-SYN."""
 
-    name = "vip-race"
+    name = FaultClass.VIP_RACE.value
+    #: fault-matrix runs one cell at a time: the race is per connection, timed per cell.
+    parallel = False
 
     def inject(self) -> None:
         """VIP leaves n2, the broker drops the clients, VIP lands on n1 mid-SYN."""
@@ -85,8 +84,3 @@ class VipRace(SeedBedFault):
 
     def heal(self) -> None:
         """Nothing to heal: the VIP is on the clients' node and new connections are DNATed."""
-
-
-def make(target: FaultTarget) -> VipRace:
-    """The vip-race fault for ``target`` (a seed-lab target)."""
-    return VipRace(target)

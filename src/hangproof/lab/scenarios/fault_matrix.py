@@ -52,8 +52,8 @@ testbed fault run against ONE injection of it (:func:`run_group`): each its
 own queue, ledger, consumer, producer and publish probes, one inject, one
 heal. The cells then share the fault's moments and differ only in the
 client; a fault that cannot share runs one cell at a time
-(:func:`_fault_parallel`: ``PARALLEL = False``, a fault with ``attach()``
-unless it says ``PARALLEL = True``, and vip-race). A shared fault's
+(:func:`_fault_parallel`: ``parallel = False``, a fault with ``attach()``
+unless it says ``parallel = True``, and vip-race). A shared fault's
 ``configure(ctx)`` runs once per cell and must act on every cell's queue; what
 it saw per queue goes under ``detail["per_queue"]`` and lands in that cell
 only (:func:`_cell_detail`). The resume probe is published again when it got
@@ -112,6 +112,7 @@ from hangproof.lab.faults import (
     close_fault,
     configure_fault,
     fault_bed,
+    fault_type,
     make_fault,
     prepare_fault,
 )
@@ -855,14 +856,11 @@ def queued(url: str, queues: list[str], limit: int = 20000) -> dict[str, list[st
 def _fault_parallel(fault_name: str, fault: Any) -> bool:
     """Whether the cells of ``fault_name`` may share one injection (see :func:`run_group`).
 
-    A fault module says so with ``PARALLEL = True/False``. Without it: the VIP
+    A fault class says so with ``parallel = True/False``. Without it: the VIP
     faults (seed lab) and faults with ``attach()`` (they act on one consumer)
     run one cell at a time; the others share.
     """
-    import importlib
-
-    module = importlib.import_module(f"hangproof.lab.faults.{FAULTS[fault_name]}")
-    declared = getattr(module, "PARALLEL", None)
+    declared = fault_type(fault_name).parallel
     if declared is not None:
         return bool(declared)
     if fault_bed(fault_name) == SEED_LAB:
@@ -1291,7 +1289,7 @@ def run_matrix(
     ``parallel`` (the default): the profiles of a fault run against one
     injection of it (:func:`run_group`), ``group_size`` profiles at a time
     (all when None); faults that cannot share (:func:`_fault_parallel`: the
-    VIP faults, faults that act on one consumer, ``PARALLEL = False``) run
+    VIP faults, faults that act on one consumer, ``parallel = False``) run
     one cell at a time, as ``parallel=False`` runs every fault.
 
     With ``report``, each cell's timeline goes to ``report/cells/FAULT--PROFILE/``
