@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from hangproof.credentials import mask_url
+from hangproof.doctor.scan import python_stack as doctor_python_stack
 from hangproof.errors import HangproofError
 from hangproof.lab.clients.celery_app import POOLS, PROFILES
 from hangproof.lab.engine import processes
@@ -28,7 +29,6 @@ from hangproof.lab.engine.lab import Lab
 
 #: Seconds a ping waits for replies; a healthy lab answers in well under one.
 PING_TIMEOUT = 2.0
-PY_SPY_TIMEOUT = 20.0
 
 
 @dataclass
@@ -214,11 +214,9 @@ def _last_error(log: Path, max_bytes: int = 65536) -> str | None:
 
 
 def python_stack(pid: int) -> str:
-    """``py-spy dump`` of a process (root reads any process); empty if unavailable."""
-    py_spy = Path(sys.executable).with_name("py-spy")
-    argv = [str(py_spy) if py_spy.exists() else "py-spy", "dump", "--pid", str(pid)]
-    try:
-        result = processes.run(argv, timeout=PY_SPY_TIMEOUT, check=False)
-    except (subprocess.TimeoutExpired, FileNotFoundError) as exc:
-        return f"py-spy failed: {exc}"
-    return mask_url(result.stdout or result.stderr)  # its header line is the argv
+    """``py-spy dump`` of a process, by doctor's one wrapper; empty if unavailable.
+
+    :func:`hangproof.doctor.scan.python_stack` drops py-spy's header (the argv,
+    which can carry the broker password) and masks URL passwords in the frames.
+    """
+    return doctor_python_stack(pid) or ""
