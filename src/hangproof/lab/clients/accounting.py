@@ -13,6 +13,11 @@ A :class:`Ledger` is a directory shared by the producer and all workers:
     >>> ledger.record_published("t1"); ledger.record_executed("t1")  # doctest: +SKIP
     >>> ledger.counts().to_dict()  # doctest: +SKIP
     {'published': 1, 'executed': 1, 'duplicates': 0, 'lost': 0, 'unexpected': 0}
+
+The fault matrix's consumers (Celery cells through ``hangproof.guard.sample_app``,
+kombu and aio-pika through :mod:`hangproof.lab.clients.matrix_clients`) keep
+the same account in one file instead: one ``<key> <pid>`` line per execution
+(:func:`append_key`, read back by :func:`ledger_keys`).
 """
 
 from __future__ import annotations
@@ -133,3 +138,23 @@ class Ledger:
             time.sleep(poll)
             counts = self.counts()
         return counts
+
+
+def append_key(path: str | os.PathLike[str], key: str) -> None:
+    """Append ``<key> <pid>`` to the line ledger ``path``.
+
+    One ``O_APPEND`` write of one short line: atomic across processes, so every
+    worker process of every client appends to the same file without a lock.
+    """
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    try:
+        os.write(fd, f"{key} {os.getpid()}\n".encode())
+    finally:
+        os.close(fd)
+
+
+def ledger_keys(path: Path) -> list[str]:
+    """The keys of a line ledger, one per execution, in order; [] if there is none yet."""
+    if not path.exists():
+        return []
+    return [line.split()[0] for line in path.read_text().splitlines() if line.strip()]

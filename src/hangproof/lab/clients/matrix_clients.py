@@ -46,6 +46,7 @@ import time
 from typing import Any
 
 from hangproof.failure import Policy
+from hangproof.lab.clients.accounting import append_key
 
 KINDS = ("kombu", "aio-pika")
 #: A consumer stops by itself after this long (the matrix stops it by pid first).
@@ -82,15 +83,6 @@ def message_seconds(body: Any) -> float:
         body = json.loads(body)
     args = body[0]
     return float(args[1]) if len(args) > 1 and isinstance(args[1], int | float) else 0.0
-
-
-def record(ledger: str, key: str) -> None:
-    """Append ``key`` to the ledger (one O_APPEND write: atomic across processes)."""
-    fd = os.open(ledger, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
-    try:
-        os.write(fd, f"{key} {os.getpid()}\n".encode())
-    finally:
-        os.close(fd)
 
 
 #: The CA that verifies the broker's TLS certificate (``--cafile``); None: plain.
@@ -151,7 +143,7 @@ def kombu_consume(url: str, queue: str, ledger: str, guarded: bool, stall: float
 
     def on_message(body: Any, message: Any) -> None:
         time.sleep(message_seconds(body))  # a slow task blocks the loop, as a user's would
-        record(ledger, message_key(body))
+        append_key(ledger, message_key(body))
         message.ack()
 
     deadline = time.monotonic() + MAX_SECONDS
@@ -253,7 +245,7 @@ async def aio_consume(url: str, queue: str, ledger: str, guarded: bool, stall: f
 
             async def handle(message: Any) -> None:
                 await asyncio.sleep(message_seconds(message.body))
-                record(ledger, message_key(message.body))
+                append_key(ledger, message_key(message.body))
 
             await consume(amqp_queue, handle)
             log.info("consumer ready.")
@@ -263,7 +255,7 @@ async def aio_consume(url: str, queue: str, ledger: str, guarded: bool, stall: f
             async for message in messages:
                 async with message.process():
                     await asyncio.sleep(message_seconds(message.body))
-                    record(ledger, message_key(message.body))
+                    append_key(ledger, message_key(message.body))
 
 
 async def aio_publish(url: str, queue: str, key: str, guarded: bool, stall: float) -> None:

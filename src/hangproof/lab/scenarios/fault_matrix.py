@@ -101,6 +101,7 @@ from hangproof.lab.beds.cluster_bed import SEED_CLUSTER, ClusterBed
 from hangproof.lab.beds.seed_bed import PREFIX as SEED_LAB_PREFIX
 from hangproof.lab.beds.seed_bed import SeedBed
 from hangproof.lab.beds.testbed import PREFIX, FaultBed
+from hangproof.lab.clients.accounting import ledger_keys
 from hangproof.lab.engine import processes
 from hangproof.lab.faults import (
     FAULTS,
@@ -564,12 +565,6 @@ def _log_events(log: Path, since: float) -> list[tuple[float, str]]:
     return found
 
 
-def _ledger_keys(ledger: Path) -> list[str]:
-    if not ledger.exists():
-        return []
-    return [line.split()[0] for line in ledger.read_text().splitlines() if line.strip()]
-
-
 def _wait(predicate: Any, bound: float, step: float = 0.25) -> bool:
     deadline = time.monotonic() + bound
     for _ in range(int(bound / step) + 2):
@@ -751,7 +746,7 @@ class _CellRun:
         )  # fmt: skip
 
     def has_run(self, suffix: str) -> bool:
-        return f"{self.queue}-{suffix}" in _ledger_keys(self.ledger)
+        return f"{self.queue}-{suffix}" in ledger_keys(self.ledger)
 
     def done_waiting(self) -> bool:
         """Resumed (the resume probe executed) or the worker died: nothing more to wait for."""
@@ -763,7 +758,7 @@ class _CellRun:
         return self.published_file.read_text().split() if self.published_file.exists() else []
 
     def drained(self) -> bool:
-        return set(self.published()) <= set(_ledger_keys(self.ledger))
+        return set(self.published()) <= set(ledger_keys(self.ledger))
 
     def stop(self) -> None:
         if self.recorder:
@@ -1002,7 +997,7 @@ def _run_group(
         for run in live:
             _finish(run, stats.get(run.queue), injected_at)
             run.cell.calls = _judge_calls(
-                calls[id(run)], fault_name, run.profile, run.queue, _ledger_keys(run.ledger),
+                calls[id(run)], fault_name, run.profile, run.queue, ledger_keys(run.ledger),
                 stall_timeout,
             )  # fmt: skip
         # What the broker holds for each queue, read once the consumers are gone.
@@ -1118,7 +1113,7 @@ def _finish(run: _CellRun, stats: dict[str, int] | None, injected_at: float) -> 
     """Fill ``run.cell``'s counts from its ledger and the broker's view of its queue."""
     cell, ledger = run.cell, run.ledger
     published = run.published()
-    keys = _ledger_keys(ledger)
+    keys = ledger_keys(ledger)
     executed = [k for k in keys if not k.endswith(("-resume", "-during"))]
     cell.published = len(published)
     cell.executed = len(set(executed))
