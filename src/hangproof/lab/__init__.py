@@ -6,8 +6,10 @@
   (cookie, TLS), the SYN hook counters, a DNS responder.
 - ``beds/``: the topologies faults run on (two-namespace testbed, seed lab, cluster).
 - ``faults/`` and ``mitigations/``: plug-ins, one base class and one registry each.
-- ``scenarios/``: ``lab run`` experiments, ``lab race``, ``demo``.
-- ``observe/``: ss evidence, connection timelines, race stories.
+- ``scenarios/``: ``lab run`` experiments, ``lab race``, ``demo``, and the
+  renderers of their docs tables (fault-matrix, kube-proxy modes, seed-loop).
+- ``observe/``: ss evidence, connection timelines, race stories, the report's
+  literal wait_celery loop and its wedge watch.
 - ``clients/``: the sample Celery apps and workers, the ledger, race and matrix
   clients, the call probe.
 - ``commands``: the ``hangproof lab`` CLI.
