@@ -64,23 +64,14 @@ def parse_ss(text: str) -> list[SsRecord]:
     return out
 
 
-def parse_users(line: str) -> tuple[ProcessRef, ...]:
-    """The processes of an ss line's ``users:(...)`` field (``-p``), in ss's order.
-
-    >>> parse_users('LISTEN 0 4096 *:32672 *:* users:(("kube-proxy",pid=7,fd=3))')
-    (ProcessRef(pid=7, name='kube-proxy', fd=3),)
-    """
-    match = _USERS.search(line + " ")
-    if not match:
-        return ()
-    return tuple(ProcessRef(int(pid), name, int(fd)) for name, pid, fd in _USER.findall(match[1]))
-
-
 def parse_ss_line(line: str) -> SsRecord | None:
     """One line, or None if it is not a socket line (warnings, blank lines)."""
-    users = parse_users(line)
+    users: tuple[ProcessRef, ...] = ()
     match = _USERS.search(line + " ")
     if match:
+        users = tuple(
+            ProcessRef(int(pid), name, int(fd)) for name, pid, fd in _USER.findall(match.group(1))
+        )
         line = line[: match.start()] + line[match.end() - 1 :]
     tokens = line.split()
     if len(tokens) < 5 or not tokens[1].isdigit() or not tokens[2].isdigit():

@@ -1,8 +1,8 @@
 """Evidence the way the report gathered it: ss text as the lab reads it live.
 
 Parsers here are pure (text in, dicts out) and tested on recorded output.
-An ss line's ``users:(...)`` field is read by :mod:`hangproof.doctor.ss_text`
-and conntrack text by :mod:`hangproof.doctor.conntrack`, the one place for each.
+conntrack text is parsed by :mod:`hangproof.doctor.conntrack`, the one place
+for it.
 """
 
 from __future__ import annotations
@@ -10,8 +10,7 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from hangproof.doctor.ss_text import parse_users
-
+_USERS = re.compile(r'\("(?P<name>[^"]+)",pid=(?P<pid>\d+),fd=(?P<fd>\d+)\)')
 _KV = re.compile(
     r"\b(bytes_sent|bytes_acked|bytes_received|bytes_retrans|segs_out|segs_in|"
     r"data_segs_out|data_segs_in|lastsnd|lastrcv|lastack|unacked|retrans|ino|"
@@ -20,8 +19,8 @@ _KV = re.compile(
 
 
 def parse_ss_users(line: str) -> list[tuple[str, int]]:
-    """``users:(("kube-proxy",pid=7,fd=3))`` -> ``[("kube-proxy", 7)]`` (doctor's parser)."""
-    return [(user.name, user.pid) for user in parse_users(line)]
+    """``users:(("kube-proxy",pid=7,fd=3))`` -> ``[("kube-proxy", 7)]``."""
+    return [(m["name"], int(m["pid"])) for m in _USERS.finditer(line)]
 
 
 def join_ss_records(text: str) -> list[str]:
@@ -46,16 +45,17 @@ def parse_ss_record(record: str) -> dict[str, Any]:
     """
     parts = record.split()
     state, recv_q, send_q, local, remote = parts[0], parts[1], parts[2], parts[3], parts[4]
-    users = parse_users(record)
+    users = parse_ss_users(record)
+    first = _USERS.search(record)
     info: dict[str, Any] = {
         "state": state,
         "recv_q": int(recv_q),
         "send_q": int(send_q),
         "local": _plain_addr(local),
         "remote": _plain_addr(remote),
-        "owner": users[0].name if users else None,
-        "pid": users[0].pid if users else None,
-        "fd": users[0].fd if users else None,
+        "owner": users[0][0] if users else None,
+        "pid": users[0][1] if users else None,
+        "fd": int(first["fd"]) if first else None,
     }
     for key, value in _KV.findall(record):
         info[key] = _number(value)
