@@ -3,7 +3,7 @@
     sudo .venv/bin/python benchmarks/bench_publish.py --calls 1000 --rounds 3
 
 Starts one RabbitNode on loopback (private ports), like bench_throughput.py.
-Each profile round is one producer process (:mod:`hangproof.lab.delay_loop`)
+Each profile round is one producer process (:mod:`hangproof.lab.clients.delay_loop`)
 that calls ``record.delay(key)`` once every ``--interval`` seconds, ``--calls``
 times, on the app's pooled connection, and times every call; the first
 ``--warmup`` calls of a round (connect, declare) are discarded. Profiles:
@@ -38,8 +38,8 @@ from typing import Any
 
 from kombu import Connection
 
-from hangproof.lab import processes
-from hangproof.lab.rabbitmq import RabbitNode
+from hangproof.lab.components.rabbitmq import RabbitNode
+from hangproof.lab.engine import processes
 
 #: Profile name -> (HANGPROOF_GUARD, delay_loop --confirms).
 PROFILES: dict[str, tuple[str, str | None]] = {
@@ -70,7 +70,7 @@ def run_round(
     queue = f"benchpub-{profile.replace('+', '-')}-{time.time_ns()}"
     out = tmp / f"{queue}.jsonl"
     env = {"HANGPROOF_BROKER_URL": node.url, "HANGPROOF_GUARD": guard}
-    argv = [sys.executable, "-m", "hangproof.lab.delay_loop", "run", queue, str(out)]
+    argv = [sys.executable, "-m", "hangproof.lab.clients.delay_loop", "run", queue, str(out)]
     argv += ["--count", str(calls), "--interval", str(interval), "--prefix", "b"]
     if confirms is not None:
         argv += ["--confirms", confirms]

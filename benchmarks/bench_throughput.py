@@ -32,8 +32,8 @@ from pathlib import Path
 
 from kombu import Connection
 
-from hangproof.lab import processes
-from hangproof.lab.rabbitmq import RabbitNode
+from hangproof.lab.components.rabbitmq import RabbitNode
+from hangproof.lab.engine import processes
 
 ROUND_LIMIT = 300.0  # seconds per profile, whatever happens
 

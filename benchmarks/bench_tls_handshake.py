@@ -42,7 +42,7 @@ from typing import Any
 import amqp
 
 from hangproof.guard.transport import GuardConnection
-from hangproof.lab.rabbitmq import RabbitNode
+from hangproof.lab.components.rabbitmq import RabbitNode
 
 DEADLINE = 2.0  # the guard's handshake_deadline for the silent-port rows
 

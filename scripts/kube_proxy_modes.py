@@ -239,7 +239,7 @@ def main(argv: list[str] | None = None) -> int:
         return measure(args)
     if args.cmd == "merge":
         return merge(Path(args.json), Path(args.other))
-    from hangproof.lab.kube_proxy_docs import render_markdown
+    from hangproof.lab.scenarios.kube_proxy_docs import render_markdown
 
     print(render_markdown(json.loads(Path(args.json).read_text())), end="")
     return 0

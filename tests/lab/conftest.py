@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from hangproof.lab.lab import Lab
-from hangproof.lab.rabbitmq import RabbitNode
-from hangproof.lab.topology import Topology
+from hangproof.lab.components.rabbitmq import RabbitNode
+from hangproof.lab.engine.lab import Lab
+from hangproof.lab.engine.topology import Topology
 
 #: Tests use their own lab name, so a developer's `hplab` is never touched.
 TEST_LAB = "hpt"

@@ -14,8 +14,8 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
-from hangproof.lab import processes
-from hangproof.lab.rabbitmq import RabbitNode, free_port
+from hangproof.lab.components.rabbitmq import RabbitNode, free_port
+from hangproof.lab.engine import processes
 
 #: Run the guard lab tests over TLS (the broker's amqps:// listener).
 LAB_TLS = os.environ.get("HANGPROOF_LAB_TLS") == "1"

@@ -14,8 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from hangproof.lab import processes
-from hangproof.lab.rabbitmq import RABBITMQ_BIN, RabbitNode
+from hangproof.lab.components.rabbitmq import RABBITMQ_BIN, RabbitNode
+from hangproof.lab.engine import processes
 
 pytestmark = pytest.mark.lab
 

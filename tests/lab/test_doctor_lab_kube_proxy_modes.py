@@ -15,10 +15,10 @@ import sys
 
 import pytest
 
-from hangproof.lab import network, processes
-from hangproof.lab.kube_proxy import MODES
-from hangproof.lab.lab import Lab
-from hangproof.lab.topology import Topology
+from hangproof.lab.components.kube_proxy import MODES
+from hangproof.lab.engine import network, processes
+from hangproof.lab.engine.lab import Lab
+from hangproof.lab.engine.topology import Topology
 
 pytestmark = pytest.mark.lab
 

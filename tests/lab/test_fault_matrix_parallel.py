@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from hangproof.lab.faults.testbed import FaultBed
+from hangproof.lab.beds.testbed import FaultBed
 from hangproof.lab.scenarios.fault_matrix import PUBLISH_VERDICTS, judge_promise, run_group
 
 pytestmark = [pytest.mark.lab, pytest.mark.timeout(300)]

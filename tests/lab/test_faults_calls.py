@@ -10,7 +10,7 @@ fault is injected for real (RabbitMQ ``stop_app``, an iptables REJECT in the
 broker's namespace, ``set_disk_free_limit`` above the free disk) and every
 call is made from the clients' namespace by a hardened Celery app, cold (a
 fresh process) and warm (a process that published before the fault), each
-bounded from outside (:mod:`hangproof.lab.call_probe`). Asserted:
+bounded from outside (:mod:`hangproof.lab.clients.call_probe`). Asserted:
 
 - the fault really happened (its own evidence: AMQP stopped answering, the
   REJECT rule counted packets, the broker listed the disk alarm);
@@ -31,7 +31,7 @@ from pathlib import Path
 
 import pytest
 
-from hangproof.lab.faults.testbed import FaultBed
+from hangproof.lab.beds.testbed import FaultBed
 from hangproof.lab.scenarios.fault_calls import CALLS_OF, MUST_FAIL, measure_fault
 
 pytestmark = [pytest.mark.lab, pytest.mark.timeout(300)]

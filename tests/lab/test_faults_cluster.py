@@ -22,7 +22,7 @@ from pathlib import Path
 import pytest
 
 from hangproof.failure import Policy
-from hangproof.lab.faults.testbed import FaultBed
+from hangproof.lab.beds.testbed import FaultBed
 from hangproof.lab.scenarios.fault_matrix import run_cell
 
 pytestmark = [pytest.mark.lab, pytest.mark.timeout(300)]

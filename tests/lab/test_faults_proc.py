@@ -25,8 +25,8 @@ from pathlib import Path
 import pytest
 
 from hangproof.failure import Policy
+from hangproof.lab.beds.testbed import FaultBed
 from hangproof.lab.faults.client_freeze import HEARTBEATS
-from hangproof.lab.faults.testbed import FaultBed
 from hangproof.lab.scenarios.fault_matrix import Cell, run_cell
 
 pytestmark = [pytest.mark.lab, pytest.mark.timeout(300)]

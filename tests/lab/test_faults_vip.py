@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 from guard_workers import LAB_TLS
 
-from hangproof.lab.faults.seed_bed import SeedBed
+from hangproof.lab.beds.seed_bed import SeedBed
 from hangproof.lab.scenarios.fault_matrix import run_cell
 
 pytestmark = [pytest.mark.lab, pytest.mark.timeout(300)]

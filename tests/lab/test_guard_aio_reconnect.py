@@ -27,7 +27,7 @@ import pytest
 from guard_workers import aio_url
 
 from hangproof.failure import Policy
-from hangproof.lab.rabbitmq import RabbitNode
+from hangproof.lab.components.rabbitmq import RabbitNode
 
 pytestmark = [pytest.mark.lab, pytest.mark.timeout(240)]
 

@@ -22,8 +22,8 @@ from pathlib import Path
 import pytest
 from guard_workers import TRANSPORTS, broker, health, kombu_connection, start_worker
 
-from hangproof.lab import processes
-from hangproof.lab.rabbitmq import RabbitNode
+from hangproof.lab.components.rabbitmq import RabbitNode
+from hangproof.lab.engine import processes
 
 pytestmark = [pytest.mark.lab, pytest.mark.timeout(300)]
 

@@ -20,7 +20,7 @@ import pytest
 from amqp.exceptions import NotFound
 
 from hangproof.guard.transport import GuardConnection
-from hangproof.lab.rabbitmq import RabbitNode
+from hangproof.lab.components.rabbitmq import RabbitNode
 
 pytestmark = [pytest.mark.lab, pytest.mark.timeout(180)]
 

@@ -39,9 +39,9 @@ from pathlib import Path
 import pytest
 from guard_workers import STARTED
 
-from hangproof.lab import processes
+from hangproof.lab.beds.testbed import FaultBed
+from hangproof.lab.engine import processes
 from hangproof.lab.faults import make_fault
-from hangproof.lab.faults.testbed import FaultBed
 
 pytestmark = [pytest.mark.lab, pytest.mark.timeout(240)]
 
@@ -205,7 +205,7 @@ def outage(bed: FaultBed, sampler: Sampler, pid: int, figures: dict[str, object]
 
 
 def start(bed: FaultBed, tmp: Path, queue: str, pool: str) -> tuple[int, Path, Sampler, float]:
-    from hangproof.lab.rabbitmq import free_port
+    from hangproof.lab.components.rabbitmq import free_port
 
     port = free_port()
     pid, log = spawn_worker(bed, tmp, queue, port, pool)

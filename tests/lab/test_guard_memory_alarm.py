@@ -38,8 +38,8 @@ from kombu import Exchange, Producer, Queue
 from hangproof.celery import harden
 from hangproof.failure import Policy
 from hangproof.guard.transport import BrokerBlocked, PublishError
-from hangproof.lab import processes
-from hangproof.lab.rabbitmq import RabbitNode
+from hangproof.lab.components.rabbitmq import RabbitNode
+from hangproof.lab.engine import processes
 
 pytestmark = [pytest.mark.lab, pytest.mark.timeout(300)]
 

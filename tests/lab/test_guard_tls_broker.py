@@ -42,9 +42,9 @@ from hangproof.guard.transport import (
     HandshakeDeadlineExceeded,
     TLSVerificationFailed,
 )
-from hangproof.lab import processes
-from hangproof.lab.rabbitmq import RabbitNode
-from hangproof.lab.tls import make_tls_files
+from hangproof.lab.components.rabbitmq import RabbitNode
+from hangproof.lab.components.tls import make_tls_files
+from hangproof.lab.engine import processes
 
 pytestmark = [pytest.mark.lab, pytest.mark.timeout(300)]
 

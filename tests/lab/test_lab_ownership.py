@@ -15,10 +15,10 @@ from pathlib import Path
 
 import pytest
 
-from hangproof.lab import network, processes
-from hangproof.lab.faults.testbed import FaultBed
-from hangproof.lab.state import LabState, TrackedProcess
-from hangproof.lab.topology import Topology
+from hangproof.lab.beds.testbed import FaultBed
+from hangproof.lab.engine import network, processes
+from hangproof.lab.engine.state import LabState, TrackedProcess
+from hangproof.lab.engine.topology import Topology
 
 pytestmark = pytest.mark.lab
 

@@ -9,11 +9,11 @@ from pathlib import Path
 
 import pytest
 
-from hangproof.lab import network, processes
-from hangproof.lab.lab import Lab
-from hangproof.lab.race import run_race
-from hangproof.lab.state import LabState
-from hangproof.lab.topology import Topology
+from hangproof.lab.engine import network, processes
+from hangproof.lab.engine.lab import Lab
+from hangproof.lab.engine.state import LabState
+from hangproof.lab.engine.topology import Topology
+from hangproof.lab.scenarios.race import run_race
 
 pytestmark = pytest.mark.lab
 

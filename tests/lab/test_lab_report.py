@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from hangproof.lab.lab import Lab
+from hangproof.lab.engine.lab import Lab
 from hangproof.report.events import LANE_CONNTRACK, LANE_HOOKS, LANE_VIP, EventLog
 
 pytestmark = pytest.mark.lab

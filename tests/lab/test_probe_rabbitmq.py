@@ -1,6 +1,6 @@
 """``probe()`` against a real RabbitMQ (Debian's rabbitmq-server) on loopback.
 
-Uses the lab's :class:`~hangproof.lab.rabbitmq.RabbitNode` with private
+Uses the lab's :class:`~hangproof.lab.components.rabbitmq.RabbitNode` with private
 epmd/distribution ports, so it touches nothing shared. One node for the module
 (booting takes 5-15 s); it is stopped by pid even when a test fails.
 """
@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from hangproof.failure import Verdict
-from hangproof.lab.rabbitmq import RabbitNode
+from hangproof.lab.components.rabbitmq import RabbitNode
 from hangproof.probe import probe
 
 pytestmark = pytest.mark.lab

@@ -13,7 +13,7 @@ import subprocess
 import pytest
 
 from hangproof import alerting
-from hangproof.lab import processes
+from hangproof.lab.engine import processes
 from hangproof.lab.scenarios.prometheus_alerts import PREFIX, run_alerts, run_vip_race
 
 pytestmark = pytest.mark.lab

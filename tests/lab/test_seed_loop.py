@@ -8,10 +8,10 @@ from pathlib import Path
 
 import pytest
 
-from hangproof.lab import processes
-from hangproof.lab.lab import Lab
+from hangproof.lab.engine import processes
+from hangproof.lab.engine.lab import Lab
+from hangproof.lab.engine.topology import Topology
 from hangproof.lab.scenarios import RunOptions, run_scenario
-from hangproof.lab.topology import Topology
 from hangproof.report.events import LANE_VIP, EventLog
 
 pytestmark = pytest.mark.lab

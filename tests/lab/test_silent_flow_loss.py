@@ -30,9 +30,9 @@ import pytest
 from guard_workers import LAB_TLS
 
 from hangproof.failure import Policy
-from hangproof.lab import processes
+from hangproof.lab.beds.testbed import FaultBed
+from hangproof.lab.engine import processes
 from hangproof.lab.faults import make_fault
-from hangproof.lab.faults.testbed import FaultBed
 from hangproof.lab.scenarios.fault_matrix import run_cell
 
 pytestmark = [pytest.mark.lab, pytest.mark.timeout(900)]
@@ -99,7 +99,14 @@ def _calls(path: Path) -> list[dict[str, Any]]:
 
 def _drain(bed: FaultBed, queue: str) -> set[str]:
     out = processes.run(
-        [sys.executable, "-m", "hangproof.lab.delay_loop", "drain", bed.producer_url, queue],
+        [
+            sys.executable,
+            "-m",
+            "hangproof.lab.clients.delay_loop",
+            "drain",
+            bed.producer_url,
+            queue,
+        ],
         netns=bed.broker_netns,
         timeout=60,
     )
@@ -120,7 +127,7 @@ def test_guarded_producer_never_lies_nor_hangs(bed: FaultBed, tmp_path: Path) ->
                 "HANGPROOF_GUARD": guard,
                 "HANGPROOF_STALL_TIMEOUT": str(STALL),
             }
-            argv = [sys.executable, "-m", "hangproof.lab.delay_loop", "run", f"sfl-{name}"]
+            argv = [sys.executable, "-m", "hangproof.lab.clients.delay_loop", "run", f"sfl-{name}"]
             argv += [str(tmp_path / f"{name}.jsonl"), "--seconds", str(PRODUCE_SECONDS)]
             argv += ["--interval", "0.25", "--prefix", f"{name}-"]
             procs[name] = processes.spawn(

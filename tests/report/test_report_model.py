@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from hangproof.lab.timeline import (
+from hangproof.lab.observe.timeline import (
     CellRecorder,
     ConnectionWatch,
     classify_log_line,
@@ -294,17 +294,21 @@ def test_heatmap_shows_hang_and_exit_as_their_own_marks_with_links() -> None:
 def test_docstring_examples_hold() -> None:
     import doctest
 
-    import hangproof.lab.timeline
+    import hangproof.lab.observe.timeline
     import hangproof.report.events
     import hangproof.report.figure
 
-    for module in (hangproof.report.events, hangproof.report.figure, hangproof.lab.timeline):
+    for module in (
+        hangproof.report.events,
+        hangproof.report.figure,
+        hangproof.lab.observe.timeline,
+    ):
         failures, tried = doctest.testmod(module)
         assert failures == 0 and tried > 0, module.__name__
 
 
 def test_write_report_never_fails_the_run(tmp_path: Path) -> None:
-    from hangproof.lab.timeline import write_report
+    from hangproof.lab.observe.timeline import write_report
 
     said: list[str] = []
     blocker = tmp_path / "a-file"

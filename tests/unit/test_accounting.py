@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import multiprocessing
+import os
 from pathlib import Path
 
 import pytest
 
-from hangproof.lab.accounting import Ledger, tally
+from hangproof.lab.clients.accounting import Ledger, append_key, ledger_keys, tally
 
 
 def test_tally_counts_each_kind_once() -> None:
@@ -79,3 +80,21 @@ def test_wait_drained_is_bounded(tmp_path: Path) -> None:
     ledger.reset()
     ledger.record_published("never-runs")
     assert ledger.wait_drained(timeout=0.3, poll=0.05).lost == 1
+
+
+def test_line_ledger_keeps_every_execution_of_every_process(tmp_path: Path) -> None:
+    # The fault matrix's ledger: kombu/aio-pika consumers and the Celery sample
+    # app append "<key> <pid>" to one file; a re-delivered key appears twice.
+
+    ledger = tmp_path / "ledger"
+    assert ledger_keys(ledger) == []
+    append_key(ledger, "q-1")
+    pid = os.fork()
+    if pid == 0:  # another worker process
+        append_key(str(ledger), "q-2")
+        append_key(str(ledger), "q-1")
+        os._exit(0)
+    os.waitpid(pid, 0)
+    assert ledger_keys(ledger) == ["q-1", "q-2", "q-1"]
+    pids = [line.split()[1] for line in ledger.read_text().splitlines()]
+    assert pids[0] == str(os.getpid()) and pids[1] == pids[2] == str(pid)

@@ -14,10 +14,10 @@ from pathlib import Path
 import pytest
 
 from hangproof.aio import _log_blocked
+from hangproof.lab.clients.matrix_clients import EVENT_LOG_ENV, log_guard_events_to_cell
 from hangproof.lab.faults import CellContext
 from hangproof.lab.faults.disk_alarm import DiskAlarm
 from hangproof.lab.faults.memory_alarm import MemoryAlarm
-from hangproof.lab.matrix_clients import EVENT_LOG_ENV, log_guard_events_to_cell
 from hangproof.lab.scenarios.fault_matrix import _log_events
 
 

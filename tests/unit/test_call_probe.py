@@ -7,8 +7,8 @@ import json
 
 import pytest
 
-from hangproof.lab import call_probe
-from hangproof.lab.call_probe import CallResult, deadline, judge, parse_output
+from hangproof.lab.clients import call_probe
+from hangproof.lab.clients.call_probe import CallResult, deadline, judge, parse_output
 from hangproof.lab.faults import FAULTS, broker_reject_at_call, disk_alarm, fault_bed
 from hangproof.lab.faults.broker_reject_at_call import rule_packets
 from hangproof.lab.faults.disk_alarm import alarm_limit, has_disk_alarm

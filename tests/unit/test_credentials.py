@@ -136,7 +136,7 @@ def test_mask_argv_hides_rabbitmqctl_passwords_and_cookies() -> None:
 
 
 def test_subprocess_errors_from_the_lab_runner_do_not_echo_secrets() -> None:
-    from hangproof.lab import processes
+    from hangproof.lab.engine import processes
 
     secret_argv = ["sh", "-c", "sleep 5", "sh", "add_user", "bob", "s3cretpw"]
     with pytest.raises(subprocess.TimeoutExpired) as timeout:
@@ -152,8 +152,8 @@ def test_subprocess_errors_from_the_lab_runner_do_not_echo_secrets() -> None:
 def test_rabbitmqctl_error_does_not_echo_the_password(
     monkeypatch: pytest.MonkeyPatch, tmp_path: object
 ) -> None:
-    from hangproof.lab import processes
-    from hangproof.lab.rabbitmq import RabbitNode
+    from hangproof.lab.components.rabbitmq import RabbitNode
+    from hangproof.lab.engine import processes
 
     def failing_run(argv: list[str], **_: object) -> subprocess.CompletedProcess[str]:
         return subprocess.CompletedProcess(argv, 69, "", "Error: unable to perform an operation")

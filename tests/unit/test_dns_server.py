@@ -5,7 +5,7 @@ from __future__ import annotations
 import struct
 from pathlib import Path
 
-from hangproof.lab.dns_server import (
+from hangproof.lab.components.dns_server import (
     RCODE_NXDOMAIN,
     answer_addresses,
     load_records,

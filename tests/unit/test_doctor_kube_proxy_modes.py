@@ -17,8 +17,8 @@ from hangproof.doctor.model import FloatingAddress, HostView, ProcessRef, TcpSoc
 from hangproof.doctor.netfilter import merge_gates, parse_iptables_save, parse_nft_ruleset
 from hangproof.doctor.rules import NODEPORT_VIP_RACE_HAZARD, diagnose
 from hangproof.failure import Severity
-from hangproof.lab.kube_proxy import MODES, has_port_holder
-from hangproof.lab.kube_proxy_docs import render_markdown
+from hangproof.lab.components.kube_proxy import MODES, has_port_holder
+from hangproof.lab.scenarios.kube_proxy_docs import render_markdown
 
 DATA = Path(__file__).parent.parent / "data" / "doctor" / "kube_proxy_modes"
 VIP, NODE_PORT = "198.18.0.100", 32672

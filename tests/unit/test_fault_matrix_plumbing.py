@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 
 from hangproof.errors import HangproofError
+from hangproof.lab.clients.matrix_clients import message_key
 from hangproof.lab.faults import FAULTS, SEED_LAB, TESTBED, TESTBED_ROUTER, fault_bed
-from hangproof.lab.matrix_clients import message_key
 from hangproof.lab.scenarios import needs_lab, scenario_summary
 from hangproof.lab.scenarios.fault_matrix import (
     DEFAULT_PROFILES,
@@ -84,7 +84,7 @@ def test_tls_cells_give_every_client_the_lab_ca(tmp_path: object) -> None:
 
 
 def test_tls_seed_bed_forwards_the_nodeport_to_the_tls_listener() -> None:
-    from hangproof.lab.faults.seed_bed import SeedBed
+    from hangproof.lab.beds.seed_bed import SeedBed
 
     bed = SeedBed("hpfvx", tls=True)
     assert bed.client_url == "amqps://guest:guest@198.18.0.100:32672/"

@@ -14,8 +14,8 @@ from typing import Any
 import pytest
 
 from hangproof.errors import HangproofError
-from hangproof.lab import fault_matrix_docs
 from hangproof.lab.faults import fault_bed
+from hangproof.lab.scenarios import fault_matrix_docs
 from hangproof.lab.scenarios.fault_matrix import (
     PROFILES,
     PUBLISH_VERDICTS,
@@ -172,8 +172,8 @@ def test_which_faults_share_one_injection() -> None:
     assert _fault_parallel("blackhole", Plain()) is True
     # A fault that acts on one attached consumer runs one cell at a time.
     assert _fault_parallel("blackhole", PerConsumer()) is False
-    assert _fault_parallel("vip-race", Plain()) is False  # PARALLEL = False
-    assert _fault_parallel("vip-failover", Plain()) is True  # PARALLEL = True
+    assert _fault_parallel("vip-race", Plain()) is False  # parallel = False
+    assert _fault_parallel("vip-failover", Plain()) is True  # parallel = True
 
 
 def test_docs_are_generated_from_the_raw_json_alone(run: dict[str, Any], tmp_path: Path) -> None:

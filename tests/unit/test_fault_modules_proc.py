@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from hangproof.errors import HangproofError
-from hangproof.lab import processes
+from hangproof.lab.engine import processes
 from hangproof.lab.faults import FAULTS, CellContext, FaultTarget, make_fault
 from hangproof.lab.faults.broker_view import parse_connections, parse_queue_consumers
 from hangproof.lab.faults.client_freeze import process_state

@@ -8,10 +8,10 @@ from pathlib import Path
 from celery import Celery
 
 from hangproof.celery import harden
+from hangproof.lab.components.rabbitmq import RabbitNode
+from hangproof.lab.engine.lab import Lab
+from hangproof.lab.engine.topology import Topology
 from hangproof.lab.faults import CellContext, FaultTarget, fault_bed, make_fault
-from hangproof.lab.lab import Lab
-from hangproof.lab.rabbitmq import RabbitNode
-from hangproof.lab.topology import Topology
 
 
 def cluster_target() -> FaultTarget:
@@ -75,7 +75,7 @@ def test_cluster_partition_drops_only_inter_node_ports_both_ways_on_the_worker_n
 def test_guarded_kombu_client_keeps_the_guard_on_every_failover_alternate() -> None:
     from kombu import Connection
 
-    from hangproof.lab.matrix_clients import kombu_connection
+    from hangproof.lab.clients.matrix_clients import kombu_connection
 
     # What kombu does by itself: the alternate's scheme wins over transport=.
     plain = Connection("amqp://a:5672//;amqp://b:5672//", transport="hangproof.kombu:Transport")

@@ -1,6 +1,6 @@
 """The guard transport over TLS, against local TLS peers on loopback (no root).
 
-Certificates are made at test time (:mod:`hangproof.lab.tls`, openssl). The
+Certificates are made at test time (:mod:`hangproof.lab.components.tls`, openssl). The
 peers:
 
 - ``silent``: accepts TCP and never sends a byte (no ServerHello): the
@@ -34,7 +34,7 @@ from hangproof.guard.transport import (
     TLSHandshakeFailed,
     TLSVerificationFailed,
 )
-from hangproof.lab.tls import TlsFiles, make_tls_files
+from hangproof.lab.components.tls import TlsFiles, make_tls_files
 
 SLACK = 1.0  # scheduling slack on a loaded 2-core box
 

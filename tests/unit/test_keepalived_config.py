@@ -4,7 +4,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from hangproof.lab.keepalived import KeepalivedNode, KeepalivedSpec, keepalived_config, read_events
+from hangproof.lab.components.keepalived import (
+    KeepalivedNode,
+    KeepalivedSpec,
+    keepalived_config,
+    read_events,
+)
 
 
 def test_config_has_the_reports_vrrp_script_and_the_vip() -> None:

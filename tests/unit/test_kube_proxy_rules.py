@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from hangproof.lab.kube_proxy import chain_hash, nat_rules
+from hangproof.lab.components.kube_proxy import chain_hash, nat_rules
 from hangproof.lab.mitigations import reject_undnat_rule
 
 DATA = Path(__file__).parent.parent / "data" / "lab"

@@ -5,9 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 
 from hangproof.doctor.conntrack import parse_conntrack
-from hangproof.lab.evidence import join_ss_records, parse_ss_record
-from hangproof.lab.hooks import parse_trace_counters, seen, trace_rules
-from hangproof.lab.story import repeat_summary
+from hangproof.lab.components.hooks import parse_trace_counters, seen, trace_rules
+from hangproof.lab.observe.evidence import join_ss_records, parse_ss_record
+from hangproof.lab.observe.story import repeat_summary
 
 DATA = Path(__file__).parent.parent / "data" / "lab"
 

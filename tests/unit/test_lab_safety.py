@@ -18,12 +18,12 @@ from pathlib import Path
 import pytest
 
 from hangproof.cli import main
-from hangproof.lab import processes
-from hangproof.lab.cookie import lab_cookie, write_cookie
-from hangproof.lab.lab import Lab, teardown
-from hangproof.lab.rabbitmq import RabbitNode
-from hangproof.lab.state import DEFAULT_STATE_ROOT, LabState, state_root
-from hangproof.lab.topology import Topology, TopologyError
+from hangproof.lab.components.cookie import lab_cookie, write_cookie
+from hangproof.lab.components.rabbitmq import RabbitNode
+from hangproof.lab.engine import processes
+from hangproof.lab.engine.lab import Lab, teardown
+from hangproof.lab.engine.state import DEFAULT_STATE_ROOT, LabState, state_root
+from hangproof.lab.engine.topology import Topology, TopologyError
 
 OLD_FIXED_COOKIE = "HANGPROOFLABCOOKIE"
 

@@ -7,10 +7,10 @@ from pathlib import Path
 import pytest
 
 from hangproof.errors import HangproofError
+from hangproof.lab.components.rabbitmq import RabbitNode
 from hangproof.lab.faults import FaultTarget, fault_bed, flow_state, one_way_loss
 from hangproof.lab.faults.flow_state import FlowStateLoss
 from hangproof.lab.faults.one_way_loss import OneWayLoss
-from hangproof.lab.rabbitmq import RabbitNode
 from hangproof.lab.scenarios.fault_matrix import judge_promise
 
 IPTABLES_L = """Chain OUTPUT (policy ACCEPT 0 packets, 0 bytes)
@@ -89,7 +89,7 @@ def test_the_link_faults_share_one_injection_in_the_matrix(tmp_path: Path) -> No
     from hangproof.lab.faults import make_fault
     from hangproof.lab.scenarios.fault_matrix import _fault_parallel
 
-    # PARALLEL is read from the registered module (one_way_loss_in/_out), not the shared one.
+    # parallel is read from the registered class (one_way_loss_in/_out), inherited from OneWayLoss.
     for name in ("one-way-loss-in", "one-way-loss-out"):
         assert _fault_parallel(name, make_fault(name, _target(tmp_path))) is True, name
     # client-freeze acts on one consumer's pid: one cell at a time.

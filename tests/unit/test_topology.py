@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from hangproof.lab.topology import Topology, TopologyError
+from hangproof.lab.engine.topology import Topology, TopologyError
 
 
 def test_seed_is_the_reports_system() -> None:

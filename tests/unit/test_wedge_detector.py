@@ -5,8 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 from types import SimpleNamespace
 
-from hangproof.lab.evidence import join_ss_records, parse_ss_record, stuck_handshakes
-from hangproof.lab.literal_waiter import WedgeWatcher, count_online, last_error
+from hangproof.lab.observe.evidence import join_ss_records, parse_ss_record, stuck_handshakes
+from hangproof.lab.observe.literal_waiter import WedgeWatcher, count_online, last_error
 
 DATA = Path(__file__).parent.parent / "data" / "lab"
 VIP, PORT = "198.18.0.100", 32672

@@ -13,8 +13,8 @@ import subprocess
 
 import pytest
 
-from hangproof.lab import network
-from hangproof.lab.state import LabState, known_labs
+from hangproof.lab.engine import network
+from hangproof.lab.engine.state import LabState, known_labs
 
 pytestmark = pytest.mark.lab
 
@@ -32,7 +32,7 @@ TEST_PREFIXES = (
     "hpalv-",
     "hpfv",
 )
-#: What every namespace a lab made carries on its loopback (hangproof.lab.network.owner_mark).
+#: What every namespace a lab made carries on its loopback (hangproof.lab.engine.network.owner_mark).
 MARK = "hangproof-lab "
 
 

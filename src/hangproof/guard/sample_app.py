@@ -27,6 +27,8 @@ import time
 
 from celery import Celery
 
+from hangproof.lab.clients.accounting import append_key
+
 app = Celery("hangproof_sample", broker=os.environ.get("HANGPROOF_BROKER_URL", "amqp://"))
 app.conf.update(
     task_ignore_result=True,
@@ -58,12 +60,7 @@ elif os.environ.get("HANGPROOF_LATE_ACKS") == "1":
 def _ledger(task_id: str) -> None:
     ledger = os.environ.get("HANGPROOF_LEDGER")
     if ledger:
-        # O_APPEND writes of one short line are atomic across processes.
-        fd = os.open(ledger, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
-        try:
-            os.write(fd, f"{task_id} {os.getpid()}\n".encode())
-        finally:
-            os.close(fd)
+        append_key(ledger, task_id)  # the lab's one ledger format, <key> <pid>
 
 
 @app.task(name="hangproof.noop")

@@ -10,11 +10,11 @@ from typing import Annotated, Any
 import typer
 
 from hangproof.errors import EXIT_FINDING, EXIT_OK, HangproofError, require_root
-from hangproof.lab.kube_proxy import MODE_DESCRIPTIONS, MODES
-from hangproof.lab.lab import Lab, stderr_progress
+from hangproof.lab.clients.race_client import CLIENTS
+from hangproof.lab.components.kube_proxy import MODE_DESCRIPTIONS, MODES
+from hangproof.lab.engine.lab import Lab, stderr_progress
+from hangproof.lab.engine.topology import Topology
 from hangproof.lab.mitigations import MITIGATIONS
-from hangproof.lab.race_client import CLIENTS
-from hangproof.lab.topology import Topology
 
 lab_app = typer.Typer(
     help="Build the report's system in network namespaces and break it on demand (root).",
@@ -37,7 +37,7 @@ ReportOpt = Annotated[
 
 
 def _report_dir(given: Path | None, lab_directory: Path, what: str) -> Path | None:
-    from hangproof.lab.timeline import default_report_dir, report_enabled
+    from hangproof.lab.observe.timeline import default_report_dir, report_enabled
 
     if given is not None:
         return given
@@ -104,9 +104,9 @@ def down(
     json_out: JsonOpt = False,
 ) -> int:
     """Stop what the lab started (by pid) and delete its namespaces. Idempotent."""
-    from hangproof.lab.lab import teardown
-    from hangproof.lab.state import LabState
-    from hangproof.lab.topology import check_lab_name
+    from hangproof.lab.engine.lab import teardown
+    from hangproof.lab.engine.state import LabState
+    from hangproof.lab.engine.topology import check_lab_name
 
     check_lab_name(name)  # before root: `--name cni` is refused in one line anywhere
     require_root("hangproof lab down")
@@ -126,7 +126,7 @@ def down(
 
 
 def _topology_of(name: str) -> Topology:
-    from hangproof.lab.state import LabState
+    from hangproof.lab.engine.state import LabState
 
     state = LabState.load(name)
     if state and state.topology:
@@ -195,8 +195,8 @@ def race(
     json_out: JsonOpt = False,
 ) -> int:
     """Reproduce the seed's hang: the VIP lands on the client's node mid-SYN."""
-    from hangproof.lab.race import run_race
-    from hangproof.lab.story import race_story, repeat_summary
+    from hangproof.lab.observe.story import race_story, repeat_summary
+    from hangproof.lab.scenarios.race import run_race
 
     require_root("hangproof lab race")
     if repeat < 1 or repeat > 1000:
@@ -221,7 +221,7 @@ def race(
             )
         )
         if report_dir is not None:
-            from hangproof.lab.timeline import write_report
+            from hangproof.lab.observe.timeline import write_report
 
             where = report_dir if repeat == 1 else report_dir / f"race-{i + 1}"
             results[-1]["report"] = write_report(timeline, where, lab.progress)
@@ -382,7 +382,7 @@ def run(
     lab: Lab | None = None
     if getattr(module, "NEEDS_LAB", True):
         lab = _shared_lab(name, progress)
-    from hangproof.lab.state import state_root
+    from hangproof.lab.engine.state import state_root
 
     report_dir = _report_dir(report, lab.state.directory if lab else state_root(), scenario)
     options = RunOptions(
@@ -428,7 +428,7 @@ def run(
 
 def _shared_lab(name: str, progress: Any) -> Lab:
     """The lab called ``name``; brought up with a RabbitMQ cluster if it is not up."""
-    from hangproof.lab.state import LabState
+    from hangproof.lab.engine.state import LabState
 
     state = LabState.load(name)
     if state is None or not state.topology:
@@ -441,6 +441,6 @@ def _shared_lab(name: str, progress: Any) -> Lab:
 
 def register(app: typer.Typer) -> None:
     app.add_typer(lab_app, name="lab")
-    from hangproof.lab.demo import demo
+    from hangproof.lab.scenarios.demo import demo
 
     app.command("demo")(demo)

@@ -17,7 +17,7 @@ from pathlib import Path
 
 from pamqp import commands, frame, header
 
-from hangproof.lab.rabbitmq import RabbitNode
+from hangproof.lab.components.rabbitmq import RabbitNode
 
 C = commands.Connection
 OUT = Path(__file__).resolve().parent

@@ -3,11 +3,13 @@
 Every fault acts on real kernel or process state of a lab we built (iptables in
 the broker's own namespace, SIGSTOP by pid, killing the broker by pid,
 rabbitmqctl alarms), never on the root namespace. Each module's docstring names
-the real-world event it stands for. Adding a fault touches one new module and
-one line in :data:`FAULTS`.
+the real-world event it stands for. A fault is a :class:`Fault` subclass whose
+``name`` is its :class:`~hangproof.failure.FaultClass` value (the one place a
+fault's name is written); defining the class registers it, so adding a fault
+touches one new module (plus its member of ``FaultClass``).
 
     >>> sorted(FAULTS)[:3]
-    ['blackhole', 'broker-freeze', 'broker-kill']
+    ['blackhole', 'broker-down-at-call', 'broker-freeze']
     >>> fault = make_fault("blackhole", bed.target)  # doctest: +SKIP
     >>> fault.inject(); fault.heal()  # doctest: +SKIP
 """
@@ -16,48 +18,23 @@ from __future__ import annotations
 
 import contextlib
 import importlib
+import pkgutil
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from hangproof.errors import HangproofError
 from hangproof.failure import FaultClass
-from hangproof.lab import processes
-from hangproof.lab.rabbitmq import RabbitNode
+from hangproof.lab.components.rabbitmq import RabbitNode
+from hangproof.lab.engine import processes
 
 if TYPE_CHECKING:
-    from hangproof.lab.lab import Lab
+    from hangproof.lab.engine.lab import Lab
 
-#: Fault name (the FaultClass value) -> module under hangproof.lab.faults.
-FAULTS: dict[str, str] = {
-    FaultClass.BLACKHOLE.value: "blackhole",
-    FaultClass.BROKER_FREEZE.value: "broker_freeze",
-    FaultClass.BROKER_KILL.value: "broker_kill",
-    FaultClass.HEAL_AFTER_HALF_OPEN.value: "heal_after_half_open",
-    FaultClass.HEARTBEAT_ONLY_HANDSHAKE.value: "heartbeat_only_handshake",
-    FaultClass.MEMORY_ALARM.value: "memory_alarm",
-    FaultClass.SILENT_FLOW_LOSS.value: "silent_flow_loss",
-    FaultClass.VIP_RACE.value: "vip_race",
-    FaultClass.VIP_FAILOVER.value: "vip_failover",
-    FaultClass.CLIENT_FREEZE.value: "client_freeze",
-    FaultClass.CONSUMER_TIMEOUT.value: "consumer_timeout",
-    FaultClass.QUEUE_DELETED.value: "queue_deleted",
-    FaultClass.CONNECTION_CLOSED.value: "connection_closed",
-    FaultClass.BROKER_DOWN_AT_CALL.value: "broker_down_at_call",
-    FaultClass.BROKER_REJECT_AT_CALL.value: "broker_reject_at_call",
-    FaultClass.DISK_ALARM.value: "disk_alarm",
-    FaultClass.DNS_STALL.value: "dns_stall",
-    FaultClass.URL_FAILOVER.value: "url_failover",
-    FaultClass.CLUSTER_PARTITION.value: "cluster_partition",
-    FaultClass.ONE_WAY_LOSS_IN.value: "one_way_loss_in",
-    FaultClass.ONE_WAY_LOSS_OUT.value: "one_way_loss_out",
-    FaultClass.FLOW_STATE_EXPIRY.value: "flow_state_expiry",
-    FaultClass.FLOW_STATE_RST.value: "flow_state_rst",
-}
-
-#: Where a fault runs: the two-namespace testbed (:mod:`.testbed`) unless its
-#: module sets ``BED = "seed-lab"`` (the seed's 3 nodes, kube-proxy rules,
-#: port holders and VIP: :mod:`.seed_bed`).
+#: Where a fault runs: the two-namespace testbed (:mod:`hangproof.lab.beds.testbed`) unless its
+#: class sets ``bed = SEED_LAB`` (the seed's 3 nodes, kube-proxy rules,
+#: port holders and VIP: :mod:`hangproof.lab.beds.seed_bed`).
 TESTBED = "testbed"
 SEED_LAB = "seed-lab"
 #: The testbed with a router namespace between clients and broker
@@ -87,18 +64,98 @@ class FaultTarget:
     client_ip: str | None = None
 
 
-class Fault(Protocol):
+class Fault:
     """One fault: ``inject()`` starts the real-world event, ``heal()`` ends it.
 
     ``heal()`` is idempotent and safe after a failed ``inject()``, so callers
-    put it in a ``finally``.
+    put it in a ``finally``. A subclass declares once:
+
+    - ``name``: its :class:`~hangproof.failure.FaultClass` value (registers it);
+    - ``bed``: the bed it runs on (:data:`TESTBED` unless set);
+    - ``parallel``: whether fault-matrix cells may share one injection (None:
+      fault-matrix decides, see ``_fault_parallel``).
+
+    It is built as ``cls(target)``. Optional hooks, looked up by the callers:
+    ``prepare()``, ``configure(ctx)``, ``attach(ctx)``, ``close()``.
+
+        >>> fault_type("broker-kill").__name__, fault_type("vip-race").bed
+        ('BrokerKill', 'seed-lab')
     """
 
-    name: str
+    name: ClassVar[str] = ""
+    bed: ClassVar[str] = TESTBED
+    parallel: ClassVar[bool | None] = None
 
-    def inject(self) -> None: ...
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        name = cls.__dict__.get("name")
+        if not name or cls.__module__ == "__main__":
+            return  # a base of several faults, or a fault module run as a script
+        FaultClass(name)  # ValueError: every fault is a FaultClass of hangproof.failure
+        known = _REGISTRY.get(name)
+        if known is not None and known.__qualname__ != cls.__qualname__:
+            raise TypeError(f"fault {name!r} is defined twice: {known!r} and {cls!r}")
+        _REGISTRY[name] = cls
 
-    def heal(self) -> None: ...
+    def inject(self) -> None:
+        raise NotImplementedError
+
+    def heal(self) -> None:
+        raise NotImplementedError
+
+
+#: Fault name -> its class, filled as the fault modules are imported.
+_REGISTRY: dict[str, type[Fault]] = {}
+_loaded = False
+
+
+def _load_all() -> dict[str, type[Fault]]:
+    """Import every module of this package once, so every fault class is registered."""
+    global _loaded
+    if not _loaded:
+        for info in pkgutil.iter_modules(__path__):
+            importlib.import_module(f"{__name__}.{info.name}")
+        _loaded = True
+    return _REGISTRY
+
+
+class _FaultModules(Mapping[str, str]):
+    """:data:`FAULTS`: fault name -> its module's name under hangproof.lab.faults.
+
+    Derived from the registered classes (in :class:`FaultClass` order), and
+    loaded on first use: importing the package imports no fault module.
+    """
+
+    def _names(self) -> dict[str, str]:
+        registry = _load_all()
+        return {
+            fc.value: registry[fc.value].__module__.rpartition(".")[2]
+            for fc in FaultClass
+            if fc.value in registry
+        }
+
+    def __getitem__(self, name: str) -> str:
+        return self._names()[name]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._names())
+
+    def __len__(self) -> int:
+        return len(self._names())
+
+
+#: Fault name (the FaultClass value) -> module under hangproof.lab.faults.
+FAULTS: Mapping[str, str] = _FaultModules()
+
+
+def fault_type(name: str) -> type[Fault]:
+    """The class of fault ``name``; one clear error line for an unknown name."""
+    registry = _load_all()
+    if name not in registry:
+        raise HangproofError(
+            f"unknown fault {name!r}; choose one of: {', '.join(sorted(registry))}"
+        )
+    return registry[name]
 
 
 @dataclass
@@ -174,16 +231,9 @@ def fault_bed(name: str) -> str:
     >>> fault_bed("blackhole"), fault_bed("vip-race")
     ('testbed', 'seed-lab')
     """
-    if name not in FAULTS:
-        raise HangproofError(f"unknown fault {name!r}; choose one of: {', '.join(sorted(FAULTS))}")
-    module = importlib.import_module(f"hangproof.lab.faults.{FAULTS[name]}")
-    return str(getattr(module, "BED", TESTBED))
+    return fault_type(name).bed
 
 
 def make_fault(name: str, target: FaultTarget) -> Fault:
     """The fault called ``name`` (a :class:`FaultClass` value) aimed at ``target``."""
-    if name not in FAULTS:
-        raise HangproofError(f"unknown fault {name!r}; choose one of: {', '.join(sorted(FAULTS))}")
-    module = importlib.import_module(f"hangproof.lab.faults.{FAULTS[name]}")
-    fault: Fault = module.make(target)
-    return fault
+    return fault_type(name)(target)  # type: ignore[call-arg]

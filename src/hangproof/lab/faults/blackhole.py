@@ -13,16 +13,17 @@ heartbeat timeout).
 
 from __future__ import annotations
 
-from hangproof.lab.faults import FaultTarget, delete_rules, insert_rules
+from hangproof.failure import FaultClass
+from hangproof.lab.faults import Fault, FaultTarget, delete_rules, insert_rules
 
 #: Marks our rules, so heal deletes exactly what inject added.
 RULE_COMMENT = "hpfault-blackhole"
 
 
-class Blackhole:
+class Blackhole(Fault):
     """DROP the AMQP traffic on the broker's client-facing interface."""
 
-    name = "blackhole"
+    name = FaultClass.BLACKHOLE.value
 
     def __init__(self, target: FaultTarget) -> None:
         self.target = target
@@ -45,8 +46,3 @@ class Blackhole:
         """Delete the DROP rules (each at most once; absent rules are fine)."""
         delete_rules(self.target.broker_netns, self._rules())
         self.injected = False
-
-
-def make(target: FaultTarget) -> Blackhole:
-    """The blackhole fault for ``target``."""
-    return Blackhole(target)

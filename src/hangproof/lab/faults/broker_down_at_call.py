@@ -21,13 +21,14 @@ from __future__ import annotations
 
 import contextlib
 
-from hangproof.lab.faults import FaultTarget
+from hangproof.failure import FaultClass
+from hangproof.lab.faults import Fault, FaultTarget
 
 
-class BrokerDownAtCall:
+class BrokerDownAtCall(Fault):
     """``stop_app`` the node: its AMQP port refuses connections until ``start_app``."""
 
-    name = "broker-down-at-call"
+    name = FaultClass.BROKER_DOWN_AT_CALL.value
 
     def __init__(self, target: FaultTarget) -> None:
         self.target = target
@@ -48,8 +49,3 @@ class BrokerDownAtCall:
             self.target.node.ctl("start_app", timeout=90)
             self.target.node.wait_ready(60)
         self.stopped = False
-
-
-def make(target: FaultTarget) -> BrokerDownAtCall:
-    """The broker-down-at-call fault for ``target``."""
-    return BrokerDownAtCall(target)

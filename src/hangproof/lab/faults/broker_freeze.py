@@ -16,13 +16,14 @@ import os
 import signal
 
 from hangproof.errors import HangproofError
-from hangproof.lab.faults import FaultTarget
+from hangproof.failure import FaultClass
+from hangproof.lab.faults import Fault, FaultTarget
 
 
-class BrokerFreeze:
+class BrokerFreeze(Fault):
     """SIGSTOP / SIGCONT of the node's Erlang VM."""
 
-    name = "broker-freeze"
+    name = FaultClass.BROKER_FREEZE.value
 
     def __init__(self, target: FaultTarget) -> None:
         self.target = target
@@ -42,8 +43,3 @@ class BrokerFreeze:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(self.beam_pid, signal.SIGCONT)
             self.beam_pid = None
-
-
-def make(target: FaultTarget) -> BrokerFreeze:
-    """The broker-freeze fault for ``target``."""
-    return BrokerFreeze(target)

@@ -14,13 +14,14 @@ import os
 import signal
 
 from hangproof.errors import HangproofError
-from hangproof.lab.faults import FaultTarget
+from hangproof.failure import FaultClass
+from hangproof.lab.faults import Fault, FaultTarget
 
 
-class BrokerKill:
+class BrokerKill(Fault):
     """SIGKILL the node's Erlang VM; heal restarts the node."""
 
-    name = "broker-kill"
+    name = FaultClass.BROKER_KILL.value
 
     def __init__(self, target: FaultTarget) -> None:
         self.target = target
@@ -42,8 +43,3 @@ class BrokerKill:
         if self.killed:
             self.killed = False
             self.target.node.start(timeout=120)
-
-
-def make(target: FaultTarget) -> BrokerKill:
-    """The broker-kill fault for ``target``."""
-    return BrokerKill(target)

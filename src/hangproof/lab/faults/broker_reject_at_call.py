@@ -20,8 +20,9 @@ from __future__ import annotations
 import contextlib
 import re
 
-from hangproof.lab import processes
-from hangproof.lab.faults import FaultTarget, delete_rules, insert_rules
+from hangproof.failure import FaultClass
+from hangproof.lab.engine import processes
+from hangproof.lab.faults import Fault, FaultTarget, delete_rules, insert_rules
 
 #: Marks our rule, so heal deletes exactly what inject added.
 RULE_COMMENT = "hpfault-reject-at-call"
@@ -44,10 +45,10 @@ def rule_packets(listing: str, comment: str = RULE_COMMENT) -> int:
     return total
 
 
-class BrokerRejectAtCall:
+class BrokerRejectAtCall(Fault):
     """REJECT (tcp-reset) the AMQP port on the broker's client-facing interface."""
 
-    name = "broker-reject-at-call"
+    name = FaultClass.BROKER_REJECT_AT_CALL.value
 
     def __init__(self, target: FaultTarget) -> None:
         self.target = target
@@ -82,8 +83,3 @@ class BrokerRejectAtCall:
             self.detail["rejected_packets"] = self.packets()
         delete_rules(self.target.broker_netns, self._rules())
         self.injected = False
-
-
-def make(target: FaultTarget) -> BrokerRejectAtCall:
-    """The broker-reject-at-call fault for ``target``."""
-    return BrokerRejectAtCall(target)

@@ -1,7 +1,7 @@
 """The broker's own view of the clients, for faults that act on them and prove they did.
 
 ``rabbitmqctl list_connections`` / ``list_queues`` / the node's log, through
-the lab node's :meth:`~hangproof.lab.rabbitmq.RabbitNode.ctl` (never a bare
+the lab node's :meth:`~hangproof.lab.components.rabbitmq.RabbitNode.ctl` (never a bare
 rabbitmqctl). Client connections are those whose peer is not the broker's
 own address: on the testbed the matrix's producer runs in the broker's
 namespace and dials the broker's address, the clients come from the other
@@ -17,7 +17,7 @@ import contextlib
 from pathlib import Path
 from typing import Any
 
-from hangproof.lab.rabbitmq import RabbitNode
+from hangproof.lab.components.rabbitmq import RabbitNode
 
 
 def parse_connections(text: str) -> list[dict[str, Any]]:

@@ -44,8 +44,9 @@ import time
 from typing import Any
 
 from hangproof.errors import HangproofError
-from hangproof.lab import processes
-from hangproof.lab.faults import CellContext, FaultTarget
+from hangproof.failure import FaultClass
+from hangproof.lab.engine import processes
+from hangproof.lab.faults import CellContext, Fault, FaultTarget
 from hangproof.lab.faults.broker_view import client_connections, log_since, log_size
 
 #: The freeze lasts this many heartbeat intervals (the broker needs two).
@@ -62,10 +63,10 @@ def process_state(pid: int) -> str | None:
         return None
 
 
-class ClientFreeze:
+class ClientFreeze(Fault):
     """SIGSTOP / SIGCONT of the consumer's main process, by pid identity."""
 
-    name = "client-freeze"
+    name = FaultClass.CLIENT_FREEZE.value
 
     def __init__(self, target: FaultTarget) -> None:
         self.target = target
@@ -136,8 +137,3 @@ class ClientFreeze:
             # SIGSTOP -> SIGCONT: the hold plus heal()'s broker read.
             self.detail["frozen_s"] = round(time.monotonic() - self._stopped_at, 2)
             self.stopped = False
-
-
-def make(target: FaultTarget) -> ClientFreeze:
-    """The client-freeze fault for ``target``."""
-    return ClientFreeze(target)

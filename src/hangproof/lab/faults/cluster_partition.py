@@ -13,7 +13,7 @@ closes its client connections and stops listening until it can see a majority
 again, then resumes and resyncs. Its clients must reconnect, and keep trying
 until it is back (their only URL is that node).
 
-The lab (:mod:`.cluster_bed`, three clustered nodes with
+The lab (:mod:`hangproof.lab.beds.cluster_bed`, three clustered nodes with
 ``pause_minority`` and ``net_ticktime = 10``, clients on n1):
 
 - ``configure()``: the consumer dials n2 alone (the minority node to be);
@@ -33,20 +33,21 @@ import time
 from typing import Any
 
 from hangproof.errors import HangproofError
-from hangproof.lab import processes
-from hangproof.lab.faults import CellContext, FaultTarget, delete_rules, insert_rules
-from hangproof.lab.faults.cluster_bed import SEED_CLUSTER, WORKER_NODE
+from hangproof.failure import FaultClass
+from hangproof.lab.beds.cluster_bed import SEED_CLUSTER, WORKER_NODE
+from hangproof.lab.engine import processes
+from hangproof.lab.faults import CellContext, Fault, FaultTarget, delete_rules, insert_rules
 
-BED = SEED_CLUSTER
 RULE_COMMENT = "hpfault-cluster-partition"
 #: Erlang distribution (RabbitMQ's inter-node port) and epmd.
 CLUSTER_PORTS = ("25672", "4369")
 
 
-class ClusterPartition:
+class ClusterPartition(Fault):
     """DROP inter-node traffic to and from the worker's node."""
 
-    name = "cluster-partition"
+    name = FaultClass.CLUSTER_PARTITION.value
+    bed = SEED_CLUSTER
 
     def __init__(self, target: FaultTarget) -> None:
         if target.lab is None:
@@ -100,8 +101,3 @@ class ClusterPartition:
     def close(self) -> None:
         """Heal; the bed waits for the cluster to be whole again before the next cell."""
         self.heal()
-
-
-def make(target: FaultTarget) -> ClusterPartition:
-    """The cluster-partition fault for ``target`` (a cluster-bed target)."""
-    return ClusterPartition(target)

@@ -20,16 +20,17 @@ from __future__ import annotations
 
 from typing import Any
 
-from hangproof.lab.faults import FaultTarget
+from hangproof.failure import FaultClass
+from hangproof.lab.faults import Fault, FaultTarget
 from hangproof.lab.faults.broker_view import client_connections
 
 REASON = "hangproof lab: connection-closed fault"
 
 
-class ConnectionClosed:
+class ConnectionClosed(Fault):
     """Close every client connection from the broker's side."""
 
-    name = "connection-closed"
+    name = FaultClass.CONNECTION_CLOSED.value
 
     def __init__(self, target: FaultTarget) -> None:
         self.target = target
@@ -46,8 +47,3 @@ class ConnectionClosed:
 
     def heal(self) -> None:
         """Nothing to heal: the clients must reconnect."""
-
-
-def make(target: FaultTarget) -> ConnectionClosed:
-    """The connection-closed fault for ``target``."""
-    return ConnectionClosed(target)

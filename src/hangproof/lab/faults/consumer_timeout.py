@@ -40,8 +40,9 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from hangproof.lab import processes
-from hangproof.lab.faults import CellContext, FaultTarget
+from hangproof.failure import FaultClass
+from hangproof.lab.engine import processes
+from hangproof.lab.faults import CellContext, Fault, FaultTarget
 from hangproof.lab.faults.broker_view import log_since, log_size
 
 CONSUMER_TIMEOUT_MS = 1000
@@ -76,10 +77,10 @@ def publish_slow(target: FaultTarget, queue: str, key: str, seconds: float) -> N
     )
 
 
-class ConsumerTimeout:
+class ConsumerTimeout(Fault):
     """A running task outlives the broker's consumer_timeout: 406 and the channel is closed."""
 
-    name = "consumer-timeout"
+    name = FaultClass.CONSUMER_TIMEOUT.value
 
     def __init__(self, target: FaultTarget) -> None:
         self.target = target
@@ -140,8 +141,3 @@ class ConsumerTimeout:
                 ledger = self.work / f"{queue}.ledger"
                 keys = ledger.read_text().split() if ledger.exists() else []
                 mine["slow_task_runs_completed"] = keys.count(mine.get("slow_key", "?"))
-
-
-def make(target: FaultTarget) -> ConsumerTimeout:
-    """The consumer-timeout fault for ``target``."""
-    return ConsumerTimeout(target)

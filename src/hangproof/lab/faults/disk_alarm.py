@@ -28,7 +28,7 @@ kombu: the guard transport's ``hangproof.guard: broker-blocked`` line; aio-pika:
 alarm is in force (fault_matrix's ``DETECT_FROM_END_OF_INJECT``: before it is
 rabbitmqctl's own start-up). ``configure()`` points
 the cell's client-side publishes at the consumer's log (``HANGPROOF_EVENT_LOG``,
-:func:`hangproof.lab.matrix_clients.log_guard_events_to_cell`), where the
+:func:`hangproof.lab.clients.matrix_clients.log_guard_events_to_cell`), where the
 matrix reads detections; a stock client logs no such notice, so its detect
 stays "-" (what it shows).
 """
@@ -40,8 +40,9 @@ import shutil
 import time
 
 from hangproof.errors import HangproofError
-from hangproof.lab.faults import CellContext, FaultTarget
-from hangproof.lab.matrix_clients import EVENT_LOG_ENV
+from hangproof.failure import FaultClass
+from hangproof.lab.clients.matrix_clients import EVENT_LOG_ENV
+from hangproof.lab.faults import CellContext, Fault, FaultTarget
 
 #: What RabbitNode.prepare configures (disk_free_limit.absolute).
 NORMAL_LIMIT = "50MB"
@@ -69,10 +70,10 @@ def has_disk_alarm(alarms: str) -> bool:
     return "resource_limit,disk" in alarms.replace(" ", "")
 
 
-class DiskAlarm:
+class DiskAlarm(Fault):
     """Set ``disk_free_limit`` above the free disk so the broker raises its disk alarm."""
 
-    name = "disk-alarm"
+    name = FaultClass.DISK_ALARM.value
 
     def __init__(self, target: FaultTarget) -> None:
         self.target = target
@@ -118,8 +119,3 @@ class DiskAlarm:
         if self.injected:
             self.detail["alarm_cleared"] = self._wait_alarm(False)
         self.injected = False
-
-
-def make(target: FaultTarget) -> DiskAlarm:
-    """The disk-alarm fault for ``target``."""
-    return DiskAlarm(target)

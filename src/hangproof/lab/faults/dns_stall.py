@@ -12,12 +12,12 @@ address stops answering without RST; every reconnect first needs the name.
 A client that resolves once and caches, or whose lookup has no bound, never
 gets back; one that resolves again once DNS returns moves to the new address.
 
-The lab (on the faults' testbed, :mod:`.testbed`, plain AMQP):
+The lab (on the faults' testbed, :mod:`hangproof.lab.beds.testbed`, plain AMQP):
 
 - ``configure()``: the client namespace gets its own resolv.conf
   (``/etc/netns/<ns>/resolv.conf``, which ``ip netns exec`` bind-mounts over
   /etc/resolv.conf; glibc's defaults, ``timeout:5 attempts:2``) naming a lab
-  DNS server (:mod:`hangproof.lab.dns_server`, started by pid in the broker's
+  DNS server (:mod:`hangproof.lab.components.dns_server`, started by pid in the broker's
   namespace); ``broker.hangproof.test`` resolves to the broker's address A;
   the consumer's URL uses that name. A second address B is added on the
   broker's side, DNAT'ed to the broker (B is the broker's "new" address);
@@ -45,8 +45,9 @@ from pathlib import Path
 from typing import Any
 
 from hangproof.errors import HangproofError
-from hangproof.lab import processes
-from hangproof.lab.faults import CellContext, FaultTarget, delete_rules, insert_rules
+from hangproof.failure import FaultClass
+from hangproof.lab.engine import processes
+from hangproof.lab.faults import CellContext, Fault, FaultTarget, delete_rules, insert_rules
 
 BROKER_NAME = "broker.hangproof.test"
 #: The broker's "new" address after the record flips (DNAT'ed to the broker).
@@ -74,10 +75,10 @@ def _counters(netns: str, chain: str, comment: str) -> int:
     return total
 
 
-class DnsStall:
+class DnsStall(Fault):
     """DROP DNS, flip the broker's record, black-hole the old address."""
 
-    name = "dns-stall"
+    name = FaultClass.DNS_STALL.value
 
     def __init__(self, target: FaultTarget) -> None:
         self.target = target
@@ -167,7 +168,7 @@ class DnsStall:
         self.server_log = ctx.work / f"{ctx.queue}.dns.log"
         self._write_records(self.old_address)
         server = processes.spawn(
-            [sys.executable, "-m", "hangproof.lab.dns_server", self.old_address, DNS_PORT,
+            [sys.executable, "-m", "hangproof.lab.components.dns_server", self.old_address, DNS_PORT,
              str(self.records)],
             netns=self.target.broker_netns,
             log=self.server_log,
@@ -277,8 +278,3 @@ def _client_iface(netns: str, broker_ip: str) -> str:
     if not m:
         raise HangproofError(f"no route from {netns} to {broker_ip}")
     return m.group(1)
-
-
-def make(target: FaultTarget) -> DnsStall:
-    """The dns-stall fault for ``target`` (a testbed target)."""
-    return DnsStall(target)

@@ -50,8 +50,8 @@ import time
 from typing import Any
 
 from hangproof.errors import HangproofError
-from hangproof.lab import processes
-from hangproof.lab.faults import FaultTarget, delete_rules, insert_rules
+from hangproof.lab.engine import processes
+from hangproof.lab.faults import Fault, FaultTarget, delete_rules, insert_rules
 
 #: The faults need the testbed with a router namespace (``FaultBed(router=True)``).
 BED = "testbed-router"
@@ -64,8 +64,10 @@ LOOSE_SYSCTL = "net.netfilter.nf_conntrack_tcp_loose"
 _PKTS = re.compile(r"^\s*(\d+)\s+\d+\s.*" + RULE_COMMENT, re.MULTILINE)
 
 
-class FlowStateLoss:
+class FlowStateLoss(Fault):
     """The router's conntrack expires the clients' flows; INVALID packets dropped or RST."""
+
+    bed = BED
 
     def __init__(self, target: FaultTarget, variant: str) -> None:
         if variant not in ("expiry", "rst"):

@@ -7,12 +7,15 @@ packets of a flow whose idle timer expired.
 
 from __future__ import annotations
 
+from hangproof.failure import FaultClass
 from hangproof.lab.faults import FaultTarget
-from hangproof.lab.faults.flow_state import BED, FlowStateLoss
-
-__all__ = ["BED", "make"]
+from hangproof.lab.faults.flow_state import FlowStateLoss
 
 
-def make(target: FaultTarget) -> FlowStateLoss:
-    """The flow-state-expiry fault for ``target`` (the router testbed)."""
-    return FlowStateLoss(target, "expiry")
+class FlowStateExpiry(FlowStateLoss):
+    """The flow-state-expiry fault (``FlowStateLoss(target, "expiry")``)."""
+
+    name = FaultClass.FLOW_STATE_EXPIRY.value
+
+    def __init__(self, target: FaultTarget) -> None:
+        super().__init__(target, "expiry")

@@ -7,12 +7,15 @@ a flow it has expired with a RST.
 
 from __future__ import annotations
 
+from hangproof.failure import FaultClass
 from hangproof.lab.faults import FaultTarget
-from hangproof.lab.faults.flow_state import BED, FlowStateLoss
-
-__all__ = ["BED", "make"]
+from hangproof.lab.faults.flow_state import FlowStateLoss
 
 
-def make(target: FaultTarget) -> FlowStateLoss:
-    """The flow-state-rst fault for ``target`` (the router testbed)."""
-    return FlowStateLoss(target, "rst")
+class FlowStateRst(FlowStateLoss):
+    """The flow-state-rst fault (``FlowStateLoss(target, "rst")``)."""
+
+    name = FaultClass.FLOW_STATE_RST.value
+
+    def __init__(self, target: FaultTarget) -> None:
+        super().__init__(target, "rst")

@@ -12,7 +12,7 @@ the broker closes after two missed heartbeats), which is the point.
 
 from __future__ import annotations
 
-from hangproof.lab.faults import FaultTarget
+from hangproof.failure import FaultClass
 from hangproof.lab.faults.blackhole import Blackhole
 
 #: Longest the fault may last and still be "before the broker drops the old
@@ -24,9 +24,4 @@ MAX_SECONDS_BEFORE_BROKER_NOTICES = 60.0
 class HealAfterHalfOpen(Blackhole):
     """A blackhole, healed while the broker still holds the client's old connection."""
 
-    name = "heal-after-half-open"
-
-
-def make(target: FaultTarget) -> HealAfterHalfOpen:
-    """The heal-after-half-open fault for ``target``."""
-    return HealAfterHalfOpen(target)
+    name = FaultClass.HEAL_AFTER_HALF_OPEN.value

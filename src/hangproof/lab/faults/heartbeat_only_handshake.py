@@ -27,8 +27,9 @@ import sys
 import threading
 import time
 
-from hangproof.lab import processes
-from hangproof.lab.faults import FaultTarget
+from hangproof.failure import FaultClass
+from hangproof.lab.engine import processes
+from hangproof.lab.faults import Fault, FaultTarget
 
 #: Where the fake peer listens inside the broker namespace.
 FAKE_PEER_PORT = 5679
@@ -39,10 +40,10 @@ PEER_LIFETIME = 3600.0
 RULE_COMMENT = "hpfault-heartbeat-only"
 
 
-class HeartbeatOnlyHandshake:
+class HeartbeatOnlyHandshake(Fault):
     """Redirect new AMQP connections to a peer that never finishes the handshake."""
 
-    name = "heartbeat-only-handshake"
+    name = FaultClass.HEARTBEAT_ONLY_HANDSHAKE.value
 
     def __init__(self, target: FaultTarget) -> None:
         self.target = target
@@ -91,11 +92,6 @@ class HeartbeatOnlyHandshake:
 
 
 MODULE = "hangproof.lab.faults.heartbeat_only_handshake"
-
-
-def make(target: FaultTarget) -> HeartbeatOnlyHandshake:
-    """The heartbeat-only-handshake fault for ``target``."""
-    return HeartbeatOnlyHandshake(target)
 
 
 def serve(

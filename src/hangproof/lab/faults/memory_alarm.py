@@ -17,7 +17,7 @@ kombu: the guard transport's ``hangproof.guard: broker-blocked`` line; aio-pika:
 alarm is in force (fault_matrix's ``DETECT_FROM_END_OF_INJECT``: before it is
 rabbitmqctl's own start-up). ``configure()`` points
 the cell's client-side publishes at the consumer's log (``HANGPROOF_EVENT_LOG``,
-:func:`hangproof.lab.matrix_clients.log_guard_events_to_cell`), where the
+:func:`hangproof.lab.clients.matrix_clients.log_guard_events_to_cell`), where the
 matrix reads detections; a stock client logs no such notice, so its detect
 stays "-" (what it shows).
 """
@@ -26,18 +26,19 @@ from __future__ import annotations
 
 import contextlib
 
-from hangproof.lab.faults import CellContext, FaultTarget
-from hangproof.lab.matrix_clients import EVENT_LOG_ENV
+from hangproof.failure import FaultClass
+from hangproof.lab.clients.matrix_clients import EVENT_LOG_ENV
+from hangproof.lab.faults import CellContext, Fault, FaultTarget
 
 #: What RabbitNode.prepare configures (vm_memory_high_watermark.relative).
 NORMAL_WATERMARK = "0.4"
 ALARM_WATERMARK = "0.0000001"
 
 
-class MemoryAlarm:
+class MemoryAlarm(Fault):
     """Set the memory watermark so low that the alarm fires."""
 
-    name = "memory-alarm"
+    name = FaultClass.MEMORY_ALARM.value
 
     def __init__(self, target: FaultTarget) -> None:
         self.target = target
@@ -54,8 +55,3 @@ class MemoryAlarm:
         """Restore the configured watermark (idempotent)."""
         with contextlib.suppress(Exception):
             self.target.node.ctl("set_vm_memory_high_watermark", NORMAL_WATERMARK, timeout=30)
-
-
-def make(target: FaultTarget) -> MemoryAlarm:
-    """The memory-alarm fault for ``target``."""
-    return MemoryAlarm(target)

@@ -49,13 +49,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-from hangproof.lab import processes
-from hangproof.lab.faults import CellContext, FaultTarget, delete_rules, insert_rules
+from hangproof.lab.engine import processes
+from hangproof.lab.faults import CellContext, Fault, FaultTarget, delete_rules, insert_rules
 
-#: The DROP rule acts on every client of the interface and the filler is the
-#: fault's own (started once, :meth:`OneWayLoss.attach`): the profiles of a
-#: matrix run share one injection.
-PARALLEL = True
 #: Marks our rules, so heal deletes exactly what inject added.
 RULE_COMMENT = "hpfault-one-way-loss"
 #: Messages the filler publishes at most (x 4 KiB = 16 MiB: above Linux's
@@ -67,8 +63,13 @@ FILL_MAX_SECONDS = 600.0
 _PKTS = re.compile(r"^\s*(\d+)\s+\d+\s.*" + RULE_COMMENT, re.MULTILINE)
 
 
-class OneWayLoss:
+class OneWayLoss(Fault):
     """DROP one direction of the clients' AMQP traffic on the broker's interface."""
+
+    #: The DROP rule acts on every client of the interface and the filler is the
+    #: fault's own (started once, :meth:`OneWayLoss.attach`): the profiles of a
+    #: matrix run share one injection (one_way_loss_in/_out inherit it).
+    parallel = True
 
     def __init__(self, target: FaultTarget, direction: str) -> None:
         if direction not in ("in", "out"):
@@ -93,7 +94,7 @@ class OneWayLoss:
     def attach(self, ctx: CellContext) -> None:
         """Start the filler in the clients' namespace, connected and waiting for inject().
 
-        Once per injection: the cells sharing one injection (:data:`PARALLEL`)
+        Once per injection: the cells sharing one injection (``parallel``)
         share the filler, a stock kombu producer of its own whose send buffer
         is the one that fills; each cell keeps its own consumer and probes.
         """

@@ -6,11 +6,15 @@ failure whose return leg (broker to worker) black-holes.
 
 from __future__ import annotations
 
+from hangproof.failure import FaultClass
 from hangproof.lab.faults import FaultTarget
-from hangproof.lab.faults.one_way_loss import PARALLEL as PARALLEL
 from hangproof.lab.faults.one_way_loss import OneWayLoss
 
 
-def make(target: FaultTarget) -> OneWayLoss:
-    """The one-way-loss-in fault for ``target``."""
-    return OneWayLoss(target, "in")
+class OneWayLossIn(OneWayLoss):
+    """The one-way-loss-in fault (``OneWayLoss(target, "in")``)."""
+
+    name = FaultClass.ONE_WAY_LOSS_IN.value
+
+    def __init__(self, target: FaultTarget) -> None:
+        super().__init__(target, "in")

@@ -7,11 +7,15 @@ kombu#463. Real-world event: an asymmetric path failure whose outbound leg
 
 from __future__ import annotations
 
+from hangproof.failure import FaultClass
 from hangproof.lab.faults import FaultTarget
-from hangproof.lab.faults.one_way_loss import PARALLEL as PARALLEL
 from hangproof.lab.faults.one_way_loss import OneWayLoss
 
 
-def make(target: FaultTarget) -> OneWayLoss:
-    """The one-way-loss-out fault for ``target``."""
-    return OneWayLoss(target, "out")
+class OneWayLossOut(OneWayLoss):
+    """The one-way-loss-out fault (``OneWayLoss(target, "out")``)."""
+
+    name = FaultClass.ONE_WAY_LOSS_OUT.value
+
+    def __init__(self, target: FaultTarget) -> None:
+        super().__init__(target, "out")

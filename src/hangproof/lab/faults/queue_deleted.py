@@ -25,17 +25,18 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from hangproof.lab.faults import CellContext, FaultTarget
+from hangproof.failure import FaultClass
+from hangproof.lab.faults import CellContext, Fault, FaultTarget
 from hangproof.lab.faults.broker_view import queue_consumers
 
 #: ``delete_queue`` answers "Queue was successfully deleted with N ready messages".
 _DELETED = re.compile(r"deleted with (\d+) ready messages?")
 
 
-class QueueDeleted:
+class QueueDeleted(Fault):
     """Delete the cell's queue while its consumer consumes it."""
 
-    name = "queue-deleted"
+    name = FaultClass.QUEUE_DELETED.value
 
     def __init__(self, target: FaultTarget) -> None:
         self.target = target
@@ -69,8 +70,3 @@ class QueueDeleted:
         """Nothing comes back by itself: a client must declare the queue again."""
         for queue, mine in (self.detail.get("per_queue") or {}).items():
             mine["consumers_at_heal"] = queue_consumers(self.target.node, queue)
-
-
-def make(target: FaultTarget) -> QueueDeleted:
-    """The queue-deleted fault for ``target``."""
-    return QueueDeleted(target)

@@ -38,8 +38,9 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from hangproof.lab import processes
-from hangproof.lab.faults import FaultTarget, delete_rules, insert_rules
+from hangproof.failure import FaultClass
+from hangproof.lab.engine import processes
+from hangproof.lab.faults import Fault, FaultTarget, delete_rules, insert_rules
 
 #: Marks our rules, so close() deletes exactly what prepare() added.
 RULE_COMMENT = "hpfault-silent-flow-loss"
@@ -52,10 +53,10 @@ _UPDATED = re.compile(r"(\d+) flow entries have been updated")
 DEFAULT_CLIENT_IP = "198.18.200.2"
 
 
-class SilentFlowLoss:
+class SilentFlowLoss(Fault):
     """Drop, in both directions, the AMQP flows the clients have open; leave new ones alone."""
 
-    name = "silent-flow-loss"
+    name = FaultClass.SILENT_FLOW_LOSS.value
 
     def __init__(self, target: FaultTarget, client_ip: str = DEFAULT_CLIENT_IP) -> None:
         self.target = target
@@ -102,8 +103,3 @@ class SilentFlowLoss:
         """Delete the rules (each at most once; absent rules are fine)."""
         delete_rules(self.target.broker_netns, self._rules())
         self._rules_in = False
-
-
-def make(target: FaultTarget) -> SilentFlowLoss:
-    """The silent-flow-loss fault for ``target``."""
-    return SilentFlowLoss(target)

@@ -14,7 +14,7 @@ queues are mirrored, so the other nodes keep them and the producer, on
 another node, keeps publishing. The worker must move to the next URL and
 consume again.
 
-The lab (:mod:`.cluster_bed`, three clustered nodes, clients on n1):
+The lab (:mod:`hangproof.lab.beds.cluster_bed`, three clustered nodes, clients on n1):
 
 - ``configure()``: the consumer's URL is the ``;``-separated list
   n2;n3;n1 (pod addresses). aio-pika has no failover list, so its cells get
@@ -34,26 +34,27 @@ import contextlib
 from typing import Any
 
 from hangproof.errors import HangproofError
-from hangproof.lab.faults import CellContext, FaultTarget
-from hangproof.lab.faults.cluster_bed import (
+from hangproof.failure import FaultClass
+from hangproof.lab.beds.cluster_bed import (
     SEED_CLUSTER,
     WORKER_NODE,
     connections_by_node,
     pod_address,
 )
+from hangproof.lab.faults import CellContext, Fault, FaultTarget
 
-BED = SEED_CLUSTER
-#: attach() only records where the consumers are connected (all of them, the
-#: producers excluded): the profiles of a matrix run share one stop_app.
-PARALLEL = True
 #: The failover order: the worker's node first, then the others.
 URL_ORDER = (WORKER_NODE, "n3", "n1")
 
 
-class UrlFailover:
+class UrlFailover(Fault):
     """``stop_app`` the first node of the worker's failover list."""
 
-    name = "url-failover"
+    name = FaultClass.URL_FAILOVER.value
+    bed = SEED_CLUSTER
+    #: attach() only records where the consumers are connected (all of them, the
+    #: producers excluded): the profiles of a matrix run share one stop_app.
+    parallel = True
 
     def __init__(self, target: FaultTarget) -> None:
         if target.lab is None:
@@ -107,8 +108,3 @@ class UrlFailover:
         """Heal; the bed waits for the cluster to be whole again before the next cell."""
         with contextlib.suppress(Exception):
             self.heal()
-
-
-def make(target: FaultTarget) -> UrlFailover:
-    """The url-failover fault for ``target`` (a cluster-bed target)."""
-    return UrlFailover(target)

@@ -9,30 +9,28 @@ NATs them as new flows to the pod, whose kernel has no such socket and answers
 with a RST; the broker's frames still come back through the old holder. A
 client notices when it next sends, or when its heartbeat/watchdog says so.
 
-Injected on the seed lab (:mod:`.seed_bed`), clients on n1: the VIP is
+Injected on the seed lab (:mod:`hangproof.lab.beds.seed_bed`), clients on n1: the VIP is
 deleted on n2, added on n3, and n1's neighbour entry for it is replaced by
 n3's MAC (what the gratuitous ARP does). No heal: the VIP stays on n3.
 """
 
 from __future__ import annotations
 
-from hangproof.lab.faults import SEED_LAB, FaultTarget
-from hangproof.lab.faults.seed_bed import (
+from hangproof.failure import FaultClass
+from hangproof.lab.beds.seed_bed import (
     FIRST_HOLDER,
     NEXT_HOLDER,
     SeedBedFault,
     pin_vip,
 )
 
-BED = SEED_LAB
-#: fault-matrix may run every profile against one failover (one VIP move).
-PARALLEL = True
-
 
 class VipFailover(SeedBedFault):
     """Move the VIP from n2 to n3 under connected clients."""
 
-    name = "vip-failover"
+    name = FaultClass.VIP_FAILOVER.value
+    #: fault-matrix may run every profile against one failover (one VIP move).
+    parallel = True
 
     def inject(self) -> None:
         """VIP off n2, onto n3; n1's neighbour entry follows (gratuitous ARP)."""
@@ -41,8 +39,3 @@ class VipFailover(SeedBedFault):
 
     def heal(self) -> None:
         """Nothing to heal: the VIP stays on n3, where new connections are DNATed."""
-
-
-def make(target: FaultTarget) -> VipFailover:
-    """The vip-failover fault for ``target`` (a seed-lab target)."""
-    return VipFailover(target)

@@ -10,12 +10,12 @@ and reaches kube-proxy's port holder on *:32672, whose kernel completes the
 handshake and never reads (INCIDENT.md, "The root cause"). A client without a
 handshake deadline waits for Connection.Start forever.
 
-Injected on the seed lab (:mod:`.seed_bed`), clients on n1, VIP on n2:
+Injected on the seed lab (:mod:`hangproof.lab.beds.seed_bed`), clients on n1, VIP on n2:
 
 1. the VIP leaves n2; n1 keeps its permanent neighbour entry to n2's MAC;
 2. the broker closes the clients' connections (not the producer's), while
 3. when a reconnecting SYN from n1 is in SYN-SENT with an un-NATed conntrack
-   entry (:func:`hangproof.lab.race.wait_syn_sent`), the VIP is added on n1.
+   entry (:func:`hangproof.lab.scenarios.race.wait_syn_sent`), the VIP is added on n1.
 
 There is nothing to heal: the VIP stays on n1, and a new connection is DNATed
 to the pod. ``close()`` removes the VIP and flushes its conntrack entries.
@@ -27,16 +27,13 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-from hangproof.lab.faults import SEED_LAB, FaultTarget
-from hangproof.lab.faults.seed_bed import (
+from hangproof.failure import FaultClass
+from hangproof.lab.beds.seed_bed import (
     FIRST_HOLDER,
     SeedBedFault,
     close_client_connections,
 )
 
-BED = SEED_LAB
-#: fault-matrix runs one cell at a time: the race is per connection, timed per cell.
-PARALLEL = False
 #: How long we wait for a reconnecting SYN (Celery retries at once; kombu's
 #: ensure_connection and aio-pika's robust reconnect within ~5 s).
 TRIGGER_TIMEOUT = 20.0
@@ -45,11 +42,13 @@ TRIGGER_TIMEOUT = 20.0
 class VipRace(SeedBedFault):
     """Close the clients' links while the VIP is nowhere; add it on their node mid-SYN."""
 
-    name = "vip-race"
+    name = FaultClass.VIP_RACE.value
+    #: fault-matrix runs one cell at a time: the race is per connection, timed per cell.
+    parallel = False
 
     def inject(self) -> None:
         """VIP leaves n2, the broker drops the clients, VIP lands on n1 mid-SYN."""
-        from hangproof.lab.race import wait_syn_sent
+        from hangproof.lab.scenarios.race import wait_syn_sent
 
         self.lab.del_vip(FIRST_HOLDER)
         keep = (self.target.node.host, "127.0.0.1")  # the producer in the pod
@@ -76,7 +75,7 @@ class VipRace(SeedBedFault):
         ``client_socket.bytes_received`` 0 means no Connection.Start ever came;
         ``peer_socket.owner`` is the port holder, ``conntrack.dnat`` False.
         """
-        from hangproof.lab.race import collect_evidence
+        from hangproof.lab.scenarios.race import collect_evidence
 
         sport = self.detail.get("wedged_sport")
         if sport is None:
@@ -85,8 +84,3 @@ class VipRace(SeedBedFault):
 
     def heal(self) -> None:
         """Nothing to heal: the VIP is on the clients' node and new connections are DNATed."""
-
-
-def make(target: FaultTarget) -> VipRace:
-    """The vip-race fault for ``target`` (a seed-lab target)."""
-    return VipRace(target)

@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any
 from hangproof.errors import HangproofError
 
 if TYPE_CHECKING:
-    from hangproof.lab.lab import Lab
+    from hangproof.lab.engine.lab import Lab
 
 #: Scenario name -> module under hangproof.lab.scenarios (imported on demand:
 #: they pull in Celery, which `lab up` does not need).

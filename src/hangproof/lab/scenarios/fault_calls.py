@@ -1,7 +1,7 @@
 """fault-calls: ``delay()``, ``apply_async()``, ``inspect ping`` and ``close()`` made during a fault.
 
 The call rows of issue 10's fault table, measured on the faults' testbed
-(:mod:`hangproof.lab.faults.testbed`) for stock Celery and ``harden(app)``:
+(:mod:`hangproof.lab.beds.testbed`) for stock Celery and ``harden(app)``:
 
 - broker-down-at-call, broker-reject-at-call: celery#6911 / kombu#1463
   (``delay()`` hangs forever, open), celery#5067 (``inspect ping`` ignores its
@@ -10,11 +10,11 @@ The call rows of issue 10's fault table, measured on the faults' testbed
   blocked connection hangs).
 
 Per fault: inject, then every call of every profile from the clients'
-namespace (:mod:`hangproof.lab.call_probe`: one child per call, killed at
+namespace (:mod:`hangproof.lab.clients.call_probe`: one child per call, killed at
 ``bound`` and reported ``HANG``), heal, then the broker's own message count of
 each call's queue says whether an ok publish was really queued (no consumer
 runs: a queued message stays there). Guarded calls are judged
-(:func:`hangproof.lab.call_probe.judge`); stock calls are measured only.
+(:func:`hangproof.lab.clients.call_probe.judge`); stock calls are measured only.
 
 Run it (root, under labrun)::
 
@@ -39,7 +39,8 @@ from pathlib import Path
 from typing import Any
 
 from hangproof.failure import FaultClass, Policy
-from hangproof.lab.call_probe import (
+from hangproof.lab.beds.testbed import FaultBed
+from hangproof.lab.clients.call_probe import (
     OK,
     PUBLISHING,
     CallResult,
@@ -49,7 +50,6 @@ from hangproof.lab.call_probe import (
     judge,
 )
 from hangproof.lab.faults import close_fault, make_fault, prepare_fault
-from hangproof.lab.faults.testbed import FaultBed
 
 #: Fault -> the calls made during it.
 CALLS_OF: dict[str, list[str]] = {

@@ -1,14 +1,14 @@
 """fault-matrix: every lab fault x client profile, measured on a real RabbitMQ.
 
 For each cell (fault, profile), on the bed the fault needs: the faults'
-two-namespace testbed (:mod:`hangproof.lab.faults.testbed`) or, for the VIP
-faults, the seed lab itself (:mod:`hangproof.lab.faults.seed_bed`: clients on
+two-namespace testbed (:mod:`hangproof.lab.beds.testbed`) or, for the VIP
+faults, the seed lab itself (:mod:`hangproof.lab.beds.seed_bed`: clients on
 n1 dial VIP:32672, the broker is in n1's pod):
 
 1. a consumer of the profile starts in the client namespace, consuming a
    queue of its own; executions go to a ledger file. Celery profiles run a
    worker; kombu and aio-pika profiles run the small consumers of
-   :mod:`hangproof.lab.matrix_clients`, which record in the same ledger;
+   :mod:`hangproof.lab.clients.matrix_clients`, which record in the same ledger;
 2. a producer in the broker's namespace (so link and VIP faults do not touch
    it) publishes ``hangproof.record`` at a steady rate with publisher
    confirms: "published" means the broker confirmed it;
@@ -52,8 +52,8 @@ testbed fault run against ONE injection of it (:func:`run_group`): each its
 own queue, ledger, consumer, producer and publish probes, one inject, one
 heal. The cells then share the fault's moments and differ only in the
 client; a fault that cannot share runs one cell at a time
-(:func:`_fault_parallel`: ``PARALLEL = False``, a fault with ``attach()``
-unless it says ``PARALLEL = True``, and vip-race). A shared fault's
+(:func:`_fault_parallel`: ``parallel = False``, a fault with ``attach()``
+unless it says ``parallel = True``, and vip-race). A shared fault's
 ``configure(ctx)`` runs once per cell and must act on every cell's queue; what
 it saw per queue goes under ``detail["per_queue"]`` and lands in that cell
 only (:func:`_cell_detail`). The resume probe is published again when it got
@@ -65,7 +65,7 @@ serial cell: 60-80 s; of a shared injection of 8 profiles: one cell's time
 plus the slowest consumer's start.
 
 ``--tls`` runs every cell over TLS: the brokers get a TLS listener
-(certificates made at run time, :mod:`hangproof.lab.tls`), every client of
+(certificates made at run time, :mod:`hangproof.lab.components.tls`), every client of
 every profile dials ``amqps://`` verified against the lab CA, the link faults
 act on the TLS port, and on the seed lab the NodePort forwards to the pods'
 TLS listener (so the port holder is a TLS port that never answers).
@@ -97,7 +97,12 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from hangproof.errors import HangproofError
 from hangproof.failure import Backoff, Policy
-from hangproof.lab import processes
+from hangproof.lab.beds.cluster_bed import SEED_CLUSTER, ClusterBed
+from hangproof.lab.beds.seed_bed import PREFIX as SEED_LAB_PREFIX
+from hangproof.lab.beds.seed_bed import SeedBed
+from hangproof.lab.beds.testbed import PREFIX, FaultBed
+from hangproof.lab.clients.accounting import ledger_keys
+from hangproof.lab.engine import processes
 from hangproof.lab.faults import (
     FAULTS,
     SEED_LAB,
@@ -108,22 +113,19 @@ from hangproof.lab.faults import (
     close_fault,
     configure_fault,
     fault_bed,
+    fault_type,
     make_fault,
     prepare_fault,
 )
-from hangproof.lab.faults.cluster_bed import SEED_CLUSTER, ClusterBed
-from hangproof.lab.faults.seed_bed import PREFIX as SEED_LAB_PREFIX
-from hangproof.lab.faults.seed_bed import SeedBed
-from hangproof.lab.faults.testbed import PREFIX, FaultBed
-from hangproof.lab.timeline import CellRecorder, write_matrix_report, write_report
+from hangproof.lab.observe.timeline import CellRecorder, write_matrix_report, write_report
 
 if TYPE_CHECKING:
-    from hangproof.lab.lab import Lab
+    from hangproof.lab.engine.lab import Lab
     from hangproof.lab.scenarios import RunOptions
 
 NAME = "fault-matrix"
 MODULE = "hangproof.lab.scenarios.fault_matrix"
-CLIENTS_MODULE = "hangproof.lab.matrix_clients"
+CLIENTS_MODULE = "hangproof.lab.clients.matrix_clients"
 #: fault-matrix builds its own beds; `lab run` must not bring up the shared lab.
 NEEDS_LAB = False
 HELP = "every lab fault x client profile: detect, resume (or HANG), published/executed/lost/dup"
@@ -271,7 +273,7 @@ class Cell:
     #: The cell's timeline (HTML, PNG, event log), when a report was asked for.
     timeline: dict[str, str] | None = None
     #: Celery profiles under the call faults: each call made during the fault
-    #: (:mod:`hangproof.lab.call_probe`: outcome, seconds, queued, false_ok, miss).
+    #: (:mod:`hangproof.lab.clients.call_probe`: outcome, seconds, queued, false_ok, miss).
     calls: list[dict[str, Any]] = field(default_factory=list)
     #: How long ``inject()`` took, and inject -> heal done (s), for judging resume.
     inject_s: float | None = None
@@ -396,7 +398,7 @@ def judge_promise(
     - ``false-ok``: 0 false ok (the publish during the fault, and every call
       of the call faults);
     - ``calls``: the call faults' calls (delay, apply_async, ping, close)
-      keep their own deadlines (:func:`hangproof.lab.call_probe.judge`);
+      keep their own deadlines (:func:`hangproof.lab.clients.call_probe.judge`);
     - ``alive``: the worker never exits;
     - ``consumers``: the queue's consumer count after heal is restored (>=
       the count before the fault, when read; else >= 1).
@@ -563,12 +565,6 @@ def _log_events(log: Path, since: float) -> list[tuple[float, str]]:
     return found
 
 
-def _ledger_keys(ledger: Path) -> list[str]:
-    if not ledger.exists():
-        return []
-    return [line.split()[0] for line in ledger.read_text().splitlines() if line.strip()]
-
-
 def _wait(predicate: Any, bound: float, step: float = 0.25) -> bool:
     deadline = time.monotonic() + bound
     for _ in range(int(bound / step) + 2):
@@ -613,7 +609,14 @@ def _consumer_argv(
 ) -> list[str]:
     """The consumer process of ``profile``: a Celery worker or a matrix client."""
     if profile.kind == "celery":
-        argv = [sys.executable, "-m", "celery", "-A", "hangproof.lab.matrix_celery", "worker"]
+        argv = [
+            sys.executable,
+            "-m",
+            "celery",
+            "-A",
+            "hangproof.lab.clients.matrix_celery",
+            "worker",
+        ]
         argv += ["-P", profile.pool, "-c", "2" if profile.pool == "prefork" else "10"]
         argv += ["-n", f"{queue}@%h", "-Q", queue, "--loglevel=INFO"]
         return [*argv, "--without-mingle", "--without-gossip"]
@@ -638,9 +641,9 @@ def _publish_once(
         return processes.spawn(argv, netns=bed.client_netns, env=env, stdout=-1)
     code = (
         "import os,sys,time\n"
-        "from hangproof.lab.matrix_clients import log_guard_events_to_cell\n"
+        "from hangproof.lab.clients.matrix_clients import log_guard_events_to_cell\n"
         "log_guard_events_to_cell(os.environ.get('HANGPROOF_GUARD') == '1')\n"
-        "from hangproof.lab.matrix_celery import app\n"
+        "from hangproof.lab.clients.matrix_celery import app\n"
         "t=time.monotonic()\n"
         "try:\n"
         f"    app.send_task('hangproof.record', args=({key!r},), queue={queue!r})\n"
@@ -743,7 +746,7 @@ class _CellRun:
         )  # fmt: skip
 
     def has_run(self, suffix: str) -> bool:
-        return f"{self.queue}-{suffix}" in _ledger_keys(self.ledger)
+        return f"{self.queue}-{suffix}" in ledger_keys(self.ledger)
 
     def done_waiting(self) -> bool:
         """Resumed (the resume probe executed) or the worker died: nothing more to wait for."""
@@ -755,7 +758,7 @@ class _CellRun:
         return self.published_file.read_text().split() if self.published_file.exists() else []
 
     def drained(self) -> bool:
-        return set(self.published()) <= set(_ledger_keys(self.ledger))
+        return set(self.published()) <= set(ledger_keys(self.ledger))
 
     def stop(self) -> None:
         if self.recorder:
@@ -822,7 +825,7 @@ def queued(url: str, queues: list[str], limit: int = 20000) -> dict[str, list[st
     """Read (basic_get, never ack: all is requeued at close) the task keys in each queue."""
     import kombu
 
-    from hangproof.lab.matrix_clients import message_key
+    from hangproof.lab.clients.matrix_clients import message_key
 
     found: dict[str, list[str] | None] = {}
     with kombu.Connection(url, connect_timeout=10) as conn:
@@ -848,14 +851,11 @@ def queued(url: str, queues: list[str], limit: int = 20000) -> dict[str, list[st
 def _fault_parallel(fault_name: str, fault: Any) -> bool:
     """Whether the cells of ``fault_name`` may share one injection (see :func:`run_group`).
 
-    A fault module says so with ``PARALLEL = True/False``. Without it: the VIP
+    A fault class says so with ``parallel = True/False``. Without it: the VIP
     faults (seed lab) and faults with ``attach()`` (they act on one consumer)
     run one cell at a time; the others share.
     """
-    import importlib
-
-    module = importlib.import_module(f"hangproof.lab.faults.{FAULTS[fault_name]}")
-    declared = getattr(module, "PARALLEL", None)
+    declared = fault_type(fault_name).parallel
     if declared is not None:
         return bool(declared)
     if fault_bed(fault_name) == SEED_LAB:
@@ -997,7 +997,7 @@ def _run_group(
         for run in live:
             _finish(run, stats.get(run.queue), injected_at)
             run.cell.calls = _judge_calls(
-                calls[id(run)], fault_name, run.profile, run.queue, _ledger_keys(run.ledger),
+                calls[id(run)], fault_name, run.profile, run.queue, ledger_keys(run.ledger),
                 stall_timeout,
             )  # fmt: skip
         # What the broker holds for each queue, read once the consumers are gone.
@@ -1113,7 +1113,7 @@ def _finish(run: _CellRun, stats: dict[str, int] | None, injected_at: float) -> 
     """Fill ``run.cell``'s counts from its ledger and the broker's view of its queue."""
     cell, ledger = run.cell, run.ledger
     published = run.published()
-    keys = _ledger_keys(ledger)
+    keys = ledger_keys(ledger)
     executed = [k for k in keys if not k.endswith(("-resume", "-during"))]
     cell.published = len(published)
     cell.executed = len(set(executed))
@@ -1226,7 +1226,7 @@ def _fault_calls(
     HANG). The tasks go to the cell's queue with keys ending ``-during``, so
     the consumer's ledger says whether an ok publish was really queued.
     """
-    from hangproof.lab.call_probe import run_calls
+    from hangproof.lab.clients.call_probe import run_calls
     from hangproof.lab.scenarios.fault_calls import CALLS_OF
 
     if profile.kind != "celery" or fault_name not in CALLS_OF:
@@ -1243,7 +1243,7 @@ def _judge_calls(
     stall_timeout: float,
 ) -> list[dict[str, Any]]:  # fmt: skip
     """Each call as JSON: queued (its task executed), false_ok, and for guarded cells the miss."""
-    from hangproof.lab.call_probe import PUBLISHING, as_dict, deadline, judge
+    from hangproof.lab.clients.call_probe import PUBLISHING, as_dict, deadline, judge
     from hangproof.lab.scenarios.fault_calls import MUST_FAIL
 
     policy = Policy(stall_timeout=stall_timeout)
@@ -1284,7 +1284,7 @@ def run_matrix(
     ``parallel`` (the default): the profiles of a fault run against one
     injection of it (:func:`run_group`), ``group_size`` profiles at a time
     (all when None); faults that cannot share (:func:`_fault_parallel`: the
-    VIP faults, faults that act on one consumer, ``PARALLEL = False``) run
+    VIP faults, faults that act on one consumer, ``parallel = False``) run
     one cell at a time, as ``parallel=False`` runs every fault.
 
     With ``report``, each cell's timeline goes to ``report/cells/FAULT--PROFILE/``
@@ -1491,7 +1491,7 @@ def run(lab: Lab | None, options: RunOptions) -> dict[str, Any]:
         "stall_timeout": result["stall_timeout"],
     }  # fmt: skip
     if extra.get("publish_docs"):
-        from hangproof.lab.fault_matrix_docs import publish
+        from hangproof.lab.scenarios.fault_matrix_docs import publish
 
         result["published_docs"] = [str(p) for p in publish(result, Path(extra["publish_docs"]))]
     return result
@@ -1608,7 +1608,7 @@ def main(argv: list[str] | None = None) -> int:
         "serial": args.serial, "group_size": args.group_size, "tls": args.tls,
     }  # fmt: skip
     if args.publish_docs:
-        from hangproof.lab.fault_matrix_docs import publish
+        from hangproof.lab.scenarios.fault_matrix_docs import publish
 
         for path in publish(report, Path(args.publish_docs)):
             print(f"wrote {path}", file=sys.stderr)

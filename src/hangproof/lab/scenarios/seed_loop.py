@@ -5,7 +5,7 @@ For each node in turn (INCIDENT.md, "How the report reproduced it"):
 1. start an HTTP server on :8978 in that node; keepalived's check passes there
    and the VIP follows;
 2. wait until every worker answers ``inspect ping``: the report's ``wait_celery``
-   (``waiter="literal"``, default; :mod:`hangproof.lab.literal_waiter`), a fresh
+   (``waiter="literal"``, default; :mod:`hangproof.lab.observe.literal_waiter`), a fresh
    ``celery inspect ping`` CLI every ~4 s from node ``waiter_node`` (n1) through
    VIP:NodePort with the profile's settings and no bound of its own; or
    (``waiter="observer"``) the harness's bounded ping from the first broker's pod,
@@ -62,22 +62,22 @@ from pathlib import Path
 from typing import Any
 
 from hangproof.errors import HangproofError
-from hangproof.lab import processes
-from hangproof.lab.accounting import Ledger
-from hangproof.lab.keepalived import (
+from hangproof.lab.clients.accounting import Ledger
+from hangproof.lab.clients.workers import WorkerFleet, python_stack
+from hangproof.lab.components.keepalived import (
     CHECK_PORT,
     KeepalivedNode,
     KeepalivedSpec,
     read_events,
     wait_for_vip,
 )
-from hangproof.lab.lab import Lab
-from hangproof.lab.literal_waiter import LiteralWaiter, WedgeWatcher
-from hangproof.lab.mitigations import MITIGATIONS, conntrack_flush_command, reject_undnat_rule
-from hangproof.lab.race import collect_evidence
+from hangproof.lab.engine import processes
+from hangproof.lab.engine.lab import Lab
+from hangproof.lab.mitigations import Mitigation, make_mitigation
+from hangproof.lab.observe.literal_waiter import LiteralWaiter, WedgeWatcher
+from hangproof.lab.observe.timeline import CellRecorder, seed_loop_log, write_report
 from hangproof.lab.scenarios import RunOptions
-from hangproof.lab.timeline import CellRecorder, seed_loop_log, write_report
-from hangproof.lab.workers import WorkerFleet, python_stack
+from hangproof.lab.scenarios.race import collect_evidence
 from hangproof.report.events import LANE_FAULT, client_lane
 
 NAME = "seed-loop"
@@ -114,10 +114,7 @@ def run(lab: Lab, options: RunOptions) -> dict[str, Any]:
         raise HangproofError(f"unknown trigger {trigger!r}; choose one of: {', '.join(TRIGGERS)}")
     if waiter_kind not in WAITERS:
         raise HangproofError(f"unknown waiter {waiter_kind!r}; choose one of: {', '.join(WAITERS)}")
-    if options.mitigation not in MITIGATIONS:
-        raise HangproofError(
-            f"unknown mitigation {options.mitigation!r}; choose one of: {', '.join(MITIGATIONS)}"
-        )
+    fix = make_mitigation(options.mitigation)
     if not 1 <= options.cycles <= 10000:
         raise HangproofError("--cycles must be between 1 and 10000")
     say = lab.progress
@@ -216,15 +213,11 @@ def run(lab: Lab, options: RunOptions) -> dict[str, Any]:
         # exclusive pidbox queues (RESOURCE_LOCKED at start): start clean.
         _close_client_connections(lab)
         _purge_task_queue(lab)
-        undo += _apply_mitigation(lab, options.mitigation)
+        undo += _apply_mitigation(lab, fix)
         if recorder:
             recorder.start()
         for node in nodes:
-            notify = (
-                [" ".join(conntrack_flush_command(topo.vip))]
-                if options.mitigation == "conntrack-flush"
-                else []
-            )
+            notify = [" ".join(argv) for argv in fix.on_vip_added(topo.vip)]
             ka = KeepalivedNode(
                 KeepalivedSpec(
                     node=node, router_id=f"{topo.name}-{node}", vip=topo.vip, notify_master=notify
@@ -600,32 +593,30 @@ def _clear_vip(lab: Lab) -> None:
         lab.conntrack_flush_vip(n.name)
 
 
-def _apply_mitigation(lab: Lab, mitigation: str) -> list[Any]:
+def _apply_mitigation(lab: Lab, fix: Mitigation) -> list[Any]:
     """Deploy a node-side fix on every node, as a user would; returns undo functions.
 
-    conntrack-flush is deployed through keepalived's notify_master instead.
+    What a fix does when the VIP arrives (conntrack-flush) is deployed through
+    keepalived's notify_master instead.
     """
     undo: list[Any] = []
     for node in (n.name for n in lab.topo.nodes):
-        ns = lab.topo.ns(node)
-        if mitigation == "reject-undnat":
-            rule = reject_undnat_rule(lab.topo.node_port)
-            processes.run(["iptables", "-I", "INPUT", "1", *rule], netns=ns)
-            undo.append(
-                lambda ns=ns, rule=rule: processes.run(
-                    ["iptables", "-D", "INPUT", *rule], netns=ns, check=False
-                )
-            )
-        elif mitigation == "no-port-holder" and lab.state.find("port-holder", node):
-            lab.stop_port_holder(node)
-            undo.append(lambda node=node: lab.start_port_holder(node, lab.state))
+        if fix.apply(lab, node):
+            undo.append(lambda node=node: fix.remove(lab, node))
     return undo
 
 
 def _start_producer(lab: Lab, fleet: WorkerFleet, rate: float, seconds: float) -> int:
     node = lab.topo.nodes[-1].name
     proc = processes.spawn(
-        [sys.executable, "-m", "hangproof.lab.celery_app", "produce", str(rate), str(seconds)],
+        [
+            sys.executable,
+            "-m",
+            "hangproof.lab.clients.celery_app",
+            "produce",
+            str(rate),
+            str(seconds),
+        ],
         netns=lab.topo.ns(node),
         env={**fleet.env(fleet.broker_url), "HP_PROFILE": "stock"},
         log=lab.state.directory / "producer.log",

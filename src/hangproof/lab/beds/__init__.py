@@ -1,0 +1,1 @@
+"""The beds faults run on: the two-namespace testbed, the seed lab, the cluster."""
