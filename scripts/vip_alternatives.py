@@ -12,7 +12,7 @@ Render every raw file into the published page::
         --out docs/vip-alternatives.md
 
 A setup is ``URLS:PROFILE[:TRIGGER]``: URLS ``vip`` or ``nodes``
-(:class:`hangproof.lab.workers.WorkerFleet`), PROFILE ``seed`` (the report's
+(:class:`hangproof.lab.clients.workers.WorkerFleet`), PROFILE ``seed`` (the report's
 stock Celery settings) or ``harden`` (the same app with ``harden(app)``), TRIGGER
 ``reconnect`` (default) or ``node-down`` (see hangproof.lab.scenarios.seed_loop).
 """
@@ -65,10 +65,10 @@ def _slim(result: dict[str, Any]) -> dict[str, Any]:
 
 
 def measure(args: argparse.Namespace) -> int:
-    from hangproof.lab.lab import Lab
+    from hangproof.lab.engine.lab import Lab
+    from hangproof.lab.engine.topology import Topology
     from hangproof.lab.scenarios import RunOptions, run_scenario
     from hangproof.lab.scenarios.fault_matrix import version_set
-    from hangproof.lab.topology import Topology
 
     setups = [parse_setup(s) for s in args.setups.split(",")]
     out = Path(args.out)

@@ -9,12 +9,12 @@ from pathlib import Path
 import pytest
 
 from hangproof.errors import HangproofError
-from hangproof.lab.accounting import Ledger
-from hangproof.lab.celery_app import make_app
-from hangproof.lab.lab import Lab
+from hangproof.lab.clients.accounting import Ledger
+from hangproof.lab.clients.celery_app import make_app
+from hangproof.lab.clients.workers import WorkerFleet
+from hangproof.lab.engine.lab import Lab
+from hangproof.lab.engine.topology import Topology
 from hangproof.lab.scenarios.seed_loop import _node_down_rules, max_gap
-from hangproof.lab.topology import Topology
-from hangproof.lab.workers import WorkerFleet
 
 ROOT = Path(__file__).resolve().parents[2]
 

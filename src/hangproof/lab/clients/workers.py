@@ -1,6 +1,6 @@
 """Celery workers in the lab: one per node, plus the report's "+1", by pid.
 
-Each worker runs the lab's Celery app (:mod:`hangproof.lab.celery_app`) inside
+Each worker runs the lab's Celery app (:mod:`hangproof.lab.clients.celery_app`) inside
 its node's namespace and connects to VIP:NodePort, as the report's workers did.
 The controller pings them from the first broker's pod namespace, straight at
 the pod address, so the observer never shares the fault it observes.
@@ -22,9 +22,9 @@ from typing import Any
 
 from hangproof.credentials import mask_url
 from hangproof.errors import HangproofError
-from hangproof.lab import processes
-from hangproof.lab.celery_app import POOLS, PROFILES
-from hangproof.lab.lab import Lab
+from hangproof.lab.clients.celery_app import POOLS, PROFILES
+from hangproof.lab.engine import processes
+from hangproof.lab.engine.lab import Lab
 
 #: The workers' broker URL setups (:attr:`WorkerFleet.urls`).
 URL_SETUPS = ("vip", "nodes")
@@ -115,7 +115,7 @@ class WorkerFleet:
             "-m",
             "celery",
             "-A",
-            "hangproof.lab.celery_app",
+            "hangproof.lab.clients.celery_app",
             "worker",
             "-n",
             name,
@@ -176,7 +176,7 @@ class WorkerFleet:
         """Names that answered a bounded ``inspect ping`` (run in the broker's pod)."""
         try:
             out = processes.run(
-                [sys.executable, "-m", "hangproof.lab.celery_app", "ping", str(timeout)],
+                [sys.executable, "-m", "hangproof.lab.clients.celery_app", "ping", str(timeout)],
                 netns=self.lab.topo.pod_ns(self.lab.topo.brokers[0]),
                 env=self.env(self.observer_url),
                 timeout=timeout + 30,
@@ -213,7 +213,7 @@ class WorkerFleet:
 
         To VIP:NodePort, or to any node's address with ``urls="nodes"``.
         """
-        from hangproof.lab.race import _ss
+        from hangproof.lab.scenarios.race import _ss
 
         t = self.lab.topo
         socks = _ss(self.lab, worker.node, "dport", "=", f":{t.node_port}")
