@@ -57,10 +57,17 @@ def seed_cell(runs: dict[str, Any] | list[dict[str, Any]] | None) -> str:
         said = [ln for ln in str(run.get("stderr", "")).splitlines() if ln.startswith("hangproof:")]
         why = said[-1].removeprefix("hangproof: ").split(";")[0] if said else run.get("error")
         return f"no run: {why}"
-    text = f"{run['outcome']} after {run.get('cycles')} cycle(s)"
-    if run.get("wedged_worker"):
+    trigger = run.get("trigger") or "reconnect"
+    how = "literal waiter" if trigger == "none" else f"--trigger {trigger}"
+    text = f"{how}: {run['outcome']} after {run.get('cycles')} cycle(s)"
+    stuck = run.get("wedged_process") or {}
+    if stuck.get("pid"):
+        text += f", {stuck.get('kind')} `{stuck.get('name')}` on {stuck.get('node')} fd {stuck.get('fd')}"
+    elif run.get("wedged_worker"):
         text += f", {run['wedged_worker']}"
-    return text + f", {run.get('seconds', '?')} s"
+    if run.get("time_to_wedge_seconds") is not None:
+        text += f" at {run['time_to_wedge_seconds']} s"
+    return text + f" ({run.get('seconds', '?')} s wall)"
 
 
 def render_markdown(report: dict[str, Any]) -> str:
@@ -134,20 +141,19 @@ def render_markdown(report: dict[str, Any]) -> str:
     docs = report.get("doctor") or {}
     lines += [f"| `{m}` | {doctor_cell(docs.get(m))} |" for m in MODES]
     seeds = report.get("seed_loop") or {}
-    flat = [r for v in seeds.values() for r in (v if isinstance(v, list) else [v])]
-    trigger = next((r.get("trigger") for r in flat if isinstance(r, dict)), "?")
     lines += [
         "",
-        f"## `lab run seed-loop --trigger {trigger}`, no mitigation, clustered lab",
+        "## `lab run seed-loop`, no mitigation, clustered lab",
         "",
         "The report's loop (the VIP moved round the three nodes by keepalived), bounded in",
-        "cycles and seconds; `reconnect`: the brokers close every client connection as the",
-        "next node's server starts, so the clients reconnect while no node holds the VIP.",
-        "`wedged`: a worker stayed silent past the ping bound; `survived`: none did.",
-        "Seconds are wall time, the clustered lab's start included. One or two bounded",
-        "runs per mode are a small sample: at roughly one wedge in four cycles (the",
-        "project's earlier seed-loop figures) a holder-mode run survives 8 cycles ~10% of",
-        "the time; the races above are the per-mode measurement, the loop the end-to-end check.",
+        "cycles and seconds. Each run names how it was driven: `literal waiter` is the",
+        "default (`--trigger none`, the report's `wait_celery`, a fresh `celery inspect ping`",
+        "every ~4 s from n1 through VIP:NodePort); `--trigger reconnect`: the brokers close",
+        "every client connection as the next node's server starts, so the clients reconnect",
+        "while no node holds the VIP. `wedged`: a client stuck the report's way (named, with",
+        "its fd); `survived`: none was, up to the run's bound. Seconds are wall time, the",
+        "clustered lab's start included. A few bounded runs per mode are a small sample; the",
+        "races above are the per-mode measurement, the loop the end-to-end check.",
         "",
         "| mode | outcome |",
         "| --- | --- |",
@@ -187,7 +193,8 @@ def _reading(races: dict[str, Any], seeds: dict[str, Any]) -> list[str]:
     else:
         out.append("No race ended in a hang.")
     primary = seeds.get("nftables-primary")
-    if isinstance(primary, dict) and "outcome" not in primary:
+    primary_runs = primary if isinstance(primary, list) else [primary]
+    if primary_runs and all(isinstance(r, dict) and "outcome" not in r for r in primary_runs):
         out += [
             "",
             "Under `nftables-primary` the seed-loop could not start: workers whose broker URL"
