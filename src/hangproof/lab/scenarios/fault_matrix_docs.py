@@ -55,14 +55,21 @@ def promise_of(cell: dict[str, Any], report: dict[str, Any]) -> dict[str, Any] |
 
 
 def promise_mark(promise: dict[str, Any] | None) -> str:
-    """``kept``, ``MISS`` or ``measured`` (stock cells are not judged).
+    """``kept``, ``MISS``, ``unmeasured`` or ``measured`` (stock cells are not judged).
+
+    ``unmeasured``: no rule failed, but something the promise needs was not read
+    (a measurement gap, not a guard miss).
 
     >>> promise_mark(None), promise_mark({"met": False}), promise_mark({"met": True})
     ('measured', 'MISS', 'kept')
+    >>> promise_mark({"met": False, "failures": [], "unmeasured": ["consumer count not read"]})
+    'unmeasured'
     """
     if promise is None:
         return "measured"
-    return "kept" if promise.get("met") else "MISS"
+    if promise.get("met"):
+        return "kept"
+    return "unmeasured" if promise.get("unmeasured") and not promise.get("failures") else "MISS"
 
 
 def _esc(text: Any) -> str:
@@ -148,11 +155,14 @@ def _summary(report: dict[str, Any], judged: list[tuple[dict[str, Any], Any]]) -
     by_key = {(c["fault"], c["profile"]): (c, p) for c, p in judged}
     guarded = [p for _, p in judged if p is not None]
     kept = [p for p in guarded if p["met"]]
+    gaps = [p for p in guarded if promise_mark(p) == "unmeasured"]
+    unmeasured = f" ({len(gaps)} not fully measured, no rule failed)" if gaps else ""
     lines = [
         "## Summary",
         "",
         f"{len(judged)} cells ({len(faults)} faults x {len(profiles)} profiles); guarded cells "
-        f"keeping the promise: {len(kept)} of {len(guarded)}. Stock cells are measured, not judged.",
+        f"keeping the promise: {len(kept)} of {len(guarded)}{unmeasured}. Stock cells are "
+        "measured, not judged.",
         "",
         "Promise per guarded cell: detect <= stall_timeout; resume <= stall_timeout + one "
         "backoff step after heal (after detection for faults that never heal, held 0 s); "
@@ -225,7 +235,7 @@ def _calls(judged: list[tuple[dict[str, Any], Any]]) -> list[str]:
 
 
 def _misses(judged: list[tuple[dict[str, Any], Any]]) -> list[str]:
-    misses = [(c, p) for c, p in judged if p is not None and not p["met"]]
+    misses = [(c, p) for c, p in judged if p is not None and promise_mark(p) == "MISS"]
     lines = ["", "## Guarded cells that miss the promise, by rule", ""]
     if not misses:
         return [*lines, "None."]
