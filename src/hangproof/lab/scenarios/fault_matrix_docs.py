@@ -72,6 +72,15 @@ def promise_mark(promise: dict[str, Any] | None) -> str:
     return "unmeasured" if promise.get("unmeasured") and not promise.get("failures") else "MISS"
 
 
+def _unknown(value: Any) -> Any:
+    """A count, or ``-`` when it was not read (None).
+
+    >>> _unknown(0), _unknown(None)
+    (0, '-')
+    """
+    return "-" if value is None else value
+
+
 def _esc(text: Any) -> str:
     return str(text).replace("|", "\\|").replace("\n", " ")
 
@@ -199,7 +208,7 @@ def _cells(judged: list[tuple[dict[str, Any], Any]]) -> list[str]:
         consumers = f"{'-' if before is None else before} → {'-' if after is None else after}"
         values = (
             c["fault"], c["profile"], _detect(c), _resume(c), c.get("published", 0),
-            c.get("executed", 0), c.get("stranded", 0), c.get("lost", 0),
+            c.get("executed", 0), _unknown(c.get("stranded", 0)), _unknown(c.get("lost", 0)),
             c.get("duplicated", 0), (c.get("publish_during_fault") or "-")[:60],
             c.get("publish_verdict") or "-", "YES" if c.get("false_ok") else "no",
             "yes" if c.get("worker_alive") else "NO", consumers, promise_mark(promise),
