@@ -985,7 +985,7 @@ def _run_group(
             run.cell.fault_detail = _cell_detail(detail, run.queue)
             run.cell.inject_s = round(inject_s, 2)
             if run.recorder:
-                run.recorder.mark("inject", injected_at)
+                run.recorder.mark("inject", inject_started)  # the real start
                 run.recorder.mark("detect_base", injected_at)
         time.sleep(min(1.0, hold))
         probe_started = time.monotonic()
