@@ -441,9 +441,11 @@ async def publish_once(
                     )
         except (TimeoutError, OSError, ConnectionError) as exc:
             step = "connection" if connection is None else "channel"
+            # The time it actually took: a connect refused at once (or given up
+            # before the next backoff step) returns well before the limit.
             raise PublishTimeout(
-                f"no broker {step} within {limit:.1f} s ({type(exc).__name__}); "
-                "the message was not sent"
+                f"no broker {step} after {loop.time() - started:.1f} s (publish_timeout "
+                f"{limit:.1f} s; {type(exc).__name__}); the message was not sent"
             ) from exc
         return await _bounded_publish(channel, message, routing_key, deadline - loop.time(), target)
     finally:

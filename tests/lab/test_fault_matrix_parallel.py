@@ -57,7 +57,12 @@ def test_parallel_blackhole_guarded_profiles_keep_the_promise(
         assert cell.published > 0, cell
         assert cell.publish_verdict in PUBLISH_VERDICTS, cell
         assert isinstance(cell.consumers_after_heal, int), cell
-        assert cell.promise is not None and set(cell.promise) == {"met", "failures", "rules"}, cell
+        assert cell.promise is not None and set(cell.promise) == {
+            "met",
+            "failures",
+            "rules",
+            "unmeasured",
+        }, cell
         # The stored verdict is the pure function's on the recorded cell.
         assert judge_promise(asdict(cell), STALL) == cell.promise
         assert cell.promise["met"], (cell.profile, cell.promise["failures"], cell)

@@ -119,28 +119,37 @@ def test_broker_view_parsers() -> None:
 def test_a_shared_injection_acts_on_every_cells_queue(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """The profiles of a matrix run share one injection: every queue gets the fault."""
+    """Shared faults act on every queue; queue-deleted is one injection per cell (issue 10):
+    one rabbitmqctl call to inject (no consumer count: the engine reads consumers_before),
+    at most one to heal, so detection counts from that queue's own deletion."""
     from dataclasses import replace
 
     from hangproof.lab.faults import consumer_timeout, queue_deleted
-    from hangproof.lab.scenarios.fault_matrix import _cell_detail
+    from hangproof.lab.scenarios.fault_matrix import (
+        DETECT_FROM_END_OF_INJECT,
+        _cell_detail,
+        _fault_parallel,
+    )
 
-    deleted: list[str] = []
+    calls: list[tuple[str, ...]] = []
 
     class Node:
         def ctl(self, *args: str, timeout: float = 0) -> str:
-            deleted.append(args[1])
-            return "Queue was successfully deleted with 2 ready messages"
+            calls.append(args)
+            if args[0] == "delete_queue":
+                return "Queue was successfully deleted with 2 ready messages"
+            return "q1\t1\n"
 
-    monkeypatch.setattr(queue_deleted, "queue_consumers", lambda node, queue: 1)
     fault = queue_deleted.QueueDeleted(FaultTarget(Node(), "hpfault-b", "hpf-b0"))  # type: ignore[arg-type]
-    for queue in ("q1", "q2"):
-        fault.configure(replace(_ctx(tmp_path), queue=queue))
+    assert _fault_parallel("queue-deleted", fault) is False
+    assert "queue-deleted" in DETECT_FROM_END_OF_INJECT
+    fault.configure(replace(_ctx(tmp_path), queue="q1"))
     fault.inject()
+    assert calls == [("delete_queue", "q1")]
     fault.heal()
-    assert deleted == ["q1", "q2"]
+    assert len(calls) == 2 and calls[1][0] == "list_queues"
     assert _cell_detail(fault.detail, "q1")["deleted"] == 2
-    assert _cell_detail(fault.detail, "q2")["consumers_at_heal"] == 1
+    assert _cell_detail(fault.detail, "q1")["consumers_at_heal"] == 1
 
     slow: list[str] = []
     monkeypatch.setattr(consumer_timeout, "publish_slow", lambda t, q, key, s: slow.append(key))

@@ -206,3 +206,32 @@ def test_publish_once_under_an_alarm_raises_broker_blocked_and_logs_the_notice(
     assert isinstance(result, BrokerBlocked), result
     assert elapsed < LIMIT + SLACK
     assert any("hangproof.guard: broker-blocked" in r.getMessage() for r in caplog.records)
+
+
+@pytest.mark.timeout(20)
+def test_publish_once_error_says_the_time_it_actually_took() -> None:
+    """Given up before the limit (the next backoff step would pass it): the error names the
+    elapsed time, not the limit (issue 10: "within 7.5 s" when it returned at 4.4 s)."""
+    import re
+
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    port = sock.getsockname()[1]
+    sock.close()
+    policy = Policy(stall_timeout=4, publish_timeout=6.0)
+
+    async def main() -> tuple[float, object]:
+        started = time.monotonic()
+        try:
+            await publish_once(f"amqp://guest:guest@127.0.0.1:{port}/", aio_pika.Message(b"x"),
+                               "q", policy)  # fmt: skip
+        except Exception as exc:
+            return time.monotonic() - started, exc
+        return time.monotonic() - started, None
+
+    elapsed, result = asyncio.run(main())
+    assert isinstance(result, PublishTimeout), result
+    said = re.search(r"after (\d+\.\d) s", str(result))
+    assert said, str(result)
+    assert abs(float(said.group(1)) - elapsed) < 0.5, (str(result), elapsed)
+    assert "publish_timeout 6.0 s" in str(result)

@@ -37,36 +37,49 @@ class QueueDeleted(Fault):
     """Delete the cell's queue while its consumer consumes it."""
 
     name = FaultClass.QUEUE_DELETED.value
+    #: One injection per cell: detection counts from the cell's own deletion
+    #: (the end of inject, DETECT_FROM_END_OF_INJECT), not from before the
+    #: first of several sequential rabbitmqctl calls (~8 s each under load).
+    parallel = False
 
     def __init__(self, target: FaultTarget) -> None:
         self.target = target
         self.queue = ""
-        #: Every cell's queue: the profiles of a matrix run share one injection,
-        #: each queue deleted, its evidence in ``detail["per_queue"]``.
-        self.queues: list[str] = []
         self.detail: dict[str, Any] = {}
 
     def configure(self, ctx: CellContext) -> None:
         """Learn the cell's queue."""
         self.queue = ctx.queue
-        if ctx.queue not in self.queues:
-            self.queues.append(ctx.queue)
 
     def inject(self) -> None:
-        """``delete_queue`` (the broker cancels the queue's consumers)."""
-        per_queue: dict[str, dict[str, Any]] = {}
-        for queue in self.queues or [self.queue]:
-            before = queue_consumers(self.target.node, queue)
-            out = self.target.node.ctl("delete_queue", queue, timeout=30)
-            found = _DELETED.search(out)
-            per_queue[queue] = {
-                "consumers_before": before,
-                "deleted": int(found.group(1)) if found else None,
-                "ctl": out.strip()[:160],
-            }
-        self.detail = {"per_queue": per_queue}
+        """``delete_queue`` (the broker cancels the queue's consumers): one rabbitmqctl call.
+
+        The consumer count before is the engine's (``consumers_before``, read
+        just before inject).
+        """
+        out = self.target.node.ctl("delete_queue", self.queue, timeout=30)
+        self.detail = parse_deleted(self.queue, out)
 
     def heal(self) -> None:
-        """Nothing comes back by itself: a client must declare the queue again."""
-        for queue, mine in (self.detail.get("per_queue") or {}).items():
-            mine["consumers_at_heal"] = queue_consumers(self.target.node, queue)
+        """Nothing comes back by itself: a client must declare the queue again.
+
+        One rabbitmqctl call: the queue's consumer count at heal (None: not
+        declared again, or not read).
+        """
+        mine = (self.detail.get("per_queue") or {}).get(self.queue)
+        if mine is not None:
+            mine["consumers_at_heal"] = queue_consumers(self.target.node, self.queue)
+
+
+def parse_deleted(queue: str, out: str) -> dict[str, Any]:
+    """The fault's ``detail`` from ``delete_queue``'s answer.
+
+    >>> parse_deleted("q1", "Queue was successfully deleted with 3 ready messages")
+    {'per_queue': {'q1': {'deleted': 3, 'ctl': 'Queue was successfully deleted with 3 ready messages'}}}
+    """
+    found = _DELETED.search(out)
+    return {
+        "per_queue": {
+            queue: {"deleted": int(found.group(1)) if found else None, "ctl": out.strip()[:160]}
+        }
+    }

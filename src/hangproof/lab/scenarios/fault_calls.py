@@ -311,7 +311,7 @@ def format_matrix_table(matrix: dict[str, Any], faults: list[str] | None = None)
         detect = "-" if c["detect_s"] is None else f"{c['detect_s']}s"
         resume = c["resume_s"] if isinstance(c["resume_s"], str) else f"{c['resume_s']}s"
         row = [c["fault"], c["profile"], detect, str(resume), str(c["published"]),
-               str(c["executed"]), str(c["lost"]), str(c["duplicated"]),
+               str(c["executed"]), "-" if c["lost"] is None else str(c["lost"]), str(c["duplicated"]),
                "yes" if c["worker_alive"] else "NO", c["publish_during_fault"] or "-", calls,
                "; ".join(misses) if guarded and misses else ("kept" if guarded else "-")]  # fmt: skip
         lines.append("| " + " | ".join(v.replace("|", "/") for v in row) + " |")

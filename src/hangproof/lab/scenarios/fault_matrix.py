@@ -178,7 +178,11 @@ DEFAULT_HOLD = {
 #: The alarm faults: inject() ends once the alarm is in force (disk-alarm waits
 #: for the broker to list it); before that is rabbitmqctl's own start-up
 #: (measured 12-20 s on 2 loaded cores), not the client's time to notice.
-DETECT_FROM_END_OF_INJECT = frozenset({"vip-race", "memory-alarm", "disk-alarm"})
+#: queue-deleted: one cell per injection, detection counts from its queue's
+#: own deletion (the end of its one ``delete_queue``). The client's log is
+#: still searched from the start of inject (a client may notice during a long
+#: inject); such a detection counts as 0 s (:func:`detect_seconds`).
+DETECT_FROM_END_OF_INJECT = frozenset({"vip-race", "memory-alarm", "disk-alarm", "queue-deleted"})
 PRODUCER_RATE = 2.0  # tasks per second; enough to see loss, light on 2 cores
 DRAIN_SECONDS = 30.0
 WORKER_READY_SECONDS = 90.0
@@ -261,9 +265,10 @@ class Cell:
     resume_s: float | str | None = None
     published: int = 0
     executed: int = 0
-    lost: int = 0
+    #: None: unknown (the broker's view of the queue was not read).
+    lost: int | None = 0
     duplicated: int = 0
-    stranded: int = 0
+    stranded: int | None = 0
     left_in_queue: int | None = None
     worker_alive: bool = True
     publish_during_fault: str = ""
@@ -381,7 +386,7 @@ def judge_promise(
     backoff_step: float = DEFAULT_BACKOFF_STEP,
     publish_timeout: float | None = None,
 ) -> dict[str, Any]:
-    """Does a guarded cell keep the guard's promise? ``{"met", "failures", "rules"}``.
+    """Does a guarded cell keep the guard's promise? ``{"met", "failures", "rules", "unmeasured"}``.
 
     THE judge of the matrix (the engine and the docs both call it). The
     promise (issue 10), each rule with the reason it names when it fails:
@@ -404,13 +409,16 @@ def judge_promise(
       the count before the fault, when read; else >= 1).
 
     ``failures`` are the reasons, ``rules`` the rule of each (same order).
+    ``unmeasured``: what could not be read (the broker's consumer count, the
+    queue depth behind ``lost``): a measurement gap, not a miss; ``met`` is
+    False while any is left (not kept either).
     Pure: reads only the recorded cell dict.
 
     >>> ok = {"detect_s": 3.0, "resume_s": 4.0, "hold_s": 12.0, "heal_s": 12.5, "lost": 0,
     ...       "false_ok": False, "worker_alive": True, "consumers_after_heal": 1,
     ...       "publish_during_fault": "error 2.1s OperationalError", "publish_verdict": "error"}
     >>> judge_promise(ok, 4.0, 5.0)
-    {'met': True, 'failures': [], 'rules': []}
+    {'met': True, 'failures': [], 'rules': [], 'unmeasured': []}
     >>> judge_promise({**ok, "resume_s": "HANG", "lost": 2}, 4.0, 5.0)["failures"]
     ['resume HANG (promise <= 9 s after heal)', 'lost 2 (promise 0)']
     >>> judge_promise({**ok, "publish_during_fault": "ok 39.0s (executed)",
@@ -451,16 +459,22 @@ def judge_promise(
         failures.append(("alive", "the worker exited"))
     consumers = cell.get("consumers_after_heal")
     before = cell.get("consumers_before")
+    # Measurement gaps (the broker's view was not read): not the guard's miss,
+    # reported apart in "unmeasured"; a cell with any is neither kept nor missed.
+    unmeasured: list[str] = []
+    if "lost" in cell and cell.get("lost") is None:
+        unmeasured.append("lost not read (queue depth unknown)")
     if consumers is None:
-        failures.append(("consumers", "consumer count not read"))
+        unmeasured.append("consumer count not read")
     elif consumers < 1:
         failures.append(("consumers", "no consumer on the queue after heal"))
     elif isinstance(before, int) and consumers < before:
         failures.append(("consumers", f"{consumers} consumers after heal, {before} before"))
     return {
-        "met": not failures,
+        "met": not failures and not unmeasured,
         "failures": [reason for _, reason in failures],
         "rules": [rule for rule, _ in failures],
+        "unmeasured": unmeasured,
     }
 
 
@@ -768,17 +782,43 @@ class _CellRun:
                 processes.stop_pid(proc.pid)
 
 
-def _queue_stats(bed: Bed, *columns: str) -> dict[str, dict[str, int]]:
-    """``{queue: {column: n}}`` from the broker's own view (rabbitmqctl list_queues), or {}."""
-    columns = columns or ("messages", "consumers")
+#: rabbitmqctl's own ``--timeout`` for list_queues (below the process bound, so
+#: a broker slow to answer gives an error, not a killed call), and the tries.
+LIST_QUEUES_TIMEOUT = 20
+LIST_QUEUES_TRIES = 2
+
+
+def parse_queue_stats(out: str, columns: tuple[str, ...]) -> dict[str, dict[str, int]]:
+    """``{queue: {column: n}}`` from ``list_queues name COLUMNS...`` output.
+
+    >>> parse_queue_stats("Timeout: 20.0 seconds ...\\nq1\\t3\\t1\\nq2\\t0\\t0\\n", ("messages", "consumers"))
+    {'q1': {'messages': 3, 'consumers': 1}, 'q2': {'messages': 0, 'consumers': 0}}
+    """
     stats: dict[str, dict[str, int]] = {}
-    with contextlib.suppress(Exception):
-        out = bed.node.ctl("list_queues", "name", *columns, timeout=30)
-        for line in out.splitlines():
-            parts = [v.strip() for v in line.split("\t")]
-            if len(parts) == len(columns) + 1 and all(v.isdigit() for v in parts[1:]):
-                stats[parts[0]] = {c: int(v) for c, v in zip(columns, parts[1:], strict=True)}
+    for line in out.splitlines():
+        parts = [v.strip() for v in line.split("\t")]
+        if len(parts) == len(columns) + 1 and all(v.isdigit() for v in parts[1:]):
+            stats[parts[0]] = {c: int(v) for c, v in zip(columns, parts[1:], strict=True)}
     return stats
+
+
+def _queue_stats(bed: Bed, *columns: str) -> dict[str, dict[str, int]] | None:
+    """``{queue: {column: n}}`` from the broker's own view (rabbitmqctl list_queues).
+
+    None when the broker did not answer (two tries, each with rabbitmqctl's
+    ``--timeout``): a broker holding connections it cannot send on can be
+    too slow to list its queues; "not read" is then a measurement gap, never
+    an empty queue.
+    """
+    columns = columns or ("messages", "consumers")
+    for _ in range(LIST_QUEUES_TRIES):
+        with contextlib.suppress(Exception):
+            out = bed.node.ctl(
+                "list_queues", "--timeout", str(LIST_QUEUES_TIMEOUT), "name", *columns,
+                timeout=LIST_QUEUES_TIMEOUT + 10,
+            )  # fmt: skip
+            return parse_queue_stats(out, columns)
+    return None
 
 
 #: How long to wait, once the consumers are stopped, for the broker to requeue
@@ -799,7 +839,7 @@ def _queued_keys(bed: Bed, queues: list[str]) -> dict[str, list[str] | None]:
 
     def requeued() -> bool:
         nonlocal unacked
-        unacked = _queue_stats(bed, "messages_unacknowledged")
+        unacked = _queue_stats(bed, "messages_unacknowledged") or {}
         return all(unacked.get(q, {}).get("messages_unacknowledged", 1) == 0 for q in queues)
 
     _wait(requeued, REQUEUE_SECONDS, step=2.0)
@@ -928,12 +968,16 @@ def _run_group(
         for run in live:
             run.start_producer()
         time.sleep(4)  # steady state before the fault
-        before = _queue_stats(bed, "consumers")
+        before = _queue_stats(bed, "consumers") or {}
         for run in live:
             run.cell.consumers_before = before.get(run.queue, {}).get("consumers")
-        injected_at = time.time()
+        # The client's log is searched from the real start of inject; detection
+        # and heal count from ``injected_at``, the end of inject for the
+        # faults of DETECT_FROM_END_OF_INJECT.
+        inject_started = time.time()
         fault.inject()
-        inject_s = time.time() - injected_at
+        inject_s = time.time() - inject_started
+        injected_at = inject_started
         if fault_name in DETECT_FROM_END_OF_INJECT:
             injected_at = time.time()
         detail = dict(getattr(fault, "detail", {}) or {})
@@ -941,7 +985,7 @@ def _run_group(
             run.cell.fault_detail = _cell_detail(detail, run.queue)
             run.cell.inject_s = round(inject_s, 2)
             if run.recorder:
-                run.recorder.mark("inject", injected_at)
+                run.recorder.mark("inject", inject_started)  # the real start
                 run.recorder.mark("detect_base", injected_at)
         time.sleep(min(1.0, hold))
         probe_started = time.monotonic()
@@ -995,7 +1039,9 @@ def _run_group(
         _wait(lambda: all(r.drained() for r in resumed), DRAIN_SECONDS, step=0.5)
         stats = _queue_stats(bed)  # the broker's view, consumers still running
         for run in live:
-            _finish(run, stats.get(run.queue), injected_at)
+            # Read, and the queue not listed: it does not exist (0 messages, 0 consumers).
+            mine = None if stats is None else stats.get(run.queue, {"messages": 0, "consumers": 0})
+            _finish(run, mine, injected_at, since=inject_started)
             run.cell.calls = _judge_calls(
                 calls[id(run)], fault_name, run.profile, run.queue, ledger_keys(run.ledger),
                 stall_timeout,
@@ -1109,8 +1155,37 @@ def _retry_resume_probe(run: _CellRun, answer: str, now: float, hang_deadline: f
     return processes.pid_alive(run.worker.pid)
 
 
-def _finish(run: _CellRun, stats: dict[str, int] | None, injected_at: float) -> None:
-    """Fill ``run.cell``'s counts from its ledger and the broker's view of its queue."""
+def detect_seconds(events: list[tuple[float, str]], base: float) -> tuple[float | None, str | None]:
+    """``(detect_s, detected_by)`` of the first event, counted from ``base``, clamped at 0.
+
+    ``events`` are read from the real start of inject; ``base`` is the end of
+    inject for :data:`DETECT_FROM_END_OF_INJECT`: a client that noticed during
+    a long inject detected at once (0 s), it did not "never detect".
+
+    >>> detect_seconds([(100.0, "reconnect"), (130.0, "x")], 118.7)
+    (0.0, 'reconnect')
+    >>> detect_seconds([(121.0, "reconnect")], 118.7), detect_seconds([], 1.0)
+    ((2.3, 'reconnect'), (None, None))
+    """
+    if not events:
+        return None, None
+    at, by = events[0]
+    return max(0.0, round(at - base, 1)), by
+
+
+def _finish(
+    run: _CellRun,
+    stats: dict[str, int] | None,
+    injected_at: float,
+    since: float | None = None,
+) -> None:
+    """Fill ``run.cell``'s counts from its ledger and the broker's view of its queue.
+
+    ``injected_at``: what detection counts from; ``since``: where the client's
+    log is searched from (the real start of inject; ``injected_at`` if None).
+    ``stats`` None: the broker's view was not read; what is left in the queue,
+    the consumer count, stranded and lost stay unknown (None), never "lost".
+    """
     cell, ledger = run.cell, run.ledger
     published = run.published()
     keys = ledger_keys(ledger)
@@ -1122,18 +1197,24 @@ def _finish(run: _CellRun, stats: dict[str, int] | None, injected_at: float) -> 
     cell.during_executed = f"{run.queue}-during" in keys
     if cell.during_executed:
         cell.publish_during_fault += " (executed)"
-    events = _log_events(run.log, injected_at)
-    if events:
-        cell.detect_s = round(events[0][0] - injected_at, 1)
-        cell.detected_by = events[0][1]
+    events = _log_events(run.log, injected_at if since is None else since)
+    detect, by = detect_seconds(events, injected_at)
+    if detect is not None:
+        cell.detect_s, cell.detected_by = detect, by
     cell.worker_alive = processes.pid_alive(run.worker.pid)
     if stats is not None:
-        cell.left_in_queue = stats["messages"]
-        cell.consumers_after_heal = stats["consumers"]
+        cell.left_in_queue = stats.get("messages")
+        cell.consumers_after_heal = stats.get("consumers")
     # Unexecuted tasks still in the queue are stranded, not lost: they run
-    # once a worker consumes again (the probes may be among them).
-    cell.stranded = min(unexecuted, cell.left_in_queue or 0)
-    cell.lost = unexecuted - cell.stranded
+    # once a worker consumes again (the probes may be among them). Unknown
+    # (None) when the queue's depth was not read.
+    if cell.left_in_queue is None and unexecuted:
+        cell.stranded = None
+        cell.lost = None
+        cell.notes.append("queue depth not read: stranded/lost unknown")
+    else:
+        cell.stranded = min(unexecuted, cell.left_in_queue or 0)
+        cell.lost = unexecuted - cell.stranded
     if not cell.worker_alive:
         cell.notes.append("worker process exited")
 
@@ -1402,6 +1483,15 @@ def _hold(fault_name: str, hold: float | None) -> float | None:
     return 0.0 if DEFAULT_HOLD.get(fault_name) == 0.0 else hold
 
 
+def _count(value: Any) -> str:
+    """A count for the table; ``-`` when unknown (None: not read).
+
+    >>> _count(3), _count(None)
+    ('3', '-')
+    """
+    return "-" if value is None else str(value)
+
+
 def format_table(report: dict[str, Any]) -> str:
     """The matrix as a fixed-width table (one row per cell)."""
     head = (
@@ -1424,7 +1514,7 @@ def format_table(report: dict[str, Any]) -> str:
             c["resume_s"] if c["resume_s"] in ("HANG", "EXIT", "ERROR") else f"{c['resume_s']}s"
         )
         rows.append((c["fault"], c["profile"], detect, str(resume), str(c["published"]),
-                     str(c["executed"]), str(c["stranded"]), str(c["lost"]), str(c["duplicated"]),
+                     str(c["executed"]), _count(c["stranded"]), _count(c["lost"]), str(c["duplicated"]),
                      "yes" if c["worker_alive"] else "NO", c["publish_during_fault"]))  # fmt: skip
     widths = [max(len(r[i]) for r in rows) for i in range(len(head))]
     return "\n".join("  ".join(v.ljust(w) for v, w in zip(r, widths, strict=True)) for r in rows)

@@ -55,14 +55,30 @@ def promise_of(cell: dict[str, Any], report: dict[str, Any]) -> dict[str, Any] |
 
 
 def promise_mark(promise: dict[str, Any] | None) -> str:
-    """``kept``, ``MISS`` or ``measured`` (stock cells are not judged).
+    """``kept``, ``MISS``, ``unmeasured`` or ``measured`` (stock cells are not judged).
+
+    ``unmeasured``: no rule failed, but something the promise needs was not read
+    (a measurement gap, not a guard miss).
 
     >>> promise_mark(None), promise_mark({"met": False}), promise_mark({"met": True})
     ('measured', 'MISS', 'kept')
+    >>> promise_mark({"met": False, "failures": [], "unmeasured": ["consumer count not read"]})
+    'unmeasured'
     """
     if promise is None:
         return "measured"
-    return "kept" if promise.get("met") else "MISS"
+    if promise.get("met"):
+        return "kept"
+    return "unmeasured" if promise.get("unmeasured") and not promise.get("failures") else "MISS"
+
+
+def _unknown(value: Any) -> Any:
+    """A count, or ``-`` when it was not read (None).
+
+    >>> _unknown(0), _unknown(None)
+    (0, '-')
+    """
+    return "-" if value is None else value
 
 
 def _esc(text: Any) -> str:
@@ -148,11 +164,14 @@ def _summary(report: dict[str, Any], judged: list[tuple[dict[str, Any], Any]]) -
     by_key = {(c["fault"], c["profile"]): (c, p) for c, p in judged}
     guarded = [p for _, p in judged if p is not None]
     kept = [p for p in guarded if p["met"]]
+    gaps = [p for p in guarded if promise_mark(p) == "unmeasured"]
+    unmeasured = f" ({len(gaps)} not fully measured, no rule failed)" if gaps else ""
     lines = [
         "## Summary",
         "",
         f"{len(judged)} cells ({len(faults)} faults x {len(profiles)} profiles); guarded cells "
-        f"keeping the promise: {len(kept)} of {len(guarded)}. Stock cells are measured, not judged.",
+        f"keeping the promise: {len(kept)} of {len(guarded)}{unmeasured}. Stock cells are "
+        "measured, not judged.",
         "",
         "Promise per guarded cell: detect <= stall_timeout; resume <= stall_timeout + one "
         "backoff step after heal (after detection for faults that never heal, held 0 s); "
@@ -189,7 +208,7 @@ def _cells(judged: list[tuple[dict[str, Any], Any]]) -> list[str]:
         consumers = f"{'-' if before is None else before} → {'-' if after is None else after}"
         values = (
             c["fault"], c["profile"], _detect(c), _resume(c), c.get("published", 0),
-            c.get("executed", 0), c.get("stranded", 0), c.get("lost", 0),
+            c.get("executed", 0), _unknown(c.get("stranded", 0)), _unknown(c.get("lost", 0)),
             c.get("duplicated", 0), (c.get("publish_during_fault") or "-")[:60],
             c.get("publish_verdict") or "-", "YES" if c.get("false_ok") else "no",
             "yes" if c.get("worker_alive") else "NO", consumers, promise_mark(promise),
@@ -225,7 +244,7 @@ def _calls(judged: list[tuple[dict[str, Any], Any]]) -> list[str]:
 
 
 def _misses(judged: list[tuple[dict[str, Any], Any]]) -> list[str]:
-    misses = [(c, p) for c, p in judged if p is not None and not p["met"]]
+    misses = [(c, p) for c, p in judged if p is not None and promise_mark(p) == "MISS"]
     lines = ["", "## Guarded cells that miss the promise, by rule", ""]
     if not misses:
         return [*lines, "None."]
