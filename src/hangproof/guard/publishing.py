@@ -66,6 +66,8 @@ class PublishDeadline:
         self.clock = clock
         self.at = clock() + self.limit
         self.retries = 0
+        #: The last error of a connect made under this deadline (guard transport).
+        self.last_error: BaseException | None = None
 
     def remaining(self) -> float:
         return max(0.0, self.at - self.clock())
@@ -75,6 +77,7 @@ class PublishDeadline:
         return self.clock() + max(0.0, float(seconds)) < self.at
 
     def expired_error(self, exc: BaseException | None) -> PublishTimeout:
+        exc = exc if exc is not None else self.last_error
         last = f"; last error: {mask_url(repr(exc))}" if exc is not None else ""
         return PublishTimeout(
             f"publish not done within publish_timeout {self.limit:.1f} s "

@@ -1008,7 +1008,14 @@ class GuardConnection(pyamqp.Connection):
         self.Transport = transport_with_deadline
         try:
             return super().connect(callback)
-        except OSError as exc:
+        except Exception as exc:
+            # Kept on the publish's deadline, so a later "deadline spent"
+            # still says why the attempts failed (e.g. a wrong CA).
+            spent = publishing.current()
+            if spent is not None:
+                spent.last_error = exc
+            if not isinstance(exc, OSError):
+                raise
             if monotonic() >= at or isinstance(exc, HandshakeDeadlineExceeded):
                 _notify_deadline(deadline, str(self.host))
                 logger.warning(
