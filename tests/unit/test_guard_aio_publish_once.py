@@ -22,6 +22,7 @@ from pathlib import Path
 
 import aio_pika
 import pytest
+from fake_amqp import client_frames
 from pamqp import commands, frame
 
 from hangproof.aio import publish_once
@@ -91,31 +92,14 @@ def fake_broker(mode: str) -> Iterator[tuple[str, list[str]]]:
         }
         if mode != "silent":
             answers["Connection.Close"] = commands.Connection.CloseOk()
-        buf = b""
-        while not stop.is_set() and time.monotonic() - born < 30:
-            try:
-                data = conn.recv(65536)
-            except TimeoutError:
-                continue
-            except OSError:
-                break
-            if not data:
-                break
-            buf += data
-            while buf:
-                try:
-                    used, channel, value = frame.unmarshal(buf)
-                except Exception:
-                    break  # incomplete frame
-                buf = buf[used:]
-                name = getattr(value, "name", "")
-                received.append(name)
-                if name == "Basic.Publish" and mode == "confirm":
-                    send(channel, commands.Basic.Ack(delivery_tag=1))
-                elif name == "Basic.Publish" and mode == "blocked":
-                    send(0, commands.Connection.Blocked(reason="low on memory"))
-                elif name in answers:
-                    send(channel, answers[name])
+        for channel, name, _value in client_frames(conn, stop, born):
+            received.append(name)
+            if name == "Basic.Publish" and mode == "confirm":
+                send(channel, commands.Basic.Ack(delivery_tag=1))
+            elif name == "Basic.Publish" and mode == "blocked":
+                send(0, commands.Connection.Blocked(reason="low on memory"))
+            elif name in answers:
+                send(channel, answers[name])
         conn.close()
 
     def serve() -> None:

@@ -17,6 +17,7 @@ from collections.abc import Iterator
 
 import amqp
 import pytest
+from fake_amqp import client_frames
 from kombu import Connection
 from pamqp import commands, frame
 
@@ -45,37 +46,20 @@ def fake_broker(*, silent: bool) -> Iterator[tuple[str, list[str]]]:
         conn.recv(8)  # the protocol header
         conn.settimeout(0.1)
         send(conn, 0, commands.Connection.Start(server_properties={}, mechanisms="PLAIN"))
-        buf = b""
-        while not stop.is_set() and time.monotonic() - born < 30:
-            try:
-                data = conn.recv(65536)
-            except TimeoutError:
-                continue
-            except OSError:
-                break
-            if not data:
-                break
-            buf += data
-            while buf:
-                try:
-                    used, channel, value = frame.unmarshal(buf)
-                except Exception:
-                    break  # incomplete frame
-                buf = buf[used:]
-                name = getattr(value, "name", "")
-                received.append(name)
-                answers = {
-                    "Connection.StartOk": commands.Connection.Tune(0, 131072, 0),
-                    "Connection.Open": commands.Connection.OpenOk(),
-                    "Channel.Open": commands.Channel.OpenOk(),
-                }
-                if not silent:
-                    answers["Channel.Close"] = commands.Channel.CloseOk()
-                    answers["Connection.Close"] = commands.Connection.CloseOk()
-                if name == "Basic.Consume":
-                    send(conn, channel, commands.Basic.ConsumeOk(value.consumer_tag or "ctag"))
-                elif name in answers:
-                    send(conn, channel, answers[name])
+        for channel, name, value in client_frames(conn, stop, born):
+            received.append(name)
+            answers = {
+                "Connection.StartOk": commands.Connection.Tune(0, 131072, 0),
+                "Connection.Open": commands.Connection.OpenOk(),
+                "Channel.Open": commands.Channel.OpenOk(),
+            }
+            if not silent:
+                answers["Channel.Close"] = commands.Channel.CloseOk()
+                answers["Connection.Close"] = commands.Connection.CloseOk()
+            if name == "Basic.Consume":
+                send(conn, channel, commands.Basic.ConsumeOk(value.consumer_tag or "ctag"))
+            elif name in answers:
+                send(conn, channel, answers[name])
         conn.close()
 
     def serve() -> None:
