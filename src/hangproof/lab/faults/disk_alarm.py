@@ -19,18 +19,9 @@ monitor raises it), healed by restoring the node's configured 50MB. ``inject``
 waits (bounded) until the broker lists the disk alarm; ``detail`` records the
 limit set, the free space, and that the alarm was seen.
 
-Detection (issue 10's ``detect`` for this class): the consumer is not
-affected by an alarm (RabbitMQ blocks a connection only once it publishes),
-so the cell's detect time is the *guarded client noticing the alarm*: the
-first ``connection.blocked`` / ``BrokerBlocked`` its publish sees (Celery and
-kombu: the guard transport's ``hangproof.guard: broker-blocked`` line; aio-pika:
-:mod:`hangproof.aio`'s same line), counted from the end of ``inject()``, when the
-alarm is in force (fault_matrix's ``DETECT_FROM_END_OF_INJECT``: before it is
-rabbitmqctl's own start-up). ``configure()`` points
-the cell's client-side publishes at the consumer's log (``HANGPROOF_EVENT_LOG``,
-:func:`hangproof.lab.clients.matrix_clients.log_guard_events_to_cell`), where the
-matrix reads detections; a stock client logs no such notice, so its detect
-stays "-" (what it shows).
+Detection (issue 10's ``detect`` for this class): as for memory-alarm, the
+guarded client's first notice of ``connection.blocked``, counted from the end
+of ``inject()``; see :mod:`hangproof.lab.faults.memory_alarm`.
 """
 
 from __future__ import annotations
