@@ -163,6 +163,12 @@ class Sampler:
         processes.stop_pid(self.proc.pid, grace=1)
 
 
+def brief(rows: list[dict]) -> str:
+    """The rows that failed, with the worker's reasons (a CI failure must say why)."""
+    keep = ("t", "/livez", "/readyz", "/consumingz", "reason")
+    return json.dumps([{k: r.get(k) for k in keep} for r in rows[:3]], default=str)
+
+
 def outage(bed: FaultBed, sampler: Sampler, pid: int, figures: dict[str, object]) -> list[dict]:
     """Blackhole the broker for OUTAGE s: ready fails in bound, live never 503, consuming back.
 
@@ -189,7 +195,7 @@ def outage(bed: FaultBed, sampler: Sampler, pid: int, figures: dict[str, object]
     assert not_ready is not None and not_ready <= READY_FAIL_BOUND, figures
     assert len(rows) >= 10, f"too few samples: {len(rows)}"
     said_restart = [r for r in rows if r["/livez"] not in (200, 0)]
-    assert not said_restart, said_restart[:3]  # the contract never says "restart me" here
+    assert not said_restart, brief(said_restart)  # the contract never says "restart me" here
     # No false "consuming" once the worker knows it is not (1 s: the samples
     # of one row are separate requests).
     late = [r for r in rows if r["t"] >= injected + not_ready + 1.0]
@@ -198,7 +204,8 @@ def outage(bed: FaultBed, sampler: Sampler, pid: int, figures: dict[str, object]
     assert not false_ok, false_ok[:2]
     assert consuming is not None and consuming <= CONSUMING_BOUND, figures
     after = sampler.rows(healed)
-    assert not [r for r in after if r["/livez"] not in (200, 0)], after[:3]
+    restart_after = [r for r in after if r["/livez"] not in (200, 0)]
+    assert not restart_after, f"healed at {healed:.1f}: {brief(restart_after)}"
     silent = [r for r in rows + after if r["/livez"] == 0]
     figures["livez_no_answer_samples"] = len(silent)
     return silent

@@ -243,3 +243,61 @@ def test_a_forced_reconnect_that_does_not_take_closes_the_socket_under_gevent(
     # A new connection re-arms it.
     state.on_connected(connection)
     assert state.escalated is False
+
+
+def test_a_connection_coming_up_during_a_watchdog_round_is_neither_torn_nor_shut() -> None:
+    """The watchdog thread and the consumer thread share GuardState.
+
+    CI (test_prefork_outage_queue_delete_and_wedge): right after a broker
+    outage healed, /livez said 503 for one watchdog period. Read field by
+    field, a round could pair ``connected`` of the new connection with
+    ``forced_reconnect_at`` of the old one ("forced a reconnect 18 s ago and
+    the connection never came back"), and a stall decided on the old
+    connection was acted on against the new one. Here the new connection
+    comes up in the middle of the round (from the frame clock the round reads).
+    """
+    now = [100.0]
+    state = GuardState(P, clock=lambda: now[0])
+    a, b = socket.socketpair()
+
+    class Old:
+        last_inbound_frame_at = 100.0
+
+    class New:
+        last_inbound_frame_at: float | None = None
+
+        class _transport:
+            sock = a
+
+    def kombu_conn(amqp: object) -> object:
+        import kombu
+
+        conn = kombu.Connection("amqp://127.0.0.1:1//")
+        conn._connection = amqp
+        return conn
+
+    state.on_connected(kombu_conn(Old()))
+    now[0] = 110.0  # the old link silent for 10 s: a stall, forced below
+    state.forced_reconnect_at = None
+    came_up: list[bool] = []
+    original = state._frame_clock
+
+    def frame_clock() -> float | None:
+        read = original()  # the old link's clock: 10 s silent
+        if not came_up:  # then the consumer thread connects, mid-round
+            came_up.append(True)
+            New.last_inbound_frame_at = now[0]
+            state.on_connected(kombu_conn(New()))
+        return read
+
+    state._frame_clock = frame_clock  # type: ignore[method-assign]
+    d = state.check()
+    assert came_up
+    assert state.forced_reconnect_at is None, "a stall of the old link was pinned on the new one"
+    a.setblocking(False)
+    b.setblocking(False)
+    with pytest.raises(BlockingIOError):
+        b.recv(1)  # the new connection's socket was not shut down
+    assert d.healthy and d.ready, d.reason  # decided again, on the new connection
+    a.close()
+    b.close()

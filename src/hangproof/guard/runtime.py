@@ -271,15 +271,30 @@ class GuardState:
 
     # -- the watchdog ------------------------------------------------------
     def observe(self) -> Observation:
+        """One consistent snapshot of the consumer's state (taken under the lock).
+
+        Read field by field, the watchdog thread could see ``connected`` of a
+        connection that had just come up next to ``forced_reconnect_at`` of
+        the one before it (``on_connected`` sets one, then clears the other),
+        i.e. "forced a reconnect 18 s ago and the connection never came back",
+        and ``/livez`` answered 503 for a watchdog period right after a broker
+        outage healed (CI, test_prefork_outage_queue_delete_and_wedge).
+        """
+        with self._lock:
+            connected = self.connected
+            state_since = self.state_since
+            tick = self.last_loop_tick_at
+            forced = self.forced_reconnect_at
+            last = self.rounds[-1] if self.rounds else None
         return Observation(
             now=self._clock(),
-            connected=self.connected,
-            state_since=self.state_since,
+            connected=connected,
+            state_since=state_since,
             last_inbound_frame_at=self._frame_clock(),
-            last_loop_tick_at=self.last_loop_tick_at,
-            busy_in_loop=self.connected and self._busy_in_loop(),
-            forced_reconnect_at=self.forced_reconnect_at,
-            unconsumed=self.unconsumed_queues(),
+            last_loop_tick_at=tick,
+            busy_in_loop=connected and self._busy_in_loop(),
+            forced_reconnect_at=forced,
+            unconsumed=self._unconsumed(last, connected, state_since),
         )
 
     def unconsumed_queues(self) -> tuple[str, ...]:
@@ -292,9 +307,15 @@ class GuardState:
         """
         with self._lock:
             last = self.rounds[-1] if self.rounds else None
-        if last is None or not self.connected or not last.reachable or last.blocked:
+            connected, state_since = self.connected, self.state_since
+        return self._unconsumed(last, connected, state_since)
+
+    def _unconsumed(
+        self, last: ProbeRound | None, connected: bool, state_since: float
+    ) -> tuple[str, ...]:
+        if last is None or not connected or not last.reachable or last.blocked:
             return ()
-        if last.at - last.seconds <= self.state_since + CONSUME_GRACE:
+        if last.at - last.seconds <= state_since + CONSUME_GRACE:
             return ()
         return tuple(q for q in self.queues if not last.consumers.get(q))
 
@@ -303,22 +324,34 @@ class GuardState:
         with self._check_lock:
             return self._check()
 
-    def _check(self) -> Decision:
+    def _check(self, again: bool = True) -> Decision:
         self._escalate_if_stuck()
-        decision = decide(self.observe(), self.policy)
-        if decision.action is Action.FORCE_RECONNECT and decision.detection is not None:
-            self.forced_reconnect_at = self._clock()
-            self.m_stalls.labels(detection=decision.detection.value).inc()
-            self.m_forced.inc()
-            self.event(
-                "stall-detected",
-                detection=decision.detection.value,
-                reason=decision.reason,
-                action="force-reconnect",
-                by=threading.current_thread().name,
-            )
-            note_path_fault(decision.detection.value)
-            force_reconnect(self.connection)
+        obs = self.observe()
+        decision = decide(obs, self.policy)
+        detection = decision.detection
+        if decision.action is Action.FORCE_RECONNECT and detection is not None:
+            with self._lock:
+                # Act only on the connection that was observed: one that came
+                # up since is not the one found stalled.
+                current = self.connected == obs.connected and self.state_since == obs.state_since
+                connection = self.connection
+                if current:
+                    self.forced_reconnect_at = self._clock()
+            if not current:
+                if again:
+                    return self._check(again=False)  # decide on the connection there is now
+            else:
+                self.m_stalls.labels(detection=detection.value).inc()
+                self.m_forced.inc()
+                self.event(
+                    "stall-detected",
+                    detection=detection.value,
+                    reason=decision.reason,
+                    action="force-reconnect",
+                    by=threading.current_thread().name,
+                )
+                note_path_fault(detection.value)
+                force_reconnect(connection)
         if self.last_decision is None or self.last_decision.healthy != decision.healthy:
             if not decision.healthy:
                 self.event("unhealthy", reason=decision.reason)
