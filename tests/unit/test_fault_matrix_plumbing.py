@@ -92,3 +92,93 @@ def test_tls_seed_bed_forwards_the_nodeport_to_the_tls_listener() -> None:
     assert (node.tls, node.tls_port, node.amqp_port) == (True, 5671, 5672)
     assert bed.lab.topo.broker_endpoints()[0][1] == 5671  # kube-proxy DNATs to TLS
     assert SeedBed("hpfvx").client_url.startswith("amqp://")
+
+
+def test_a_bed_whose_broker_does_not_recover_is_rebuilt_and_the_run_goes_on(
+    monkeypatch: pytest.MonkeyPatch, tmp_path
+) -> None:
+    """The second whole run (b2b7068) ended after 38 min on "the broker of the
+    seed-cluster did not recover", and published nothing. Now the bed is built
+    again and the run goes on; a bed that cannot be built (or keeps breaking)
+    turns only its own remaining cells into ERROR cells, each with why."""
+    from hangproof.lab.scenarios import fault_matrix as fm
+
+    events: list[str] = []
+
+    class FakeBed:
+        built = 0
+
+        def __init__(self, *_a: object, **_k: object) -> None:
+            FakeBed.built += 1
+            self.n = FakeBed.built
+            self.target = None
+
+        def up(self) -> None:
+            events.append(f"up{self.n}")
+            if self.n == 3:
+                raise HangproofError("rabbitmq-server did not start")
+
+        def healthy(self) -> bool:
+            return self.n != 1 or len([e for e in events if e.startswith("cell")]) < 2
+
+        def close(self) -> None:
+            events.append(f"close{self.n}")
+
+    def run_group(bed, fault_name, group, work, **_k):
+        events.append(f"cell {fault_name} on bed {bed.n}")
+        return [fm.Cell(fault_name, p, detect_s=1.0, resume_s=1.0) for p in group]
+
+    monkeypatch.setattr(fm, "FaultBed", FakeBed)
+    monkeypatch.setattr(fm, "run_group", run_group)
+    monkeypatch.setattr(fm, "make_fault", lambda *_a: object())
+    monkeypatch.setattr(fm, "_fault_parallel", lambda *_a: True)
+    monkeypatch.setattr(fm, "version_set", lambda *_a: {})
+    faults = ["blackhole", "broker-freeze", "broker-kill", "memory-alarm"]
+    r = run_matrix(faults, ["kombu+guard"], tmp_path)
+    # Bed 1's broker does not recover after its 2nd cell (broker-freeze); bed 2
+    # is built and runs the other two.
+    by_fault = {c["fault"]: c for c in r["cells"]}
+    assert list(by_fault) == faults  # every cell is reported, none dropped
+    assert "bed rebuilt" in " ".join(by_fault["broker-freeze"]["notes"])
+    assert by_fault["broker-kill"]["resume_s"] == 1.0  # measured on the rebuilt bed
+    assert r["beds"][0]["rebuilt"][0]["after"] == "broker-freeze"
+    assert r["beds"][0]["rebuilt"][0]["ok"] is True
+    assert events.count("close1") == 1 and events[-1] == "close2"
+    assert "broken" not in r["beds"][0]
+
+
+def test_a_bed_that_does_not_come_up_errors_its_cells_and_not_the_run(
+    monkeypatch: pytest.MonkeyPatch, tmp_path
+) -> None:
+    from hangproof.lab.scenarios import fault_matrix as fm
+
+    class DeadBed:
+        target = None
+
+        def __init__(self, *_a: object, **_k: object) -> None:
+            pass
+
+        def up(self) -> None:
+            raise HangproofError("rabbitmq-server did not start")
+
+        def healthy(self) -> bool:
+            return False
+
+        def close(self) -> None:
+            pass
+
+    ran: list[str] = []
+    monkeypatch.setattr(fm, "FaultBed", DeadBed)
+    monkeypatch.setattr(fm, "run_group", lambda *a, **k: ran.append(a[1]) or [])
+    monkeypatch.setattr(fm, "version_set", lambda *_a: {})
+    r = run_matrix(["blackhole"], ["kombu", "kombu+guard"], tmp_path)
+    assert ran == []
+    cells = r["cells"]
+    assert [(c["profile"], c["resume_s"]) for c in cells] == [
+        ("kombu", "ERROR"),
+        ("kombu+guard", "ERROR"),
+    ]
+    assert "did not come up: rabbitmq-server did not start" in cells[1]["notes"][0]
+    assert cells[1]["promise"]["met"] is False  # a guarded cell not measured is a miss
+    assert cells[0]["promise"] is None  # stock cells are measured, not judged
+    assert r["beds"][0]["broken"].startswith("the testbed did not come up")

@@ -1344,6 +1344,10 @@ def _judge_calls(
     return rows
 
 
+#: How often a bed whose broker did not recover is built again in one run.
+MAX_BED_REBUILDS = 2
+
+
 def run_matrix(
     faults: list[str],
     profiles: list[str],
@@ -1392,30 +1396,64 @@ def run_matrix(
     groups_run: list[dict[str, Any]] = []
     #: Per bed: its faults, how long up() and close() took, and its whole time.
     beds_run: list[dict[str, Any]] = []
-    for bed_kind in ("testbed", SEED_LAB, SEED_CLUSTER, TESTBED_ROUTER):
-        bed_faults = [f for f in faults if fault_bed(f) == bed_kind]
-        if not bed_faults:
-            continue
-        bed: Bed = (
+
+    def make_bed(bed_kind: str) -> Bed:
+        return (
             SeedBed(lab_name, tls=tls)
             if bed_kind == SEED_LAB
             else ClusterBed(f"{lab_name}c")  # plain AMQP only
             if bed_kind == SEED_CLUSTER
             else FaultBed(work / "bed", prefix, tls=tls, router=bed_kind == TESTBED_ROUTER)
         )
+
+    def errored(fault_name: str, why: str) -> list[Cell]:
+        found = [Cell(fault_name, p, resume_s="ERROR", notes=[why[:300]]) for p in profiles]
+        for cell in found:  # a guarded cell that errored misses, with why
+            cell.promise = judge_cell(asdict(cell), {"stall_timeout": stall_timeout})
+        return found
+
+    def keep(found: list[Cell]) -> None:
+        for cell in found:
+            cells.append(cell)
+            if progress:
+                progress(cell)
+        # A crash later loses nothing measured so far.
+        with contextlib.suppress(OSError):
+            (work / "matrix-partial.json").write_text(
+                json.dumps({"groups": groups_run, "cells": [asdict(c) for c in cells]})
+            )
+
+    for bed_kind in ("testbed", SEED_LAB, SEED_CLUSTER, TESTBED_ROUTER):
+        bed_faults = [f for f in faults if fault_bed(f) == bed_kind]
+        if not bed_faults:
+            continue
+        bed = make_bed(bed_kind)
         bed_started = time.monotonic()
-        beds_run.append({"bed": bed_kind, "faults": bed_faults})
+        beds_run.append({"bed": bed_kind, "faults": bed_faults, "rebuilt": []})
+        #: Why this bed can no longer run cells (its later faults are ERROR cells).
+        broken: str | None = None
         try:
-            bed.up()  # type: ignore[attr-defined]
+            try:
+                bed.up()  # type: ignore[attr-defined]
+            except Exception as exc:  # an aborted bed ends its cells, not the run
+                broken = f"the {bed_kind} did not come up: {exc}"
             beds_run[-1]["up_s"] = round(time.monotonic() - bed_started, 1)
-            versions = {**version_set(bed), **versions}
+            if broken is None:
+                versions = {**version_set(bed), **versions}
             for fault_name in bed_faults:
+                if broken is not None:
+                    keep(errored(fault_name, f"not measured: {broken}"))
+                    continue
                 shared = parallel and _fault_parallel(
                     fault_name, make_fault(fault_name, bed.target)
                 )
                 size = (group_size or len(profiles)) if shared else 1
                 for i in range(0, len(profiles), size):
                     group = profiles[i : i + size]
+                    if broken is not None:
+                        keep([c for c in errored(fault_name, f"not measured: {broken}")
+                              if c.profile in group])  # fmt: skip
+                        continue
                     group_started = time.monotonic()
                     try:
                         found = run_group(
@@ -1423,34 +1461,42 @@ def run_matrix(
                             hang_bound=hang_bound, report=report, hold=_hold(fault_name, hold),
                         )  # fmt: skip
                     except Exception as exc:
-                        found = [
-                            Cell(fault_name, p, resume_s="ERROR", notes=[repr(exc)[:300]])
-                            for p in group
-                        ]
-                        for cell in found:  # a guarded cell that errored misses, with why
-                            cell.promise = judge_cell(
-                                asdict(cell), {"stall_timeout": stall_timeout}
-                            )
+                        found = [c for c in errored(fault_name, repr(exc)) if c.profile in group]
                     groups_run.append({
                         "fault": fault_name, "profiles": group,
                         "seconds": round(time.monotonic() - group_started, 1),
                     })  # fmt: skip
-                    for cell in found:
-                        cells.append(cell)
-                        if progress:
-                            progress(cell)
-                    # A crash later loses nothing measured so far.
-                    with contextlib.suppress(OSError):
-                        (work / "matrix-partial.json").write_text(
-                            json.dumps({"groups": groups_run, "cells": [asdict(c) for c in cells]})
-                        )
                     if not bed.healthy():
-                        raise HangproofError(f"the broker of the {bed_kind} did not recover")
+                        # The broker did not come back after this fault: the
+                        # cells stand (with the note); the rest of the run gets
+                        # a new bed, at most MAX_BED_REBUILDS times per bed.
+                        for cell in found:
+                            cell.notes.append("the broker did not recover after it; bed rebuilt")
+                        rebuilt: dict[str, Any] = {"after": fault_name, "profiles": group}
+                        beds_run[-1]["rebuilt"].append(rebuilt)
+                        if len(beds_run[-1]["rebuilt"]) > MAX_BED_REBUILDS:
+                            broken = (
+                                f"the broker of the {bed_kind} did not recover after {fault_name}"
+                            )
+                        else:
+                            rebuilding = time.monotonic()
+                            with contextlib.suppress(Exception):
+                                bed.close()
+                            bed = make_bed(bed_kind)
+                            try:
+                                bed.up()  # type: ignore[attr-defined]
+                            except Exception as exc:
+                                broken = f"the {bed_kind} could not be rebuilt: {exc}"
+                            rebuilt["seconds"] = round(time.monotonic() - rebuilding, 1)
+                            rebuilt["ok"] = broken is None
+                    keep(found)
         finally:
             closing = time.monotonic()
             bed.close()
             beds_run[-1]["close_s"] = round(time.monotonic() - closing, 1)
             beds_run[-1]["seconds"] = round(time.monotonic() - bed_started, 1)
+            if broken is not None:
+                beds_run[-1]["broken"] = broken
     result = {
         "scenario": NAME,
         "tls": tls,
