@@ -388,6 +388,17 @@ def run_set(name: str, args: argparse.Namespace, wrapper: list[str]) -> dict[str
     return result
 
 
+def _main_versions(dists: list[str]) -> dict[str, str]:
+    """What this interpreter has installed of ``dists`` (missing: absent)."""
+    from importlib import metadata
+
+    found: dict[str, str] = {}
+    for dist in dists:
+        with contextlib.suppress(metadata.PackageNotFoundError):
+            found[dist] = metadata.version(dist)
+    return found
+
+
 def _commit() -> str:
     done = _run(["git", "rev-parse", "--short", "HEAD"], 10)
     dirty = _run(["git", "status", "--porcelain", "--untracked-files=no"], 10).stdout.strip()
@@ -450,7 +461,7 @@ def format_table(report: dict[str, Any]) -> str:
             f"{unit['passed']} passed, {unit['failed'] + unit['errors']} failed"
             + (f", {unit['skipped']} skipped" if unit["skipped"] else "")
             if unit
-            else "-"
+            else ("main venv" if s.get("covered_by") else "-")
         )
         smoke = s.get("smoke")
         smoke_text = (
@@ -582,6 +593,12 @@ def main(argv: list[str] | None = None) -> int:
         help="command prefixed to the lab smoke only, e.g. a lock wrapper on a shared machine",
     )
     parser.add_argument("--python", default=sys.executable, help="interpreter for the venvs")
+    parser.add_argument(
+        "--skip-same-as-main",
+        action="store_true",
+        help="do not rebuild a set (without smoke) whose pins are exactly what this "
+        "interpreter has installed: the main test run already covers it (make test)",
+    )
     args = parser.parse_args(argv)
 
     if args.from_json:
@@ -614,6 +631,18 @@ def main(argv: list[str] | None = None) -> int:
         sets = []
         try:
             for name in names:
+                here = _main_versions([*SETS[name], "pamqp"])
+                same = args.skip_same_as_main and all(
+                    here.get(dist) == version for dist, version in SETS[name].items()
+                )
+                if same and name not in args.smoke_sets:
+                    progress(f"{name}: same versions as the main venv; covered by its tests")
+                    sets.append({
+                        "set": name, "pins": SETS[name], "versions": here,
+                        "commit": commit, "ok": True, "seconds": 0.0, "date": _now(),
+                        "covered_by": "the main venv (same versions): its unit and lab tests",
+                    })  # fmt: skip
+                    continue
                 sets.append(run_set(name, args, wrapper))
         except EnvironmentProblem as exc:
             print(f"compat: {exc}", file=sys.stderr)
