@@ -140,11 +140,12 @@ def _send(conn: socket.socket, channel: int, value: object) -> None:
 
 
 @contextlib.contextmanager
-def returning_broker() -> Iterator[int]:
+def returning_broker(mute: frozenset[str] = frozenset()) -> Iterator[int]:
     """Answers declares; returns (312 NO_ROUTE) then confirms every mandatory publish.
 
     A publish without ``mandatory`` is confirmed and dropped, as RabbitMQ does
-    when no queue is bound (the queue-deleted fault's lost task).
+    when no queue is bound (the queue-deleted fault's lost task). The methods
+    in ``mute`` get no answer at all (a partitioned node's declares).
     """
     listener = socket.socket()
     listener.bind(("127.0.0.1", 0))
@@ -172,6 +173,8 @@ def returning_broker() -> Iterator[int]:
                     break
                 buf = buf[used:]
                 name = getattr(value, "name", "")
+                if name in mute:
+                    continue
                 reply = {
                     "Connection.StartOk": commands.Connection.Tune(0, 131072, 0),
                     "Connection.Open": commands.Connection.OpenOk(),
@@ -222,6 +225,24 @@ def returning_broker() -> Iterator[int]:
         stop.set()
         thread.join(5)
         listener.close()
+
+
+@pytest.mark.timeout(30)
+def test_a_declare_the_broker_never_answers_ends_within_publish_timeout() -> None:
+    # cluster-partition x celery-prefork+harden (docs/fault-matrix-ci-run.md):
+    # the publish raised PublishTimeout after 12.1 s for publish_timeout 7.5 s,
+    # from one attempt: the connect was bounded, the confirm wait was bounded,
+    # but the declares before the publish waited for the broker's answer with
+    # no timeout (a node on the minority side of a partition does not answer
+    # a queue declare until it pauses and resets the connection).
+    with returning_broker(mute=frozenset({"Queue.Declare", "Exchange.Declare"})) as port:
+        app, policy = hardened_app(port, stall=2.0)
+        limit = float(policy.publish_timeout or 0)
+        started = time.monotonic()
+        with pytest.raises(PublishTimeout, match="no answer from the broker"):
+            app.send_task("hangproof.record", args=("k",), queue="partitioned-q")
+        elapsed = time.monotonic() - started
+    assert elapsed < limit + SLACK * 0.5, elapsed
 
 
 def test_guard_channel_turns_a_basic_return_into_publish_unroutable() -> None:

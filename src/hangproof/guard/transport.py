@@ -801,6 +801,42 @@ class GuardConnection(pyamqp.Connection):
         logger.warning("hangproof.guard: broker-unblocked (%s) after %.1f s", how, held)
         _notify_blocked("unblocked", reason, id(self))
 
+    def drain_events(self, timeout: float | None = None) -> Any:
+        """py-amqp's wait for frames; within a harden()ed publish, only what is left of it.
+
+        A synchronous method with no timeout of its own (Channel.Open,
+        Exchange/Queue.Declare, Confirm.Select before the message is sent)
+        waits for the broker's answer on this read. Unbounded, one attempt
+        could outlast the publish's whole deadline (measured: cluster-partition
+        x celery-prefork+harden, PublishTimeout after 12.1 s for publish_timeout
+        7.5 s: the minority node does not answer a declare). A wait with the
+        caller's own timeout (the confirm wait) is left to the caller.
+        """
+        deadline = publishing.current()
+        if timeout is not None or deadline is None:
+            return super().drain_events(timeout=timeout)
+        left = deadline.remaining()
+        if left <= 0:
+            raise self._hp_no_answer(deadline, None)
+        try:
+            return super().drain_events(timeout=left)
+        except TimeoutError as exc:
+            if deadline.remaining() > 0:
+                raise  # the socket's own read timeout, not the deadline's
+            raise self._hp_no_answer(deadline, exc) from exc
+
+    def _hp_no_answer(
+        self, deadline: publishing.PublishDeadline, exc: BaseException | None
+    ) -> BaseException:
+        # The wait stopped mid-conversation: the connection is unusable.
+        self.abandon()
+        note_path_fault("no answer within publish_timeout")
+        return PublishTimeout(
+            f"no answer from the broker {self.host} within publish_timeout "
+            f"{deadline.limit:.1f} s (waiting for a declare or channel open, before "
+            "the message was sent); connection dropped"
+        )
+
     def poll_events(self) -> None:
         """Read the frames already waiting, without blocking (blocked/unblocked news)."""
         if upstream.amqp_transport(self) is None or not self.connected:
