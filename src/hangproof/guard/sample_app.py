@@ -10,8 +10,9 @@ Configured by environment, so the same module runs stock or guarded:
 - ``HANGPROOF_LIVENESS_PORT`` and ``HANGPROOF_HEARTBEAT_FILE`` (opt-in);
 - ``HANGPROOF_LATE_ACKS=1`` for at-least-once delivery;
 - ``HANGPROOF_CONSUMING_PROBE=0`` turns harden()'s consuming probe off;
-- ``HANGPROOF_LEDGER`` (a file): every executed task appends ``<id> <pid>``,
-  so a test counts executed, lost and duplicated tasks without a result backend.
+- ``HANGPROOF_LEDGER``: a :class:`~hangproof.lab.clients.accounting.Ledger`
+  directory; every executed task records itself there, so a test counts
+  executed, lost and duplicated tasks without a result backend.
 
 Run a worker::
 
@@ -24,10 +25,11 @@ from __future__ import annotations
 import json
 import os
 import time
+from pathlib import Path
 
 from celery import Celery
 
-from hangproof.lab.clients.accounting import append_key
+from hangproof.lab.clients.accounting import Ledger
 
 app = Celery("hangproof_sample", broker=os.environ.get("HANGPROOF_BROKER_URL", "amqp://"))
 app.conf.update(
@@ -60,7 +62,7 @@ elif os.environ.get("HANGPROOF_LATE_ACKS") == "1":
 def _ledger(task_id: str) -> None:
     ledger = os.environ.get("HANGPROOF_LEDGER")
     if ledger:
-        append_key(ledger, task_id)  # the lab's one ledger format, <key> <pid>
+        Ledger(Path(ledger)).record_executed(task_id)  # the lab's one ledger format
 
 
 @app.task(name="hangproof.noop")
