@@ -62,7 +62,7 @@ def start_worker(
     tls: bool | None = None,
     broker_use_ssl: dict | None = None,
 ) -> tuple[int, int, Ledger, Path]:
-    """Start ``hangproof.guard.sample_app`` consuming ``queue``; (pid, liveness port, ledger, log).
+    """Start ``hangproof.lab.clients.celery_app`` consuming ``queue``; (pid, liveness port, ledger, log).
 
     ``broker_use_ssl`` replaces the TLS options (e.g. a wrong CA).
     """
@@ -80,7 +80,7 @@ def start_worker(
         "HANGPROOF_LEDGER": str(ledger.directory),
         "HANGPROOF_PREFETCH": "1",
     }
-    argv = [sys.executable, "-m", "celery", "-A", "hangproof.guard.sample_app", "worker"]
+    argv = [sys.executable, "-m", "celery", "-A", "hangproof.lab.clients.celery_app", "worker"]
     argv += ["-P", pool, "-c", str(concurrency), "-n", f"{queue}@%h", "-Q", queue]
     argv += ["--loglevel=INFO"]
     proc = processes.spawn(argv, env=env, log=log)

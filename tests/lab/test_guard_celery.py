@@ -43,7 +43,7 @@ def wait_ready(port: int, pid: int, limit: float = 60) -> float:
 def producer(rabbit: RabbitNode, tls: bool):  # type: ignore[no-untyped-def]
     url, ssl_options = broker(rabbit, tls)
     os.environ["HANGPROOF_BROKER_URL"] = url
-    from hangproof.guard.sample_app import app
+    from hangproof.lab.clients.celery_app import app
 
     app.conf.broker_url = url
     app.conf.broker_use_ssl = ssl_options

@@ -3,7 +3,7 @@
 Every fault scenario asks the same question: did any task vanish or run twice?
 The lab keeps one kind of account, a :class:`Ledger`: a directory shared by the
 producer and all consumers (the seed loop's fleet, the fault matrix's Celery
-cells through :mod:`hangproof.guard.sample_app` and its kombu and
+cells through :mod:`hangproof.lab.clients.celery_app` and its kombu and
 aio-pika cells through :mod:`hangproof.lab.clients.matrix_clients`):
 
 - ``published.log``: one task id per line, appended by the single producer

@@ -629,7 +629,7 @@ def _consumer_argv(
             "-m",
             "celery",
             "-A",
-            "hangproof.lab.clients.matrix_celery",
+            "hangproof.lab.clients.celery_app",
             "worker",
         ]
         argv += ["-P", profile.pool, "-c", "2" if profile.pool == "prefork" else "10"]
@@ -658,7 +658,7 @@ def _publish_once(
         "import os,sys,time\n"
         "from hangproof.lab.clients.matrix_clients import log_guard_events_to_cell\n"
         "log_guard_events_to_cell(os.environ.get('HANGPROOF_GUARD') == '1')\n"
-        "from hangproof.lab.clients.matrix_celery import app\n"
+        "from hangproof.lab.clients.celery_app import app\n"
         "t=time.monotonic()\n"
         "try:\n"
         f"    app.send_task('hangproof.record', args=({key!r},), queue={queue!r})\n"
