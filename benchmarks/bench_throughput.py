@@ -81,7 +81,7 @@ def run_profile(
         "HANGPROOF_PREFETCH": str(prefetch),
     }
     os.environ.update(env)
-    from hangproof.guard.sample_app import app
+    from hangproof.lab.clients.celery_app import app
 
     app.conf.broker_url = node.url
     with Connection(node.url) as conn:
@@ -90,7 +90,7 @@ def run_profile(
         conn.default_channel.queue_declare(queue=queue, durable=True, auto_delete=False)
         for _ in range(tasks):
             app.send_task("hangproof.noop", queue=queue, producer=producer)
-        argv = [sys.executable, "-m", "celery", "-A", "hangproof.guard.sample_app", "worker"]
+        argv = [sys.executable, "-m", "celery", "-A", "hangproof.lab.clients.celery_app", "worker"]
         argv += ["-P", "prefork", "-c", str(concurrency), "-Q", queue, "--loglevel=WARNING"]
         argv += ["--without-gossip", "--without-mingle", "-n", f"{queue}@%h"]
         worker = processes.spawn(argv, env=env, log=tmp / f"{queue}.log")

@@ -14,6 +14,7 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
+from hangproof.lab.clients.accounting import Ledger
 from hangproof.lab.components.rabbitmq import RabbitNode, free_port
 from hangproof.lab.engine import processes
 
@@ -60,13 +61,14 @@ def start_worker(
     guard: bool = True,
     tls: bool | None = None,
     broker_use_ssl: dict | None = None,
-) -> tuple[int, int, Path, Path]:
-    """Start ``hangproof.guard.sample_app`` consuming ``queue``; (pid, liveness port, ledger, log).
+) -> tuple[int, int, Ledger, Path]:
+    """Start ``hangproof.lab.clients.celery_app`` consuming ``queue``; (pid, liveness port, ledger, log).
 
     ``broker_use_ssl`` replaces the TLS options (e.g. a wrong CA).
     """
     port = free_port()
-    ledger, log = tmp / f"{queue}.ledger", tmp / f"{queue}.log"
+    ledger, log = Ledger(tmp / f"{queue}.ledger"), tmp / f"{queue}.log"
+    ledger.reset()
     url, ssl_options = broker(rabbit, tls)
     ssl_options = broker_use_ssl or ssl_options
     env = {
@@ -75,10 +77,10 @@ def start_worker(
         "HANGPROOF_GUARD": "1" if guard else "0",
         "HANGPROOF_STALL_TIMEOUT": str(stall),
         "HANGPROOF_LIVENESS_PORT": str(port),
-        "HANGPROOF_LEDGER": str(ledger),
+        "HANGPROOF_LEDGER": str(ledger.directory),
         "HANGPROOF_PREFETCH": "1",
     }
-    argv = [sys.executable, "-m", "celery", "-A", "hangproof.guard.sample_app", "worker"]
+    argv = [sys.executable, "-m", "celery", "-A", "hangproof.lab.clients.celery_app", "worker"]
     argv += ["-P", pool, "-c", str(concurrency), "-n", f"{queue}@%h", "-Q", queue]
     argv += ["--loglevel=INFO"]
     proc = processes.spawn(argv, env=env, log=log)

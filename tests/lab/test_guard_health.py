@@ -106,7 +106,7 @@ def spawn_worker(
         "HANGPROOF_WEDGE_ON_SIGUSR2": "1",
         "HANGPROOF_CONSUMING_PROBE": "1" if probe else "0",
     }
-    argv = [sys.executable, "-m", "celery", "-A", "hangproof.guard.sample_app", "worker"]
+    argv = [sys.executable, "-m", "celery", "-A", "hangproof.lab.clients.celery_app", "worker"]
     argv += [
         "-P",
         pool,

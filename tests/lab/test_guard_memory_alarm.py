@@ -249,9 +249,7 @@ def test_memory_alarm_guarded_publish_fails_clearly(
         report["guarded kombu after heal"] = f"{ok_error!r} after {ok:.3f} s"
         assert ok_error is None and ok < PUBLISH_TIMEOUT
         app.send_task("hangproof.record", args=("after",), queue="memq")
-        ran = wait_for(
-            lambda: ledger.exists() and "after" in ledger.read_text().split(), 30, "task ran"
-        )
+        ran = wait_for(lambda: ledger.has_run("after"), 30, "task ran")
         report["guarded celery task after heal"] = f"executed {ran:.1f} s after send"
         stock_thread.join(30)
         report["stock kombu (confirm_publish) returned"] = (

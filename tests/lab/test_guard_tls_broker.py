@@ -203,7 +203,7 @@ def test_silent_tls_port_fails_within_handshake_deadline(
         app = Celery("silent-producer", broker=rabbit.tls_url, set_as_current=False)
         app.conf.broker_use_ssl = options
         app.send_task("hangproof.record", args=("after-thaw",), queue="silent")
-        wait_for(lambda: ledger.exists() and "after-thaw" in ledger.read_text(), 30, "task ran")
+        wait_for(lambda: ledger.has_run("after-thaw"), 30, "task ran")
     finally:
         print(report)
         if pid is not None:

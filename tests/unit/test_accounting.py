@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from hangproof.lab.clients.accounting import Ledger, append_key, ledger_keys, tally
+from hangproof.lab.clients.accounting import Ledger, tally
 
 
 def test_tally_counts_each_kind_once() -> None:
@@ -82,19 +82,24 @@ def test_wait_drained_is_bounded(tmp_path: Path) -> None:
     assert ledger.wait_drained(timeout=0.3, poll=0.05).lost == 1
 
 
-def test_line_ledger_keeps_every_execution_of_every_process(tmp_path: Path) -> None:
-    # The fault matrix's ledger: kombu/aio-pika consumers and the Celery sample
-    # app append "<key> <pid>" to one file; a re-delivered key appears twice.
-
-    ledger = tmp_path / "ledger"
-    assert ledger_keys(ledger) == []
-    append_key(ledger, "q-1")
+def test_a_consumer_that_starts_first_creates_the_ledger_and_every_process_counts(
+    tmp_path: Path,
+) -> None:
+    # The fault matrix's consumers (Celery, kombu, aio-pika) may record before
+    # anyone reset the directory: the first execution creates executed/.
+    ledger = Ledger(tmp_path / "not-yet")
+    assert ledger.executions() == [] and not ledger.has_run("q-1")
+    assert ledger.record_executed("q-1") is True
     pid = os.fork()
-    if pid == 0:  # another worker process
-        append_key(str(ledger), "q-2")
-        append_key(str(ledger), "q-1")
+    if pid == 0:  # another worker process: a redelivery, then a new key
+        Ledger(tmp_path / "not-yet").record_executed("q-1")
+        Ledger(tmp_path / "not-yet").record_executed("q-2")
         os._exit(0)
     os.waitpid(pid, 0)
-    assert ledger_keys(ledger) == ["q-1", "q-2", "q-1"]
-    pids = [line.split()[1] for line in ledger.read_text().splitlines()]
-    assert pids[0] == str(os.getpid()) and pids[1] == pids[2] == str(pid)
+    assert sorted(ledger.executions()) == ["q-1", "q-1", "q-2"]
+    assert ledger.has_run("q-2") and not ledger.has_run("q-3")
+    # Each record names the process that ran it, then when.
+    first = (ledger.executed_dir / "q-1").read_text().split()
+    again = (ledger.executed_dir / "q-1.dup-1").read_text().split()
+    assert first[0] == str(os.getpid()) and again[0] == str(pid)
+    assert float(again[1]) >= float(first[1]) > 1.7e9

@@ -15,6 +15,7 @@ from typing import Any
 import pytest
 
 from hangproof.lab.clients import matrix_clients
+from hangproof.lab.clients.accounting import Ledger
 from hangproof.lab.scenarios import fault_matrix as fm
 from hangproof.lab.scenarios.fault_matrix_docs import promise_mark
 
@@ -26,8 +27,9 @@ def _stamp(at: float) -> str:
 def _run(tmp_path: Path, log_lines: list[str], published: list[str], executed: list[str]) -> Any:
     log = tmp_path / "worker.log"
     log.write_text("\n".join(log_lines) + "\n")
-    ledger = tmp_path / "ledger"
-    ledger.write_text("".join(f"{k}\n" for k in executed))
+    ledger = Ledger(tmp_path / "ledger")
+    for key in executed:
+        ledger.record_executed(key)
     cell = fm.Cell(fault="vip-race", profile="celery-prefork+harden")
     return SimpleNamespace(
         cell=cell, ledger=ledger, log=log, queue="q1",

@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 
 from hangproof.errors import HangproofError
+from hangproof.lab.clients.accounting import Ledger
 from hangproof.lab.engine import processes
 from hangproof.lab.faults import FAULTS, CellContext, FaultTarget, make_fault
 from hangproof.lab.faults.broker_view import parse_connections, parse_queue_consumers
@@ -159,7 +160,7 @@ def test_a_shared_injection_acts_on_every_cells_queue(
     ct = consumer_timeout.ConsumerTimeout(_target(tmp_path))
     for queue in ("q1", "q2"):
         ct.configure(replace(_ctx(tmp_path), queue=queue))
-    (tmp_path / "q2.ledger").write_text("q2-slow-during\n")
+    Ledger(tmp_path / "q2.ledger").record_executed("q2-slow-during")  # q2's consumer finished it
     ct.inject()
     ct.heal()
     assert slow == ["q1-slow-during", "q2-slow-during"]

@@ -10,7 +10,7 @@
   renderers of their docs tables (fault-matrix, kube-proxy modes, seed-loop).
 - ``observe/``: ss evidence, connection timelines, race stories, the report's
   literal wait_celery loop and its wedge watch.
-- ``clients/``: the sample Celery apps and workers, the ledger, race and matrix
+- ``clients/``: the lab's Celery app and workers, the ledger, race and matrix
   clients, the call probe.
 - ``commands``: the ``hangproof lab`` CLI.
 """

@@ -1,2 +1,2 @@
-"""The AMQP programs the lab runs in its namespaces: the sample Celery apps and
-their workers, the ledger, the race clients, the matrix clients, the call probe."""
+"""The AMQP programs the lab runs in its namespaces: the lab's one Celery app and
+its workers, the ledger, the race clients, the matrix clients, the call probe."""

@@ -1,23 +1,25 @@
 """Task accounting: published, executed, executed twice, lost.
 
 Every fault scenario asks the same question: did any task vanish or run twice?
-A :class:`Ledger` is a directory shared by the producer and all workers:
+The lab keeps one kind of account, a :class:`Ledger`: a directory shared by the
+producer and all consumers (the seed loop's fleet, the fault matrix's Celery
+cells through :mod:`hangproof.lab.clients.celery_app` and its kombu and
+aio-pika cells through :mod:`hangproof.lab.clients.matrix_clients`):
 
 - ``published.log``: one task id per line, appended by the single producer
   after the broker confirmed the publish;
 - ``executed/``: one file per execution, created with ``O_CREAT | O_EXCL`` so
-  that concurrent worker processes never race on a shared file. The first
-  execution of a task creates ``<id>``; any later one creates ``<id>.dup-<n>``.
+  that concurrent worker processes (prefork children, other clients) never
+  race on a shared file, and a reader never sees half a task id (it is the
+  file's name). The first execution of a task creates ``<id>``; any later one
+  creates ``<id>.dup-<n>``.
+  Each file holds ``<pid> <wall-clock time>``: who ran it, and when (the seed
+  loop's progress gaps, :meth:`Ledger.execution_times`).
 
     >>> ledger = Ledger(Path("/tmp/hp-ledger")); ledger.reset()  # doctest: +SKIP
     >>> ledger.record_published("t1"); ledger.record_executed("t1")  # doctest: +SKIP
     >>> ledger.counts().to_dict()  # doctest: +SKIP
     {'published': 1, 'executed': 1, 'duplicates': 0, 'lost': 0, 'unexpected': 0}
-
-The fault matrix's consumers (Celery cells through ``hangproof.guard.sample_app``,
-kombu and aio-pika through :mod:`hangproof.lab.clients.matrix_clients`) keep
-the same account in one file instead: one ``<key> <pid>`` line per execution
-(:func:`append_key`, read back by :func:`ledger_keys`).
 """
 
 from __future__ import annotations
@@ -105,13 +107,17 @@ class Ledger:
         for n in range(MAX_EXECUTIONS_PER_TASK):
             name = task_id if n == 0 else f"{task_id}{DUP_MARK}{n}"
             try:
-                fd = os.open(self.executed_dir / name, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+                fd = _create_exclusive(self.executed_dir / name)
             except FileExistsError:
                 continue
             os.write(fd, f"{os.getpid()} {time.time():.3f}\n".encode())
             os.close(fd)
             return n == 0
         raise RuntimeError(f"task {task_id} executed more than {MAX_EXECUTIONS_PER_TASK} times")
+
+    def has_run(self, task_id: str) -> bool:
+        """Whether ``task_id`` executed at least once."""
+        return (self.executed_dir / task_id).exists()
 
     def published(self) -> list[str]:
         try:
@@ -148,21 +154,15 @@ class Ledger:
         return counts
 
 
-def append_key(path: str | os.PathLike[str], key: str) -> None:
-    """Append ``<key> <pid>`` to the line ledger ``path``.
+def _create_exclusive(path: Path) -> int:
+    """``O_CREAT | O_EXCL`` open of ``path``; creates its directory on first use.
 
-    One ``O_APPEND`` write of one short line: atomic across processes, so every
-    worker process of every client appends to the same file without a lock.
+    A consumer may start before anyone called :meth:`Ledger.reset` (or the
+    caller only named the directory): the first execution makes ``executed/``.
     """
-    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    flags = os.O_CREAT | os.O_EXCL | os.O_WRONLY
     try:
-        os.write(fd, f"{key} {os.getpid()}\n".encode())
-    finally:
-        os.close(fd)
-
-
-def ledger_keys(path: Path) -> list[str]:
-    """The keys of a line ledger, one per execution, in order; [] if there is none yet."""
-    if not path.exists():
-        return []
-    return [line.split()[0] for line in path.read_text().splitlines() if line.strip()]
+        return os.open(path, flags, 0o644)
+    except FileNotFoundError:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        return os.open(path, flags, 0o644)

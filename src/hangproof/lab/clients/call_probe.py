@@ -6,7 +6,7 @@ celery#1305 (``apply_async`` blocks), celery#1828 (publishing hangs under a
 disk/memory alarm), pika#764 (``close()`` hangs on a blocked connection).
 
 Each call runs in its own subprocess in the clients' namespace, with the
-fault-matrix Celery app (:mod:`hangproof.lab.clients.matrix_celery`, stock or
+lab's Celery app (:mod:`hangproof.lab.clients.celery_app`, stock or
 ``harden(app)`` by ``HANGPROOF_GUARD``), and is bounded from *outside*: a call
 still running at ``bound`` seconds is killed by pid and reported as ``HANG``,
 never waited for. The calls:
@@ -234,7 +234,7 @@ def child(call: str, queue: str, key: str, go: Path | None = None) -> int:
     open; for ``close``, the connection opened and used once), touch
     ``go.ready-CALL``, wait for ``go`` to exist, then make the measured call.
     """
-    from hangproof.lab.clients.matrix_celery import app, record
+    from hangproof.lab.clients.celery_app import app, record
 
     app.conf.task_default_queue = queue  # delay() routes here
     conn: Any = None

@@ -1,13 +1,34 @@
-"""The lab's small Celery app: one task that records its execution in a Ledger.
+"""The lab's one Celery app: every lab Celery worker, producer and waiter runs this module.
 
-Workers run it with ``celery -A hangproof.lab.clients.celery_app worker``; the broker
-and client profile come from the environment, so the same module serves every
-profile:
+Configured by environment, so the same module serves the seed loop's fleet, the
+fault matrix, the guard's lab tests, the benchmark and the alerts scenario::
 
-- ``HP_BROKER_URL``: e.g. ``amqp://guest:guest@198.18.0.100:32672//``;
-- ``HP_PROFILE``: ``seed`` | ``stock`` | ``gevent`` | ``harden`` (see :data:`PROFILES`);
-- ``HP_CELERY_CONFIG``: optional ``module:object`` applied on top (a user's settings);
-- ``HP_LEDGER``: the :class:`~hangproof.lab.clients.accounting.Ledger` directory.
+    HANGPROOF_BROKER_URL=amqp://guest:guest@127.0.0.1:5672// HANGPROOF_GUARD=1 \\
+        celery -A hangproof.lab.clients.celery_app worker -P prefork -c 2
+
+- ``HANGPROOF_BROKER_URL`` (``amqps://`` for TLS; default the seed lab's VIP);
+- ``HANGPROOF_PROFILE``: ``seed`` | ``stock`` | ``gevent`` | ``harden``, the seed
+  loop's client profiles (see :data:`PROFILES`, :data:`POOLS`). A profile is
+  the whole configuration: late acks, prefetch 1, and ``harden`` the only
+  guarded one; of the settings below it reads only ``HANGPROOF_STALL_TIMEOUT``
+  (:data:`PROFILE_KNOBS`). Unset: the settings below decide;
+- ``HANGPROOF_CELERY_CONFIG``: optional ``module:object`` applied on top (a user's settings);
+- ``HANGPROOF_BROKER_USE_SSL``: ``broker_use_ssl`` as JSON, e.g.
+  ``{"ca_certs": "/path/ca.pem", "cert_reqs": 2}`` (2 is ``ssl.CERT_REQUIRED``);
+- ``HANGPROOF_GUARD=1`` to call :func:`hangproof.celery.harden`;
+- ``HANGPROOF_STALL_TIMEOUT`` (seconds, default 15);
+- ``HANGPROOF_LIVENESS_PORT`` and ``HANGPROOF_HEARTBEAT_FILE`` (opt-in);
+- ``HANGPROOF_LATE_ACKS=1`` for at-least-once delivery;
+- ``HANGPROOF_CONSUMING_PROBE=0`` turns harden()'s consuming probe off;
+- ``HANGPROOF_PREFETCH`` (default 4; 1 with a profile);
+- ``HANGPROOF_CONNECTION_TIMEOUT=none``: ``broker_connection_timeout=None``, the
+  seed's Celery 3.1 / py-amqp 1.4 (no deadline on the handshake; Celery 5
+  forces the same under gevent and eventlet), even after ``harden()``;
+- ``HANGPROOF_LEDGER``: a :class:`~hangproof.lab.clients.accounting.Ledger`
+  directory: every executed task records itself there, so a scenario counts
+  published, executed, lost and duplicated tasks without a result backend;
+- ``HANGPROOF_WEDGE_ON_SIGUSR2=1``, ``HANGPROOF_RUN_INFO_ON_SIGUSR2=FILE``: lab-only
+  signal handlers (below).
 
 It also has two small commands the scenarios run inside lab namespaces::
 
@@ -19,16 +40,20 @@ from __future__ import annotations
 
 import importlib
 import json
+import logging
 import os
 import sys
 import time
 import types
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 from celery import Celery
 
 from hangproof.lab.clients.accounting import Ledger
+
+log = logging.getLogger("hangproof.lab.clients.celery_app")
 
 #: Broker settings per client profile. Only what differs from Celery 5 defaults.
 PROFILES: dict[str, dict[str, Any]] = {
@@ -48,7 +73,7 @@ PROFILES: dict[str, dict[str, Any]] = {
     # Stock settings; the gevent pool itself makes Celery drop the timeout.
     "gevent": {},
     # The seed's settings, then hangproof.celery.harden(app) (see make_app):
-    # the guard on the report's app. Stall timeout from HP_STALL_TIMEOUT (15 s).
+    # the guard on the report's app. Stall timeout from HANGPROOF_STALL_TIMEOUT (15 s).
     "harden": {
         "broker_connection_timeout": None,
         "control_queue_exclusive": False,
@@ -62,7 +87,11 @@ POOLS: dict[str, tuple[str, int]] = {
     "gevent": ("gevent", 4),
     "harden": ("prefork", 1),
 }
+#: The only ``HANGPROOF_*`` settings a profile reads (the harden workers' stall timeout).
+PROFILE_KNOBS = ("HANGPROOF_STALL_TIMEOUT",)
+#: The seed loop's task: records, then 20 ms of work (see :func:`seed_record`).
 TASK_NAME = "hangproof.lab.record"
+DEFAULT_BROKER_URL = "amqp://guest:guest@198.18.0.100:32672//"
 
 
 def load_object(spec: str) -> Any:
@@ -94,47 +123,127 @@ def settings_of(obj: Any) -> dict[str, Any]:
     }
 
 
-def make_app(broker_url: str, profile: str = "stock", celery_config: str | None = None) -> Celery:
-    """The lab app for one profile.
+def make_app(
+    broker_url: str,
+    profile: str | None = None,
+    celery_config: str | None = None,
+    env: Mapping[str, str] | None = None,
+) -> Celery:
+    """The lab app, configured for one profile (None: the ``HANGPROOF_*`` settings of ``env``).
+
+    The tasks are this module's, registered on the module's :data:`app`.
 
     >>> make_app("amqp://guest:guest@198.18.0.100:32672//", "seed").conf.broker_connection_timeout
+    >>> make_app("amqp://x//", env={"HANGPROOF_PREFETCH": "2"}).conf.worker_prefetch_multiplier
+    2
     """
-    if profile not in PROFILES:
-        raise ValueError(f"unknown profile {profile!r}; choose one of {', '.join(PROFILES)}")
-    app = Celery("hplab", broker=broker_url, set_as_current=True)
+    env = os.environ if env is None else env
+    if profile is not None:
+        if profile not in PROFILES:
+            raise ValueError(f"unknown profile {profile!r}; choose one of {', '.join(PROFILES)}")
+        env = {k: env[k] for k in PROFILE_KNOBS if k in env}
+    app = Celery("hangproof_lab", broker=broker_url, set_as_current=True)
     app.conf.update(
         broker_connection_retry_on_startup=True,
-        # The accounting wants redelivery to be visible: acknowledge after the
-        # task ran, so a connection lost mid-task shows up as a duplicate.
-        task_acks_late=True,
-        worker_prefetch_multiplier=1,
         task_ignore_result=True,
         worker_hijack_root_logger=False,
+        worker_prefetch_multiplier=int(env.get("HANGPROOF_PREFETCH") or (1 if profile else 4)),
     )
-    app.conf.update(PROFILES[profile])
+    if profile is not None:
+        # The seed loop's accounting wants redelivery to be visible: acknowledge
+        # after the task ran, so a connection lost mid-task shows up as a duplicate.
+        app.conf.task_acks_late = True
+        app.conf.update(PROFILES[profile])
+    if env.get("HANGPROOF_BROKER_USE_SSL"):
+        app.conf.broker_use_ssl = json.loads(env["HANGPROOF_BROKER_USE_SSL"])
     if celery_config:
         app.conf.update(settings_of(load_object(celery_config)))
-    if profile == "harden":
+    guard = profile == "harden" if profile is not None else env.get("HANGPROOF_GUARD") == "1"
+    late_acks = env.get("HANGPROOF_LATE_ACKS") == "1"
+    if guard:
         from hangproof.celery import harden
         from hangproof.failure import Policy
 
-        harden(app, Policy(stall_timeout=float(os.environ.get("HP_STALL_TIMEOUT", "15"))))
-
-    @app.task(name=TASK_NAME)
-    def record(task_id: str) -> None:
-        ledger_dir = os.environ.get("HP_LEDGER")
-        if ledger_dir:
-            Ledger(Path(ledger_dir)).record_executed(task_id)
-        time.sleep(0.02)
-
+        port = env.get("HANGPROOF_LIVENESS_PORT")
+        harden(
+            app,
+            Policy(stall_timeout=float(env.get("HANGPROOF_STALL_TIMEOUT") or "15")),
+            late_acks=late_acks,
+            liveness_port=int(port) if port else None,
+            heartbeat_file=env.get("HANGPROOF_HEARTBEAT_FILE") or None,
+            consuming_probe=env.get("HANGPROOF_CONSUMING_PROBE", "1") == "1",
+        )
+    elif late_acks:
+        app.conf.task_acks_late = True
+        app.conf.task_reject_on_worker_lost = True
+    if env.get("HANGPROOF_CONNECTION_TIMEOUT") == "none":
+        app.conf.broker_connection_timeout = None
     return app
 
 
 app = make_app(
-    os.environ.get("HP_BROKER_URL", "amqp://guest:guest@198.18.0.100:32672//"),
-    os.environ.get("HP_PROFILE", "stock"),
-    os.environ.get("HP_CELERY_CONFIG") or None,
+    os.environ.get("HANGPROOF_BROKER_URL") or DEFAULT_BROKER_URL,
+    os.environ.get("HANGPROOF_PROFILE") or None,
+    os.environ.get("HANGPROOF_CELERY_CONFIG") or None,
 )
+
+
+def record_execution(key: str) -> None:
+    """The one recording path: one execution of ``key`` in ``$HANGPROOF_LEDGER`` (if set)."""
+    ledger = os.environ.get("HANGPROOF_LEDGER")
+    if ledger:
+        Ledger(Path(ledger)).record_executed(key)
+
+
+@app.task(name="hangproof.noop")
+def noop() -> None:
+    """Does nothing: the throughput benchmark's task."""
+
+
+@app.task(name="hangproof.record")
+def record(key: str) -> None:
+    """Record ``key`` in the ledger (counts executed/lost/duplicated)."""
+    record_execution(key)
+
+
+@app.task(name="hangproof.sleep_then_record")
+def sleep_then_record(key: str, seconds: float) -> None:
+    """A long task: sleeps ``seconds`` (cooperatively under gevent), then records."""
+    time.sleep(seconds)
+    record_execution(key)
+
+
+@app.task(name=TASK_NAME)
+def seed_record(key: str) -> None:
+    """The seed loop's task: records, then 20 ms of work."""
+    record_execution(key)
+    time.sleep(0.02)
+
+
+@app.task(name="hangproof.publish_for")
+def publish_for(routing_key: str, seconds: float) -> int:
+    """Publish one small message a second for ``seconds`` on one connection; count the ok ones.
+
+    The prometheus-alerts scenario's task: a worker whose tasks publish is what
+    gets ``connection.blocked`` under a broker resource alarm, so its
+    ``hangproof_broker_blocked`` is 1 for exactly as long as the broker blocks
+    it. Run that worker with the threads pool: the guard's metrics live in the
+    worker's main process, and a prefork child's connection is not seen there.
+    """
+    ok = 0
+    deadline = time.monotonic() + seconds
+    with app.connection_for_write() as connection:
+        producer = connection.Producer()
+        for n in range(int(seconds) + 2):
+            if time.monotonic() > deadline:
+                break
+            try:
+                producer.publish({"n": n}, routing_key=routing_key, retry=False)
+                ok += 1
+            except Exception as exc:  # BrokerBlocked / PublishTimeout while the alarm lasts
+                log.warning("publish %d failed: %s", n, exc)
+            time.sleep(1.0)
+    return ok
 
 
 def ping(timeout: float) -> list[str]:
@@ -145,7 +254,7 @@ def ping(timeout: float) -> list[str]:
 
 def produce(rate: float, seconds: float) -> int:
     """Publish one task every 1/rate s for at most ``seconds``; log confirmed ones."""
-    ledger = Ledger(Path(os.environ["HP_LEDGER"]))
+    ledger = Ledger(Path(os.environ["HANGPROOF_LEDGER"]))
     # Publisher confirms: a task counts as published only once the broker has it.
     app.conf.broker_transport_options = {"confirm_publish": True}
     app.conf.broker_connection_timeout = 4.0  # the producer is harness: it must not wedge
@@ -165,6 +274,52 @@ def produce(rate: float, seconds: float) -> int:
         # Steady rate: sleep to the next slot, not a fixed gap after a slow publish.
         time.sleep(max(0.0, start + (n + 1) / rate - time.monotonic()))
     return sent
+
+
+if os.environ.get("HANGPROOF_WEDGE_ON_SIGUSR2") == "1":
+    # Lab only (tests/lab/test_guard_health.py): SIGUSR2 wedges the worker's
+    # event loop for good, the way a handler that blocks on a lock held by a
+    # forked-away thread, or a call without a timeout, wedges it in the field.
+    # Signal handlers run on the main thread, which under prefork *is* the
+    # consumer's loop; the watchdog and the liveness server (threads) keep
+    # running and must report the wedge. A socket shutdown cannot free it.
+    import signal
+    import threading
+
+    _never = threading.Lock()
+    _never.acquire()
+
+    def _wedge(signum: int, frame: object) -> None:
+        _never.acquire()
+
+    signal.signal(signal.SIGUSR2, _wedge)
+
+
+if os.environ.get("HANGPROOF_RUN_INFO_ON_SIGUSR2") and not os.environ.get(
+    "HANGPROOF_WEDGE_ON_SIGUSR2"
+):
+    # Lab only (diagnosing a wedged gevent worker): SIGUSR2 appends the stack
+    # of every greenlet and thread (gevent.util.print_run_info, or every
+    # thread's stack without gevent) to the file the variable names. A
+    # sampling profiler sees only the greenlet that runs; this sees them all.
+    import signal
+    import traceback
+
+    _run_info_path = os.environ["HANGPROOF_RUN_INFO_ON_SIGUSR2"]
+
+    def _run_info(signum: int, frame: object) -> None:
+        with open(_run_info_path, "a", encoding="utf-8") as out:
+            out.write(f"=== {time.time():.3f} pid {os.getpid()}\n")
+            try:
+                from gevent import util
+
+                util.print_run_info(file=out)
+            except ImportError:
+                for ident, stack in sys._current_frames().items():
+                    out.write(f"--- thread {ident}\n")
+                    traceback.print_stack(stack, file=out)
+
+    signal.signal(signal.SIGUSR2, _run_info)
 
 
 def main(argv: list[str]) -> int:

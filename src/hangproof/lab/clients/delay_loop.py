@@ -5,7 +5,7 @@ connection, and a ``delay()`` per request. Every call is written as one JSON
 line ``{"key", "ok", "seconds", "error", "at"}``, so a lab test can check
 that no call took longer than ``publish_timeout`` + 1 s and that every "ok"
 was really queued (no false ok), and the publish benchmark can take
-percentiles. The app is :mod:`hangproof.guard.sample_app`, so the same
+percentiles. The app is :mod:`hangproof.lab.clients.celery_app`, so the same
 environment makes it stock or guarded (``HANGPROOF_GUARD=1``)::
 
     HANGPROOF_BROKER_URL=amqp://guest:guest@127.0.0.1:5672// HANGPROOF_GUARD=1 \\
@@ -45,7 +45,7 @@ def run(
     ``confirm_publish`` overrides the transport option (stock Celery has it
     off; the guard turns it on). Returns the number of calls made.
     """
-    from hangproof.guard.sample_app import app, record
+    from hangproof.lab.clients.celery_app import app, record
 
     app.conf.task_default_queue = queue
     if confirm_publish is not None:

@@ -2,8 +2,8 @@
 
 Each consumer is what a user typically writes, stock or with the guard, and
 records every message it processes in the same ledger as the Celery cells
-(``<key> <pid>`` per line), so published / executed / lost are measured the
-same way. Messages are Celery's (protocol 2, JSON body ``[args, kwargs,
+(a :class:`~hangproof.lab.clients.accounting.Ledger` directory), so published /
+executed / lost are measured the same way. Messages are Celery's (protocol 2, JSON body ``[args, kwargs,
 embed]``), published by the matrix's producer with ``send_task``; the key is
 ``args[0]``.
 
@@ -43,10 +43,11 @@ import logging
 import os
 import sys
 import time
+from pathlib import Path
 from typing import Any
 
 from hangproof.failure import Policy
-from hangproof.lab.clients.accounting import append_key
+from hangproof.lab.clients.accounting import Ledger
 
 KINDS = ("kombu", "aio-pika")
 #: A consumer stops by itself after this long (the matrix stops it by pid first).
@@ -129,8 +130,9 @@ def _kombu_queue(name: str) -> Any:
     return Queue(name, Exchange(name, "direct"), routing_key=name)
 
 
-def kombu_consume(url: str, queue: str, ledger: str, guarded: bool, stall: float) -> None:
+def kombu_consume(url: str, queue: str, ledger_dir: str, guarded: bool, stall: float) -> None:
     """Consume ``queue`` until stopped (at most :data:`MAX_SECONDS`)."""
+    ledger = Ledger(Path(ledger_dir))
 
     conn = kombu_connection(url, guarded, stall)
     # Guarded: heartbeat_check() at least every watchdog_interval, so the
@@ -143,7 +145,7 @@ def kombu_consume(url: str, queue: str, ledger: str, guarded: bool, stall: float
 
     def on_message(body: Any, message: Any) -> None:
         time.sleep(message_seconds(body))  # a slow task blocks the loop, as a user's would
-        append_key(ledger, message_key(body))
+        ledger.record_executed(message_key(body))
         message.ack()
 
     deadline = time.monotonic() + MAX_SECONDS
@@ -243,8 +245,9 @@ async def _log_broker_cancels(channel: Any) -> None:
         )
 
 
-async def aio_consume(url: str, queue: str, ledger: str, guarded: bool, stall: float) -> None:
+async def aio_consume(url: str, queue: str, ledger_dir: str, guarded: bool, stall: float) -> None:
     """Consume ``queue`` with a robust connection until stopped (at most :data:`MAX_SECONDS`)."""
+    ledger = Ledger(Path(ledger_dir))
     async with asyncio.timeout(MAX_SECONDS):
         connection = await _aio_connect(url, guarded, stall)
         connection.close_callbacks.add(
@@ -269,7 +272,7 @@ async def aio_consume(url: str, queue: str, ledger: str, guarded: bool, stall: f
 
             async def handle(message: Any) -> None:
                 await asyncio.sleep(message_seconds(message.body))
-                append_key(ledger, message_key(message.body))
+                ledger.record_executed(message_key(message.body))
 
             await consume(amqp_queue, handle)
             log.info("consumer ready.")
@@ -279,7 +282,7 @@ async def aio_consume(url: str, queue: str, ledger: str, guarded: bool, stall: f
             async for message in messages:
                 async with message.process():
                     await asyncio.sleep(message_seconds(message.body))
-                    append_key(ledger, message_key(message.body))
+                    ledger.record_executed(message_key(message.body))
 
 
 async def aio_publish(url: str, queue: str, key: str, guarded: bool, stall: float) -> None:
@@ -340,7 +343,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("kind", choices=KINDS)
     parser.add_argument("url")
     parser.add_argument("queue")
-    parser.add_argument("arg", help="ledger file (consume) or message key (publish)")
+    parser.add_argument("arg", help="ledger directory (consume) or message key (publish)")
     parser.add_argument("--guard", action="store_true")
     parser.add_argument("--stall", type=float, default=15.0)
     parser.add_argument("--cafile", default=None, help="TLS: the CA of the broker's certificate")

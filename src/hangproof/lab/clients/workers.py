@@ -88,11 +88,11 @@ class WorkerFleet:
         return f"amqp://guest:guest@{pod}:{self.lab.topo.target_port}//"
 
     def env(self, url: str) -> dict[str, str]:
-        env = {"HP_BROKER_URL": url, "HP_PROFILE": self.profile}
+        env = {"HANGPROOF_BROKER_URL": url, "HANGPROOF_PROFILE": self.profile}
         if self.celery_config:
-            env["HP_CELERY_CONFIG"] = self.celery_config
+            env["HANGPROOF_CELERY_CONFIG"] = self.celery_config
         if self.ledger is not None:
-            env["HP_LEDGER"] = str(self.ledger)
+            env["HANGPROOF_LEDGER"] = str(self.ledger)
         return env
 
     def placements(self) -> list[tuple[str, str]]:

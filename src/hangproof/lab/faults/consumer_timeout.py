@@ -41,6 +41,7 @@ from pathlib import Path
 from typing import Any
 
 from hangproof.failure import FaultClass
+from hangproof.lab.clients.accounting import Ledger
 from hangproof.lab.engine import processes
 from hangproof.lab.faults import CellContext, Fault, FaultTarget
 from hangproof.lab.faults.broker_view import log_since, log_size
@@ -138,6 +139,5 @@ class ConsumerTimeout(Fault):
         self.detail["broker_log"] = [line[:160] for line in found[:3]]
         if self.work is not None:
             for queue, mine in (self.detail.get("per_queue") or {}).items():
-                ledger = self.work / f"{queue}.ledger"
-                keys = ledger.read_text().split() if ledger.exists() else []
+                keys = Ledger(self.work / f"{queue}.ledger").executions()
                 mine["slow_task_runs_completed"] = keys.count(mine.get("slow_key", "?"))

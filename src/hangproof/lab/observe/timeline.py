@@ -653,7 +653,7 @@ def rates_from_samples(samples: Sequence[tuple[float, int, int]]) -> list[TaskRa
 
 
 def _lines(path: Path) -> int:
-    """Lines of a file, or entries of a directory (the seed loop's executed/ ledger)."""
+    """Lines of a file (a ledger's published.log), or entries of a directory (its executed/)."""
     try:
         if path.is_dir():
             return len(os.listdir(path))

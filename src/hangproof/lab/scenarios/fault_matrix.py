@@ -6,7 +6,8 @@ faults, the seed lab itself (:mod:`hangproof.lab.beds.seed_bed`: clients on
 n1 dial VIP:32672, the broker is in n1's pod):
 
 1. a consumer of the profile starts in the client namespace, consuming a
-   queue of its own; executions go to a ledger file. Celery profiles run a
+   queue of its own; executions go to a ledger (:class:`~hangproof.lab.clients.accounting.Ledger`,
+   whose ``published.log`` the producer writes). Celery profiles run a
    worker; kombu and aio-pika profiles run the small consumers of
    :mod:`hangproof.lab.clients.matrix_clients`, which record in the same ledger;
 2. a producer in the broker's namespace (so link and VIP faults do not touch
@@ -101,7 +102,7 @@ from hangproof.lab.beds.cluster_bed import SEED_CLUSTER, ClusterBed
 from hangproof.lab.beds.seed_bed import PREFIX as SEED_LAB_PREFIX
 from hangproof.lab.beds.seed_bed import SeedBed
 from hangproof.lab.beds.testbed import PREFIX, FaultBed
-from hangproof.lab.clients.accounting import ledger_keys
+from hangproof.lab.clients.accounting import Ledger
 from hangproof.lab.engine import processes
 from hangproof.lab.faults import (
     FAULTS,
@@ -599,7 +600,7 @@ def _worker_env(
         "HANGPROOF_BROKER_USE_SSL": json.dumps(ssl) if ssl else "",
         "HANGPROOF_GUARD": "1" if guarded else "0",
         "HANGPROOF_STALL_TIMEOUT": str(stall),
-        "HANGPROOF_LEDGER": str(ledger),
+        "HANGPROOF_LEDGER": str(ledger),  # a Ledger directory
         "HANGPROOF_PREFETCH": "1",
     }
     if guarded:
@@ -628,7 +629,7 @@ def _consumer_argv(
             "-m",
             "celery",
             "-A",
-            "hangproof.lab.clients.matrix_celery",
+            "hangproof.lab.clients.celery_app",
             "worker",
         ]
         argv += ["-P", profile.pool, "-c", "2" if profile.pool == "prefork" else "10"]
@@ -657,7 +658,7 @@ def _publish_once(
         "import os,sys,time\n"
         "from hangproof.lab.clients.matrix_clients import log_guard_events_to_cell\n"
         "log_guard_events_to_cell(os.environ.get('HANGPROOF_GUARD') == '1')\n"
-        "from hangproof.lab.clients.matrix_celery import app\n"
+        "from hangproof.lab.clients.celery_app import app\n"
         "t=time.monotonic()\n"
         "try:\n"
         f"    app.send_task('hangproof.record', args=({key!r},), queue={queue!r})\n"
@@ -696,10 +697,10 @@ class _CellRun:
         self.stall_timeout, self.report = stall_timeout, report
         self.cell = Cell(fault_name, profile, hold_s=hold)
         self.queue = queue = re.sub(r"[^a-z0-9]+", "-", f"fm-{fault_name}-{profile}")
-        self.ledger, self.log = work / f"{queue}.ledger", work / f"{queue}.log"
-        self.published_file, self.stop_file = work / f"{queue}.published", work / f"{queue}.stop"
-        for p in (self.ledger, self.published_file, self.stop_file):
-            p.unlink(missing_ok=True)
+        self.ledger, self.log = Ledger(work / f"{queue}.ledger"), work / f"{queue}.log"
+        self.ledger.reset()  # published.log (the producer's) and executed/ (the consumer's)
+        self.published_file, self.stop_file = self.ledger.published_path, work / f"{queue}.stop"
+        self.stop_file.unlink(missing_ok=True)
         ssl = getattr(bed, "client_ssl", None)  # TLS beds only
         prof = self.profile
         self.ctx = CellContext(
@@ -709,11 +710,11 @@ class _CellRun:
         )  # fmt: skip
         configure_fault(fault, self.ctx)
         self.env = {
-            **_worker_env(self.ctx.client_url, prof, stall_timeout, self.ledger, ssl),
+            **_worker_env(self.ctx.client_url, prof, stall_timeout, self.ledger.directory, ssl),
             **self.ctx.env,
         }
         self.argv = _consumer_argv(
-            prof, self.ctx.client_url, queue, self.ledger, stall_timeout, ssl
+            prof, self.ctx.client_url, queue, self.ledger.directory, stall_timeout, ssl
         )
         self.worker: Any = None
         self.producer: Any = None
@@ -722,7 +723,9 @@ class _CellRun:
         self.ready = False
         self.resumed_at: float | None = None
         self.recorder = (
-            CellRecorder(fault_name, profile, self.ledger, self.published_file, self.log)
+            CellRecorder(
+                fault_name, profile, self.ledger.executed_dir, self.published_file, self.log
+            )
             if report
             else None
         )
@@ -760,7 +763,7 @@ class _CellRun:
         )  # fmt: skip
 
     def has_run(self, suffix: str) -> bool:
-        return f"{self.queue}-{suffix}" in ledger_keys(self.ledger)
+        return self.ledger.has_run(f"{self.queue}-{suffix}")
 
     def done_waiting(self) -> bool:
         """Resumed (the resume probe executed) or the worker died: nothing more to wait for."""
@@ -769,10 +772,10 @@ class _CellRun:
         return self.resumed_at is not None or not processes.pid_alive(self.worker.pid)
 
     def published(self) -> list[str]:
-        return self.published_file.read_text().split() if self.published_file.exists() else []
+        return self.ledger.published()
 
     def drained(self) -> bool:
-        return set(self.published()) <= set(ledger_keys(self.ledger))
+        return set(self.published()) <= set(self.ledger.executions())
 
     def stop(self) -> None:
         if self.recorder:
@@ -1043,7 +1046,7 @@ def _run_group(
             mine = None if stats is None else stats.get(run.queue, {"messages": 0, "consumers": 0})
             _finish(run, mine, injected_at, since=inject_started)
             run.cell.calls = _judge_calls(
-                calls[id(run)], fault_name, run.profile, run.queue, ledger_keys(run.ledger),
+                calls[id(run)], fault_name, run.profile, run.queue, run.ledger.executions(),
                 stall_timeout,
             )  # fmt: skip
         # What the broker holds for each queue, read once the consumers are gone.
@@ -1188,7 +1191,7 @@ def _finish(
     """
     cell, ledger = run.cell, run.ledger
     published = run.published()
-    keys = ledger_keys(ledger)
+    keys = ledger.executions()
     executed = [k for k in keys if not k.endswith(("-resume", "-during"))]
     cell.published = len(published)
     cell.executed = len(set(executed))

@@ -3,7 +3,7 @@
 On the faults' two-namespace testbed (:mod:`hangproof.lab.beds.testbed`, own
 prefix ``hpalrt-``), inside the clients' namespace:
 
-- a guarded Celery worker (:mod:`hangproof.lab.clients.alerts_app`, ``harden(app,
+- a guarded Celery worker (:mod:`hangproof.lab.clients.celery_app`, ``harden(app,
   liveness_port=9808)``, threads pool, ``stall_timeout`` 6 s);
 - ``hangproof doctor --watch 2 --metrics-port 9809`` on that namespace;
 - ``/usr/bin/prometheus`` (Debian's), on 127.0.0.1:9090 of that namespace, its data
@@ -400,7 +400,7 @@ def run_alerts(
         }
         worker_log = work / "worker.log"
         procs["worker"] = processes.spawn(
-            bounded([sys.executable, "-m", "celery", "-A", "hangproof.lab.clients.alerts_app", "worker",
+            bounded([sys.executable, "-m", "celery", "-A", "hangproof.lab.clients.celery_app", "worker",
                      "-P", "threads", "-c", "2", "-Q", QUEUE, "-n", "alerts@%h",
                      "--loglevel=INFO", "--without-mingle", "--without-gossip"]),
             netns=ns, env=env, log=worker_log,
@@ -453,7 +453,7 @@ def run_alerts(
         freeze.inject()
         time.sleep(2.0)
         procs["waiter"] = processes.spawn(
-            bounded([sys.executable, "-m", "celery", "-A", "hangproof.lab.clients.matrix_celery",
+            bounded([sys.executable, "-m", "celery", "-A", "hangproof.lab.clients.celery_app",
                      "inspect", "ping", "--timeout", "1"]),
             netns=ns, env={"HANGPROOF_BROKER_URL": bed.client_url,
                            "HANGPROOF_CONNECTION_TIMEOUT": "none"},
@@ -471,7 +471,7 @@ def run_alerts(
         hold = b["HangproofBrokerBlocked"][1] + SLACK
         processes.run(
             [sys.executable, "-c",
-             "from hangproof.lab.clients.alerts_app import app\n"
+             "from hangproof.lab.clients.celery_app import app\n"
              f"app.send_task('hangproof.publish_for', args=('alerts-sink', {hold + 40:.0f}), "
              f"queue={QUEUE!r})\n"],
             netns=bed.broker_netns, env={"HANGPROOF_BROKER_URL": bed.producer_url}, timeout=30,
@@ -618,7 +618,7 @@ def run_vip_race(
         prepare_fault(fault)  # the VIP on n2: the worker connects through n2's DNAT
         worker_log = work / "worker.log"
         procs["worker"] = processes.spawn(
-            bounded([sys.executable, "-m", "celery", "-A", "hangproof.lab.clients.matrix_celery", "worker",
+            bounded([sys.executable, "-m", "celery", "-A", "hangproof.lab.clients.celery_app", "worker",
                      "-P", "prefork", "-c", "2", "-Q", QUEUE, "-n", "seed@%h", "--loglevel=INFO",
                      "--without-mingle", "--without-gossip"]),
             netns=ns, log=worker_log,

@@ -669,7 +669,7 @@ def _start_producer(lab: Lab, fleet: WorkerFleet, rate: float, seconds: float) -
             str(seconds),
         ],
         netns=lab.topo.ns(node),
-        env={**fleet.env(fleet.broker_url), "HP_PROFILE": "stock"},
+        env={**fleet.env(fleet.broker_url), "HANGPROOF_PROFILE": "stock"},
         log=lab.state.directory / "producer.log",
     )
     lab.state.track("producer", node, proc.pid, lab.topo.ns(node))
