@@ -195,14 +195,17 @@ def _wait_for(ns: Netns, kind: str, *extra: str) -> tuple[int, dict[str, Any]]:
         time.sleep(0.5)
 
 
-def test_wedged_handshake_on_a_port_holder(netns: Netns) -> None:
+@pytest.mark.parametrize("reader", [(), ("--ss",)], ids=["netlink", "ss-text"])
+def test_wedged_handshake_on_a_port_holder(netns: Netns, reader: tuple[str, ...]) -> None:
+    # Both ways of reading sockets: inet_diag, and the parsed `ss -tinpeHOa` text
+    # (doctor.ss_text, the parser the lab's evidence reads too).
     _add_node_addresses(netns, vip=False)
     netns.run("iptables-restore", stdin=NAT_WITHOUT_NODEPORTS)
     holder = netns.start(PORT_HOLDER)
     client = netns.start(CLIENT, NODE_IP, str(NODE_PORT))
     time.sleep(1.2)
 
-    code, report = _wait_for(netns, "handshake-unanswered", "--min-silence", "1")
+    code, report = _wait_for(netns, "handshake-unanswered", "--min-silence", "1", *reader)
 
     assert code == 1
     (finding,) = [f for f in report["findings"] if f["kind"] == "handshake-unanswered"]

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 
 from hangproof.errors import HangproofError
@@ -17,6 +19,28 @@ def test_every_fault_class_has_exactly_one_registered_fault() -> None:
         assert issubclass(cls, Fault)
         assert cls.name == name  # the name is declared once, on the class
         assert cls.__module__ == f"hangproof.lab.faults.{module}"
+
+
+def test_fault_parameters_are_dataclass_fields_after_the_target() -> None:
+    params = {}
+    for name in FAULTS:
+        cls = fault_type(name)
+        assert dataclasses.is_dataclass(cls), name
+        first, *rest = dataclasses.fields(cls)
+        assert first.name == "target", name
+        # Built as cls(target): every parameter has a default.
+        assert all(f.default is not dataclasses.MISSING for f in rest), name
+        if rest:
+            params[name] = {f.name: f.default for f in rest}
+        # Identity equality (a fault holds live state); no repr of the target's broker URL.
+        assert cls.__eq__ is object.__eq__ and cls.__repr__ is object.__repr__, name
+    assert params == {
+        "one-way-loss-in": {"direction": "in"},
+        "one-way-loss-out": {"direction": "out"},
+        "flow-state-expiry": {"variant": "expiry"},
+        "flow-state-rst": {"variant": "rst"},
+        "silent-flow-loss": {"client_ip": "198.18.200.2"},
+    }
 
 
 def test_faults_keep_their_beds_and_parallel_declarations() -> None:

@@ -6,14 +6,14 @@ from pathlib import Path
 
 from hangproof.doctor.conntrack import parse_conntrack
 from hangproof.lab.components.hooks import parse_trace_counters, seen, trace_rules
-from hangproof.lab.observe.evidence import join_ss_records, parse_ss_record
+from hangproof.lab.observe.evidence import ss_records
 from hangproof.lab.observe.story import repeat_summary
 
 DATA = Path(__file__).parent.parent / "data" / "lab"
 
 
 def test_ss_records_of_a_wedged_race() -> None:
-    records = [parse_ss_record(r) for r in join_ss_records((DATA / "ss-node.txt").read_text())]
+    records = ss_records((DATA / "ss-node.txt").read_text())
     client = next(
         r for r in records if r["state"] == "ESTAB" and r["local"].startswith("198.18.0.1:")
     )

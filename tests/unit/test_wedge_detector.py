@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from types import SimpleNamespace
 
-from hangproof.lab.observe.evidence import join_ss_records, parse_ss_record, stuck_handshakes
+from hangproof.lab.observe.evidence import ss_records, stuck_handshakes
 from hangproof.lab.observe.literal_waiter import WedgeWatcher, count_online, last_error
 
 DATA = Path(__file__).parent.parent / "data" / "lab"
@@ -13,7 +13,7 @@ VIP, PORT = "198.18.0.100", 32672
 
 
 def _records(text: str) -> list[dict]:
-    return [parse_ss_record(r) for r in join_ss_records(text)]
+    return ss_records(text)
 
 
 def test_recorded_race_is_stuck_once_idle_past_the_threshold() -> None:

@@ -203,11 +203,10 @@ class SeedBedFault(Fault):
 
     bed = SEED_LAB
 
-    def __init__(self, target: FaultTarget) -> None:
-        if target.lab is None:
+    def __post_init__(self) -> None:
+        if self.target.lab is None:
             raise HangproofError(f"{self.name} needs the seed lab (faults.seed_bed.SeedBed)")
-        self.target = target
-        self.lab: Lab = target.lab
+        self.lab: Lab = self.target.lab
         #: What the fault saw or did, for the matrix's cell.
         self.detail: dict[str, Any] = {}
 

@@ -1,5 +1,10 @@
 """The faults' small topology: one broker namespace, one client namespace, one veth.
 
+Declared as data (:func:`bed_topology`, a
+:class:`~hangproof.lab.engine.topology.LinkTopology`) and built by the engine
+(:func:`hangproof.lab.engine.network.build_links`), like the seed lab's
+:class:`~hangproof.lab.engine.topology.Topology`.
+
 ::
 
     hpfault-c (clients: workers)           hpfault-b (broker: rabbitmq, producer)
@@ -43,6 +48,7 @@ from hangproof.lab.components.rabbitmq import RabbitNode
 from hangproof.lab.engine import network, processes
 from hangproof.lab.engine.lab import teardown
 from hangproof.lab.engine.state import LabState
+from hangproof.lab.engine.topology import Link, LinkTopology, Route
 from hangproof.lab.faults import FaultTarget
 
 PREFIX = "hpfault-"
@@ -60,8 +66,40 @@ ROUTER_CLIENT_IP = "198.18.200.5"
 ROUTED_CLIENT_IP = "198.18.200.6"
 
 
-def _ip(*args: str, netns: str | None = None) -> None:
-    processes.run(["ip", *args], netns=netns, timeout=15)
+def bed_topology(prefix: str = PREFIX, *, router: bool = False) -> LinkTopology:
+    """The bed as data, for the engine to build: namespaces, veths, routes, the forwarder.
+
+    >>> [ns for ns in bed_topology().namespaces]
+    ['hpfault-b', 'hpfault-c']
+    >>> [(r.ns, r.dest, r.via) for r in bed_topology(router=True).routes]
+    [('hpfault-b', '198.18.200.6', '198.18.200.2'), ('hpfault-c', '198.18.200.1', '198.18.200.5')]
+    """
+    broker, client = f"{prefix}b", f"{prefix}c"
+    if not router:
+        return LinkTopology(
+            namespaces=(broker, client),
+            links=(Link(broker, BROKER_IFACE, BROKER_IP, client, CLIENT_IFACE, CLIENT_IP),),
+        ).validated()
+    middle = f"{prefix}r"
+    return LinkTopology(
+        namespaces=(broker, client, middle),
+        links=(
+            Link(broker, BROKER_IFACE, BROKER_IP, middle, ROUTER_BROKER_IFACE, ROUTER_BROKER_IP),
+            Link(
+                client,
+                CLIENT_IFACE,
+                ROUTED_CLIENT_IP,
+                middle,
+                ROUTER_CLIENT_IFACE,
+                ROUTER_CLIENT_IP,
+            ),
+        ),
+        routes=(
+            Route(broker, ROUTED_CLIENT_IP, ROUTER_BROKER_IP),
+            Route(client, BROKER_IP, ROUTER_CLIENT_IP),
+        ),
+        forwarding=(middle,),
+    ).validated()
 
 
 class FaultBed:
@@ -78,6 +116,8 @@ class FaultBed:
         #: The clients' source address as the broker sees it.
         self.client_ip = ROUTED_CLIENT_IP if router else CLIENT_IP
         self.tls = tls
+        #: The namespaces and links :meth:`up` has the engine build.
+        self.topology = bed_topology(prefix, router=router)
         self.node = RabbitNode(
             "fault", self.state_dir / "rabbit", host=BROKER_IP, netns=self.broker_netns, tls=tls
         )
@@ -147,50 +187,11 @@ class FaultBed:
             )
         self.state.save()
         try:
-            for ns in (self.broker_netns, self.client_netns, self.router_netns):
-                if ns is None:
-                    continue
-                network.add_owned_namespace(self.state, ns)
-                _ip("link", "set", "lo", "up", netns=ns)
-            if self.router_netns is not None:
-                self._link_router(self.router_netns)
-                self._start_broker()
-                return
-            _ip(
-                "link", "add", BROKER_IFACE, "netns", self.broker_netns,
-                "type", "veth", "peer", "name", CLIENT_IFACE, "netns", self.client_netns,
-            )  # fmt: skip
-            for ns, iface, addr in (
-                (self.broker_netns, BROKER_IFACE, BROKER_IP),
-                (self.client_netns, CLIENT_IFACE, CLIENT_IP),
-            ):
-                _ip("addr", "add", f"{addr}/30", "dev", iface, netns=ns)
-                _ip("link", "set", iface, "up", netns=ns)
+            network.build_links(self.topology, self.state)
             self._start_broker()
         except BaseException:
             self.close()
             raise
-
-    def _link_router(self, router: str) -> None:
-        """Broker <-> router <-> clients, routed: two veths, ip_forward in the router only."""
-        links = (
-            (self.broker_netns, BROKER_IFACE, BROKER_IP, ROUTER_BROKER_IFACE, ROUTER_BROKER_IP),
-            (self.client_netns, CLIENT_IFACE, ROUTED_CLIENT_IP, ROUTER_CLIENT_IFACE,
-             ROUTER_CLIENT_IP),
-        )  # fmt: skip
-        for ns, iface, addr, router_iface, router_addr in links:
-            _ip(
-                "link", "add", iface, "netns", ns,
-                "type", "veth", "peer", "name", router_iface, "netns", router,
-            )  # fmt: skip
-            for where, dev, ip in ((ns, iface, addr), (router, router_iface, router_addr)):
-                _ip("addr", "add", f"{ip}/30", "dev", dev, netns=where)
-                _ip("link", "set", dev, "up", netns=where)
-        broker, client = self.broker_netns, self.client_netns
-        _ip("route", "add", f"{ROUTED_CLIENT_IP}/32", "via", ROUTER_BROKER_IP, netns=broker)
-        _ip("route", "add", f"{BROKER_IP}/32", "via", ROUTER_CLIENT_IP, netns=client)
-        # net.* sysctls are per network namespace: this forwards in the router only.
-        processes.run(["sysctl", "-q", "-w", "net.ipv4.ip_forward=1"], netns=router, timeout=15)
 
     def close(self) -> None:
         """Stop the broker by pid, then delete our namespaces (idempotent)."""

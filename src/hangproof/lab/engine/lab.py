@@ -359,12 +359,11 @@ class Lab:
             netns=self.topo.ns(node),
             check=False,
         ).stdout
-        from hangproof.lab.observe.evidence import parse_ss_users
+        from hangproof.doctor.ss_text import read_records
 
-        for line in out.splitlines():
-            users = parse_ss_users(line)
-            if users:
-                return users[0][0]
+        for line in read_records(out):
+            if line.users:
+                return line.users[0].name
         return None
 
     def conntrack_flush_vip(self, node: str) -> None:

@@ -23,7 +23,7 @@ from collections.abc import Callable
 from hangproof.errors import HangproofError
 from hangproof.lab.engine import processes
 from hangproof.lab.engine.state import LabState
-from hangproof.lab.engine.topology import Topology
+from hangproof.lab.engine.topology import LinkTopology, Topology
 
 #: Node uplink name inside each node namespace (the report's was br-roller).
 UPLINK = "eth0"
@@ -163,6 +163,51 @@ def build(topo: Topology, state: LabState, progress: Progress) -> None:
         ]
         if routes:
             ip_batch(topo.ns(node.name), routes)
+
+
+def link_commands(topo: LinkTopology) -> list[tuple[str | None, list[str]]]:
+    """The ``ip``/``sysctl`` commands that wire ``topo``'s namespaces, in order: (netns, argv).
+
+    Run after the namespaces exist with their loopback up. Each veth is made
+    with both ends already in lab namespaces (run from the root namespace,
+    which it does not change).
+
+        >>> from hangproof.lab.engine.topology import Link
+        >>> t = LinkTopology(("b", "c"), (Link("b", "b0", "198.18.200.1", "c", "c0", "198.18.200.2"),))
+        >>> for netns, argv in link_commands(t): print(netns, " ".join(argv))
+        None ip link add b0 netns b type veth peer name c0 netns c
+        b ip addr add 198.18.200.1/30 dev b0
+        b ip link set b0 up
+        c ip addr add 198.18.200.2/30 dev c0
+        c ip link set c0 up
+    """
+    out: list[tuple[str | None, list[str]]] = []
+    for link in topo.links:
+        out.append(
+            (None, ["ip", "link", "add", link.a_iface, "netns", link.a_ns,
+                    "type", "veth", "peer", "name", link.b_iface, "netns", link.b_ns])
+        )  # fmt: skip
+        for ns, iface, addr in (
+            (link.a_ns, link.a_iface, link.a_ip),
+            (link.b_ns, link.b_iface, link.b_ip),
+        ):
+            out.append((ns, ["ip", "addr", "add", f"{addr}/{link.prefixlen}", "dev", iface]))
+            out.append((ns, ["ip", "link", "set", iface, "up"]))
+    for route in topo.routes:
+        out.append((route.ns, ["ip", "route", "add", f"{route.dest}/32", "via", route.via]))
+    for ns in topo.forwarding:
+        # net.* sysctls are per network namespace: this forwards in ``ns`` only.
+        out.append((ns, ["sysctl", "-q", "-w", "net.ipv4.ip_forward=1"]))
+    return out
+
+
+def build_links(topo: LinkTopology, state: LabState) -> None:
+    """Create ``topo``'s namespaces for ``state``'s lab (listed, made, marked), then wire them."""
+    for ns in topo.validated().namespaces:
+        add_owned_namespace(state, ns)
+        processes.run(["ip", "link", "set", "lo", "up"], netns=ns, timeout=15)
+    for netns, argv in link_commands(topo):
+        processes.run(argv, netns=netns, timeout=15)
 
 
 def destroy_namespaces(state: LabState, progress: Progress) -> list[str]:

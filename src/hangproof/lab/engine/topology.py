@@ -278,3 +278,66 @@ def _in_range(field_name: str, value: str, network: ipaddress.IPv4Network) -> No
         raise TopologyError(
             f"{field_name}: {value} is outside {network} (the lab uses only 198.18.0.0/15)"
         )
+
+
+@dataclass(frozen=True)
+class Link:
+    """A veth pair between two lab namespaces, an address on each end (a /30 by default)."""
+
+    a_ns: str
+    a_iface: str
+    a_ip: str
+    b_ns: str
+    b_iface: str
+    b_ip: str
+    prefixlen: int = 30
+
+
+@dataclass(frozen=True)
+class Route:
+    """A host route in one namespace: ``dest/32 via via``."""
+
+    ns: str
+    dest: str
+    via: str
+
+
+@dataclass(frozen=True)
+class LinkTopology:
+    """A lab of a few namespaces joined by veth links, no bridge (the faults' testbed).
+
+    Pure data, like :class:`Topology`: :func:`hangproof.lab.engine.network.build_links`
+    builds it (:func:`~hangproof.lab.engine.network.link_commands` says how).
+    ``forwarding`` lists the namespaces that route between their links
+    (``net.ipv4.ip_forward=1``, a per-namespace sysctl).
+
+        >>> t = LinkTopology(("hpx-b", "hpx-c"), (Link("hpx-b", "b0", "198.18.200.1", "hpx-c", "c0", "198.18.200.2"),))
+        >>> t.validated() is t
+        True
+    """
+
+    namespaces: tuple[str, ...]
+    links: tuple[Link, ...]
+    routes: tuple[Route, ...] = ()
+    forwarding: tuple[str, ...] = ()
+
+    def validated(self) -> LinkTopology:
+        """Return self if valid, else raise :class:`TopologyError` naming the field."""
+        known = set(self.namespaces)
+        for i, link in enumerate(self.links):
+            for end in ("a", "b"):
+                ns, iface = getattr(link, f"{end}_ns"), getattr(link, f"{end}_iface")
+                if ns not in known:
+                    raise TopologyError(f"links[{i}].{end}_ns: {ns!r} is not one of the namespaces")
+                if not 1 <= len(iface.encode()) <= 15:
+                    raise TopologyError(f"links[{i}].{end}_iface: {iface!r} is not 1-15 bytes")
+                _in_range(f"links[{i}].{end}_ip", getattr(link, f"{end}_ip"), LAB_RANGE)
+        for i, route in enumerate(self.routes):
+            if route.ns not in known:
+                raise TopologyError(f"routes[{i}].ns: {route.ns!r} is not one of the namespaces")
+            _in_range(f"routes[{i}].dest", route.dest, LAB_RANGE)
+            _in_range(f"routes[{i}].via", route.via, LAB_RANGE)
+        for ns in self.forwarding:
+            if ns not in known:
+                raise TopologyError(f"forwarding: {ns!r} is not one of the namespaces")
+        return self

@@ -64,6 +64,7 @@ class FaultTarget:
     client_ip: str | None = None
 
 
+@dataclass(eq=False, repr=False)
 class Fault:
     """One fault: ``inject()`` starts the real-world event, ``heal()`` ends it.
 
@@ -75,13 +76,22 @@ class Fault:
     - ``parallel``: whether fault-matrix cells may share one injection (None:
       fault-matrix decides, see ``_fault_parallel``).
 
-    It is built as ``cls(target)``. Optional hooks, looked up by the callers:
-    ``prepare()``, ``configure(ctx)``, ``attach(ctx)``, ``close()``.
+    A fault is a dataclass: its parameters are fields after ``target`` (with
+    defaults, so it is built as ``cls(target)``; a variant is a subclass that
+    sets a field's default, e.g. ``OneWayLossIn.direction = "in"``), and what it
+    holds while injected is set in ``__post_init__``. Identity equality and the
+    plain repr (a target's broker URL carries credentials) are kept. Optional
+    hooks, looked up by the callers: ``prepare()``, ``configure(ctx)``,
+    ``attach(ctx)``, ``close()``.
 
         >>> fault_type("broker-kill").__name__, fault_type("vip-race").bed
         ('BrokerKill', 'seed-lab')
+        >>> from dataclasses import fields
+        >>> [f.name for f in fields(fault_type("one-way-loss-in"))]
+        ['target', 'direction']
     """
 
+    target: FaultTarget
     name: ClassVar[str] = ""
     bed: ClassVar[str] = TESTBED
     parallel: ClassVar[bool | None] = None
@@ -96,6 +106,9 @@ class Fault:
         if known is not None and known.__qualname__ != cls.__qualname__:
             raise TypeError(f"fault {name!r} is defined twice: {known!r} and {cls!r}")
         _REGISTRY[name] = cls
+
+    def __post_init__(self) -> None:
+        """Set up the fault's own state (none here); subclasses extend it."""
 
     def inject(self) -> None:
         raise NotImplementedError

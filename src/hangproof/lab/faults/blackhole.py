@@ -14,7 +14,7 @@ heartbeat timeout).
 from __future__ import annotations
 
 from hangproof.failure import FaultClass
-from hangproof.lab.faults import Fault, FaultTarget, delete_rules, insert_rules
+from hangproof.lab.faults import Fault, delete_rules, insert_rules
 
 #: Marks our rules, so heal deletes exactly what inject added.
 RULE_COMMENT = "hpfault-blackhole"
@@ -25,8 +25,7 @@ class Blackhole(Fault):
 
     name = FaultClass.BLACKHOLE.value
 
-    def __init__(self, target: FaultTarget) -> None:
-        self.target = target
+    def __post_init__(self) -> None:
         self.injected = False
 
     def _rules(self) -> list[list[str]]:

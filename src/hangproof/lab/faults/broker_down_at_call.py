@@ -22,7 +22,7 @@ from __future__ import annotations
 import contextlib
 
 from hangproof.failure import FaultClass
-from hangproof.lab.faults import Fault, FaultTarget
+from hangproof.lab.faults import Fault
 
 
 class BrokerDownAtCall(Fault):
@@ -30,8 +30,7 @@ class BrokerDownAtCall(Fault):
 
     name = FaultClass.BROKER_DOWN_AT_CALL.value
 
-    def __init__(self, target: FaultTarget) -> None:
-        self.target = target
+    def __post_init__(self) -> None:
         self.stopped = False
         self.detail: dict[str, object] = {}
 

@@ -17,7 +17,7 @@ import signal
 
 from hangproof.errors import HangproofError
 from hangproof.failure import FaultClass
-from hangproof.lab.faults import Fault, FaultTarget
+from hangproof.lab.faults import Fault
 
 
 class BrokerFreeze(Fault):
@@ -25,8 +25,7 @@ class BrokerFreeze(Fault):
 
     name = FaultClass.BROKER_FREEZE.value
 
-    def __init__(self, target: FaultTarget) -> None:
-        self.target = target
+    def __post_init__(self) -> None:
         self.beam_pid: int | None = None
 
     def inject(self) -> None:

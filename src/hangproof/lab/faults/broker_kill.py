@@ -15,7 +15,7 @@ import signal
 
 from hangproof.errors import HangproofError
 from hangproof.failure import FaultClass
-from hangproof.lab.faults import Fault, FaultTarget
+from hangproof.lab.faults import Fault
 
 
 class BrokerKill(Fault):
@@ -23,8 +23,7 @@ class BrokerKill(Fault):
 
     name = FaultClass.BROKER_KILL.value
 
-    def __init__(self, target: FaultTarget) -> None:
-        self.target = target
+    def __post_init__(self) -> None:
         self.killed = False
 
     def inject(self) -> None:

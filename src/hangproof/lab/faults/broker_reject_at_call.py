@@ -22,7 +22,7 @@ import re
 
 from hangproof.failure import FaultClass
 from hangproof.lab.engine import processes
-from hangproof.lab.faults import Fault, FaultTarget, delete_rules, insert_rules
+from hangproof.lab.faults import Fault, delete_rules, insert_rules
 
 #: Marks our rule, so heal deletes exactly what inject added.
 RULE_COMMENT = "hpfault-reject-at-call"
@@ -50,8 +50,7 @@ class BrokerRejectAtCall(Fault):
 
     name = FaultClass.BROKER_REJECT_AT_CALL.value
 
-    def __init__(self, target: FaultTarget) -> None:
-        self.target = target
+    def __post_init__(self) -> None:
         self.injected = False
         self.detail: dict[str, object] = {}
 

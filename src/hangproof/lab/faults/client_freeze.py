@@ -46,7 +46,7 @@ from typing import Any
 from hangproof.errors import HangproofError
 from hangproof.failure import FaultClass
 from hangproof.lab.engine import processes
-from hangproof.lab.faults import CellContext, Fault, FaultTarget
+from hangproof.lab.faults import CellContext, Fault
 from hangproof.lab.faults.broker_view import client_connections, log_since, log_size
 
 #: The freeze lasts this many heartbeat intervals (the broker needs two).
@@ -68,8 +68,7 @@ class ClientFreeze(Fault):
 
     name = FaultClass.CLIENT_FREEZE.value
 
-    def __init__(self, target: FaultTarget) -> None:
-        self.target = target
+    def __post_init__(self) -> None:
         self.pid: int | None = None
         self.start_tick: int | None = None
         self.stopped = False

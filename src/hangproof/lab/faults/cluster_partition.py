@@ -36,7 +36,7 @@ from hangproof.errors import HangproofError
 from hangproof.failure import FaultClass
 from hangproof.lab.beds.cluster_bed import SEED_CLUSTER, WORKER_NODE
 from hangproof.lab.engine import processes
-from hangproof.lab.faults import CellContext, Fault, FaultTarget, delete_rules, insert_rules
+from hangproof.lab.faults import CellContext, Fault, delete_rules, insert_rules
 
 RULE_COMMENT = "hpfault-cluster-partition"
 #: Erlang distribution (RabbitMQ's inter-node port) and epmd.
@@ -49,11 +49,10 @@ class ClusterPartition(Fault):
     name = FaultClass.CLUSTER_PARTITION.value
     bed = SEED_CLUSTER
 
-    def __init__(self, target: FaultTarget) -> None:
-        if target.lab is None:
+    def __post_init__(self) -> None:
+        if self.target.lab is None:
             raise HangproofError("cluster-partition needs the cluster bed (faults.cluster_bed)")
-        self.target = target
-        self.lab = target.lab
+        self.lab = self.target.lab
         self.netns = self.lab.topo.pod_ns(WORKER_NODE)
         self.detail: dict[str, Any] = {}
         self.injected_at: float | None = None

@@ -21,7 +21,7 @@ from __future__ import annotations
 from typing import Any
 
 from hangproof.failure import FaultClass
-from hangproof.lab.faults import Fault, FaultTarget
+from hangproof.lab.faults import Fault
 from hangproof.lab.faults.broker_view import client_connections
 
 REASON = "hangproof lab: connection-closed fault"
@@ -32,8 +32,7 @@ class ConnectionClosed(Fault):
 
     name = FaultClass.CONNECTION_CLOSED.value
 
-    def __init__(self, target: FaultTarget) -> None:
-        self.target = target
+    def __post_init__(self) -> None:
         self.detail: dict[str, Any] = {}
 
     def inject(self) -> None:

@@ -83,8 +83,7 @@ class ConsumerTimeout(Fault):
 
     name = FaultClass.CONSUMER_TIMEOUT.value
 
-    def __init__(self, target: FaultTarget) -> None:
-        self.target = target
+    def __post_init__(self) -> None:
         self.queue = ""
         self.work: Path | None = None
         #: Every cell's queue: the profiles of a matrix run share one injection,

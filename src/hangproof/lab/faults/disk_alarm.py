@@ -33,7 +33,7 @@ import time
 from hangproof.errors import HangproofError
 from hangproof.failure import FaultClass
 from hangproof.lab.clients.matrix_clients import EVENT_LOG_ENV
-from hangproof.lab.faults import CellContext, Fault, FaultTarget
+from hangproof.lab.faults import CellContext, Fault
 
 #: What RabbitNode.prepare configures (disk_free_limit.absolute).
 NORMAL_LIMIT = "50MB"
@@ -66,8 +66,7 @@ class DiskAlarm(Fault):
 
     name = FaultClass.DISK_ALARM.value
 
-    def __init__(self, target: FaultTarget) -> None:
-        self.target = target
+    def __post_init__(self) -> None:
         self.injected = False
         self.detail: dict[str, object] = {}
 

@@ -47,7 +47,7 @@ from typing import Any
 from hangproof.errors import HangproofError
 from hangproof.failure import FaultClass
 from hangproof.lab.engine import processes
-from hangproof.lab.faults import CellContext, Fault, FaultTarget, delete_rules, insert_rules
+from hangproof.lab.faults import CellContext, Fault, delete_rules, insert_rules
 
 BROKER_NAME = "broker.hangproof.test"
 #: The broker's "new" address after the record flips (DNAT'ed to the broker).
@@ -80,8 +80,7 @@ class DnsStall(Fault):
 
     name = FaultClass.DNS_STALL.value
 
-    def __init__(self, target: FaultTarget) -> None:
-        self.target = target
+    def __post_init__(self) -> None:
         self._detail: dict[str, Any] = {}
         self.server_pid: int | None = None
         self.records: Path | None = None

@@ -47,11 +47,12 @@ from __future__ import annotations
 
 import re
 import time
+from dataclasses import dataclass
 from typing import Any
 
 from hangproof.errors import HangproofError
 from hangproof.lab.engine import processes
-from hangproof.lab.faults import Fault, FaultTarget, delete_rules, insert_rules
+from hangproof.lab.faults import Fault, delete_rules, insert_rules
 
 #: The faults need the testbed with a router namespace (``FaultBed(router=True)``).
 BED = "testbed-router"
@@ -64,19 +65,21 @@ LOOSE_SYSCTL = "net.netfilter.nf_conntrack_tcp_loose"
 _PKTS = re.compile(r"^\s*(\d+)\s+\d+\s.*" + RULE_COMMENT, re.MULTILINE)
 
 
+@dataclass(eq=False, repr=False)
 class FlowStateLoss(Fault):
     """The router's conntrack expires the clients' flows; INVALID packets dropped or RST."""
 
     bed = BED
+    #: "expiry" (INVALID packets dropped) or "rst" (answered with a RST).
+    variant: str
 
-    def __init__(self, target: FaultTarget, variant: str) -> None:
+    def __post_init__(self) -> None:
+        variant = self.variant
         if variant not in ("expiry", "rst"):
             raise ValueError(f"variant must be 'expiry' or 'rst', not {variant!r}")
-        if target.router_netns is None:
+        if self.target.router_netns is None:
             raise HangproofError("flow-state faults need the router testbed (router_netns)")
-        self.target = target
-        self.router: str = target.router_netns
-        self.variant = variant
+        self.router: str = self.target.router_netns
         self.name = f"flow-state-{variant}"
         self.measured: dict[str, Any] = {}
         self.detail: dict[str, Any] = {"variant": variant, "measured": self.measured}

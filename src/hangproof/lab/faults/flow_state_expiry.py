@@ -7,15 +7,16 @@ packets of a flow whose idle timer expired.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 from hangproof.failure import FaultClass
-from hangproof.lab.faults import FaultTarget
 from hangproof.lab.faults.flow_state import FlowStateLoss
 
 
+@dataclass(eq=False, repr=False)
 class FlowStateExpiry(FlowStateLoss):
     """The flow-state-expiry fault (``FlowStateLoss(target, "expiry")``)."""
 
     name = FaultClass.FLOW_STATE_EXPIRY.value
 
-    def __init__(self, target: FaultTarget) -> None:
-        super().__init__(target, "expiry")
+    variant: str = "expiry"

@@ -7,15 +7,16 @@ a flow it has expired with a RST.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 from hangproof.failure import FaultClass
-from hangproof.lab.faults import FaultTarget
 from hangproof.lab.faults.flow_state import FlowStateLoss
 
 
+@dataclass(eq=False, repr=False)
 class FlowStateRst(FlowStateLoss):
     """The flow-state-rst fault (``FlowStateLoss(target, "rst")``)."""
 
     name = FaultClass.FLOW_STATE_RST.value
 
-    def __init__(self, target: FaultTarget) -> None:
-        super().__init__(target, "rst")
+    variant: str = "rst"

@@ -29,7 +29,7 @@ import time
 
 from hangproof.failure import FaultClass
 from hangproof.lab.engine import processes
-from hangproof.lab.faults import Fault, FaultTarget
+from hangproof.lab.faults import Fault
 
 #: Where the fake peer listens inside the broker namespace.
 FAKE_PEER_PORT = 5679
@@ -45,8 +45,7 @@ class HeartbeatOnlyHandshake(Fault):
 
     name = FaultClass.HEARTBEAT_ONLY_HANDSHAKE.value
 
-    def __init__(self, target: FaultTarget) -> None:
-        self.target = target
+    def __post_init__(self) -> None:
         self.peer_pid: int | None = None
 
     def _rule(self) -> list[str]:

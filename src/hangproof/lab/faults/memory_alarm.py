@@ -28,7 +28,7 @@ import contextlib
 
 from hangproof.failure import FaultClass
 from hangproof.lab.clients.matrix_clients import EVENT_LOG_ENV
-from hangproof.lab.faults import CellContext, Fault, FaultTarget
+from hangproof.lab.faults import CellContext, Fault
 
 #: What RabbitNode.prepare configures (vm_memory_high_watermark.relative).
 NORMAL_WATERMARK = "0.4"
@@ -39,9 +39,6 @@ class MemoryAlarm(Fault):
     """Set the memory watermark so low that the alarm fires."""
 
     name = FaultClass.MEMORY_ALARM.value
-
-    def __init__(self, target: FaultTarget) -> None:
-        self.target = target
 
     def configure(self, ctx: CellContext) -> None:
         """Let the cell's guarded publishes log their notice of the alarm to the consumer's log."""

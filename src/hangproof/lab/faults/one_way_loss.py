@@ -46,11 +46,12 @@ from __future__ import annotations
 import re
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from hangproof.lab.engine import processes
-from hangproof.lab.faults import CellContext, Fault, FaultTarget, delete_rules, insert_rules
+from hangproof.lab.faults import CellContext, Fault, delete_rules, insert_rules
 
 #: Marks our rules, so heal deletes exactly what inject added.
 RULE_COMMENT = "hpfault-one-way-loss"
@@ -63,6 +64,7 @@ FILL_MAX_SECONDS = 600.0
 _PKTS = re.compile(r"^\s*(\d+)\s+\d+\s.*" + RULE_COMMENT, re.MULTILINE)
 
 
+@dataclass(eq=False, repr=False)
 class OneWayLoss(Fault):
     """DROP one direction of the clients' AMQP traffic on the broker's interface."""
 
@@ -70,12 +72,13 @@ class OneWayLoss(Fault):
     #: fault's own (started once, :meth:`OneWayLoss.attach`): the profiles of a
     #: matrix run share one injection (one_way_loss_in/_out inherit it).
     parallel = True
+    #: "in" (broker -> client packets vanish) or "out" (client -> broker).
+    direction: str
 
-    def __init__(self, target: FaultTarget, direction: str) -> None:
+    def __post_init__(self) -> None:
+        direction = self.direction
         if direction not in ("in", "out"):
             raise ValueError(f"direction must be 'in' or 'out', not {direction!r}")
-        self.target = target
-        self.direction = direction
         self.name = f"one-way-loss-{direction}"
         self.measured: dict[str, Any] = {}
         self.detail: dict[str, Any] = {"direction": direction, "measured": self.measured}

@@ -6,15 +6,16 @@ failure whose return leg (broker to worker) black-holes.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 from hangproof.failure import FaultClass
-from hangproof.lab.faults import FaultTarget
 from hangproof.lab.faults.one_way_loss import OneWayLoss
 
 
+@dataclass(eq=False, repr=False)
 class OneWayLossIn(OneWayLoss):
     """The one-way-loss-in fault (``OneWayLoss(target, "in")``)."""
 
     name = FaultClass.ONE_WAY_LOSS_IN.value
 
-    def __init__(self, target: FaultTarget) -> None:
-        super().__init__(target, "in")
+    direction: str = "in"

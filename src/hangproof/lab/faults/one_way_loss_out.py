@@ -7,15 +7,16 @@ kombu#463. Real-world event: an asymmetric path failure whose outbound leg
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 from hangproof.failure import FaultClass
-from hangproof.lab.faults import FaultTarget
 from hangproof.lab.faults.one_way_loss import OneWayLoss
 
 
+@dataclass(eq=False, repr=False)
 class OneWayLossOut(OneWayLoss):
     """The one-way-loss-out fault (``OneWayLoss(target, "out")``)."""
 
     name = FaultClass.ONE_WAY_LOSS_OUT.value
 
-    def __init__(self, target: FaultTarget) -> None:
-        super().__init__(target, "out")
+    direction: str = "out"

@@ -26,7 +26,7 @@ import re
 from typing import Any
 
 from hangproof.failure import FaultClass
-from hangproof.lab.faults import CellContext, Fault, FaultTarget
+from hangproof.lab.faults import CellContext, Fault
 from hangproof.lab.faults.broker_view import queue_consumers
 
 #: ``delete_queue`` answers "Queue was successfully deleted with N ready messages".
@@ -42,8 +42,7 @@ class QueueDeleted(Fault):
     #: first of several sequential rabbitmqctl calls (~8 s each under load).
     parallel = False
 
-    def __init__(self, target: FaultTarget) -> None:
-        self.target = target
+    def __post_init__(self) -> None:
         self.queue = ""
         self.detail: dict[str, Any] = {}
 

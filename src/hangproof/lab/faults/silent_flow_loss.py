@@ -36,11 +36,12 @@ closed ones still in the table (a reused bed keeps earlier cells' entries).
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass
 from typing import Any
 
 from hangproof.failure import FaultClass
 from hangproof.lab.engine import processes
-from hangproof.lab.faults import Fault, FaultTarget, delete_rules, insert_rules
+from hangproof.lab.faults import Fault, delete_rules, insert_rules
 
 #: Marks our rules, so close() deletes exactly what prepare() added.
 RULE_COMMENT = "hpfault-silent-flow-loss"
@@ -53,14 +54,15 @@ _UPDATED = re.compile(r"(\d+) flow entries have been updated")
 DEFAULT_CLIENT_IP = "198.18.200.2"
 
 
+@dataclass(eq=False, repr=False)
 class SilentFlowLoss(Fault):
     """Drop, in both directions, the AMQP flows the clients have open; leave new ones alone."""
 
     name = FaultClass.SILENT_FLOW_LOSS.value
+    #: The clients' address whose open flows are forgotten.
+    client_ip: str = DEFAULT_CLIENT_IP
 
-    def __init__(self, target: FaultTarget, client_ip: str = DEFAULT_CLIENT_IP) -> None:
-        self.target = target
-        self.client_ip = client_ip
+    def __post_init__(self) -> None:
         self.detail: dict[str, Any] = {}
         self._rules_in = False
 

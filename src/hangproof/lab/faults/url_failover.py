@@ -41,7 +41,7 @@ from hangproof.lab.beds.cluster_bed import (
     connections_by_node,
     pod_address,
 )
-from hangproof.lab.faults import CellContext, Fault, FaultTarget
+from hangproof.lab.faults import CellContext, Fault
 
 #: The failover order: the worker's node first, then the others.
 URL_ORDER = (WORKER_NODE, "n3", "n1")
@@ -56,11 +56,10 @@ class UrlFailover(Fault):
     #: producers excluded): the profiles of a matrix run share one stop_app.
     parallel = True
 
-    def __init__(self, target: FaultTarget) -> None:
-        if target.lab is None:
+    def __post_init__(self) -> None:
+        if self.target.lab is None:
             raise HangproofError("url-failover needs the cluster bed (faults.cluster_bed)")
-        self.target = target
-        self.lab = target.lab
+        self.lab = self.target.lab
         self.detail: dict[str, Any] = {}
         self.stopped = False
 

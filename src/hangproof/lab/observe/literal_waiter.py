@@ -48,8 +48,7 @@ from hangproof.lab.engine import processes
 from hangproof.lab.engine.lab import Lab
 from hangproof.lab.observe.evidence import (
     WEDGE_IDLE_MS,
-    join_ss_records,
-    parse_ss_record,
+    ss_records,
     stuck_handshakes,
 )
 
@@ -124,7 +123,7 @@ class WedgeWatcher:
         found = None
         for node in (n.name for n in topo.nodes):
             text = processes.run(["ss", "-Htanpie"], netns=topo.ns(node), check=False).stdout
-            records = [parse_ss_record(r) for r in join_ss_records(text)]
+            records = ss_records(text)
             self.track_syns(node, records, holder)
             for s in stuck_handshakes(records, topo.vip, topo.node_port, self.min_idle_ms):
                 found = found or {**s, "node": node, **self.identify(s["pid"]), "t": self.now(),

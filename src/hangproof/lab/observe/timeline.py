@@ -36,8 +36,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from hangproof.doctor.conntrack import parse_conntrack
+from hangproof.doctor.ss_text import read_records
 from hangproof.lab.components.hooks import TRACE_IN, TRACE_OUT
-from hangproof.lab.observe.evidence import join_ss_records, parse_ss_record
 from hangproof.report.events import (
     LANE_CONNTRACK,
     LANE_FAULT,
@@ -112,12 +112,7 @@ class ConnectionWatch:
         """Diff one tick's output against the last one; append what changed to the log."""
         parts = text.split(SEPARATOR)
         ss_text, ipt_text, ct_text = [*parts, "", "", ""][:3]
-        records = []
-        for record in join_ss_records(ss_text):
-            try:
-                records.append((record, parse_ss_record(record)))
-            except (IndexError, ValueError):
-                continue
+        records = [(line.text, line.as_dict()) for line in read_records(ss_text)]
         entries = [
             e
             for e in parse_conntrack(ct_text)

@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from hangproof.doctor.conntrack import parse_conntrack
+from hangproof.doctor.ss_text import read_records, split_endpoint
 from hangproof.errors import HangproofError
 from hangproof.failure import RaceOutcome
 from hangproof.lab.clients.race_client import CLIENTS
@@ -32,7 +33,7 @@ from hangproof.lab.components.hooks import TRACE_IN, TRACE_OUT, parse_trace_coun
 from hangproof.lab.engine import network, processes
 from hangproof.lab.engine.lab import Lab
 from hangproof.lab.mitigations import Mitigation, make_mitigation
-from hangproof.lab.observe.evidence import join_ss_records, parse_ss_record
+from hangproof.lab.observe.evidence import ss_records
 from hangproof.lab.observe.timeline import ConnectionWatch, race_markers
 from hangproof.report.events import LANE_FAULT, LANE_VIP, EventLog
 
@@ -302,7 +303,7 @@ def _ss(lab: Lab, node: str, *filter_args: str) -> list[dict[str, Any]]:
     out = processes.run(
         ["ss", "-Htanpie", *filter_args], netns=lab.topo.ns(node), check=False
     ).stdout
-    return [parse_ss_record(r) for r in join_ss_records(out)]
+    return ss_records(out)
 
 
 def wait_syn_sent(
@@ -330,11 +331,11 @@ def wait_syn_sent(
         out = processes.run(["sh", "-c", script], netns=topo.ns(node), check=False).stdout
         sockets, _, ct = out.partition("---")
         # With a state filter ss omits the State column: Recv-Q Send-Q Local Peer.
-        ports = {r.split()[2].rpartition(":")[2] for r in sockets.splitlines() if r.strip()}
+        ports = {split_endpoint(r.local)[1] for r in read_records(sockets, state="SYN-SENT")}
         for entry in parse_conntrack(ct):
-            sport = str(entry.original.sport)
+            sport = entry.original.sport
             if sport in ports and entry.state == "SYN_SENT" and not entry.dnat:
-                return int(sport)
+                return sport
         time.sleep(POLL_INTERVAL)
     return None
 
