@@ -292,3 +292,27 @@ def test_serve_health_answers_from_threads_while_the_loop_is_wedged() -> None:
     finally:
         release.set()
         lt.close()
+
+
+def test_a_reconnect_between_two_watchdog_rounds_is_not_a_restart() -> None:
+    """The tick marks the link up after the watchdog last decided "down for > recover_timeout".
+
+    Measured in the lab (one /livez 503 sample 3 s after a blackhole healed):
+    the stale decision next to ``connected`` read at request time is the
+    "connected but unhealthy" case. The aio state decides from one snapshot.
+    """
+    state, clock, loop, conn = make_state()
+    advance(state, clock, loop, 1.0, conn=conn)
+    link = conn.transport
+    conn.transport = None
+    conn.connected.clear()
+    advance(state, clock, loop, float(P.recover_timeout or 0) + 5.0, conn=conn)
+    state.record_round(ProbeRound(at=clock.now, reachable=True, consumers={"tasks": 0}))
+    assert not state.check().healthy  # the watchdog's last word: down for 17 s
+    conn.transport = link
+    conn.connected.set()
+    link.connection._Connection__last_frame_time = loop.time()
+    state.on_loop_tick(loop)  # type: ignore[arg-type]  # up again, before the next check()
+    body = state.contract()
+    assert body["live"], body["live_reason"]
+    assert body["state"] == "connected"

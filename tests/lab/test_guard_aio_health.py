@@ -1,0 +1,197 @@
+"""The health contract on a real aio-pika consumer (hangproof.aio.serve_health) and a real RabbitMQ.
+
+The faults' testbed, as tests/lab/test_guard_health.py does for Celery, and
+the same checks (its ``outage()``), on a consumer built the documented way
+(``connect_robust`` + ``consume`` + ``serve_health``), in the clients'
+namespace:
+
+1. **Broker outage** (blackhole held longer than ``recover_timeout``):
+   ``/readyz`` 503 within a bound, ``/livez`` 200 in every sample (no restart
+   storm), no false ``/consumingz`` once the consumer knows, and after heal
+   ``/consumingz`` 200 within a bound (consumer count and canary proven).
+   Every answer is timed: the endpoints answer from the last probe round and
+   must not wait on the blackholed broker.
+2. **The event loop wedged for good** while the broker is reachable (a
+   lab-only SIGUSR2 handler blocks the loop on an Event nobody sets):
+   ``/readyz`` fails first, ``/livez`` turns 503 after ``recover_timeout`` and
+   not before, and the consumer answers it (503, not a timeout): the server
+   lives on threads, not on the wedged loop.
+
+The sampler (0.5 s period, monotonic clock shared with this process) runs in
+the clients' namespace. Figures are printed (``-s``).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from guard_workers import STARTED
+from test_guard_health import Sampler, outage
+
+from hangproof.lab.beds.testbed import FaultBed
+from hangproof.lab.engine import processes
+
+pytestmark = [pytest.mark.lab, pytest.mark.timeout(240)]
+
+STALL = 3.0
+RECOVER = 4 * STALL  # Policy.recover_timeout
+#: The endpoints answer from memory: well under this, even with the broker blackholed.
+ANSWER_BOUND = 0.1
+#: /livez turns 503 this long after recover_timeout at most: one tick period
+#: (watchdog_interval 0.3 s), one sampler period (0.5 s), a loaded 2-core box.
+LIVE_FAIL_SLACK = 2.0
+
+CONSUMER = r"""
+import asyncio, signal, sys, threading
+from hangproof.aio import connect_robust, consume, serve_health
+from hangproof.failure import Policy
+
+url, queue, port, stall = sys.argv[1], sys.argv[2], int(sys.argv[3]), float(sys.argv[4])
+
+async def main():
+    connection = await connect_robust(url, Policy(stall_timeout=stall), give_up_after=None)
+    channel = await connection.channel()
+    await channel.set_qos(prefetch_count=1)
+    tasks = await channel.declare_queue(queue, durable=True)
+
+    async def handle(message):
+        pass
+
+    await consume(tasks, handle)
+    health = await serve_health(connection, [queue], port=port)
+    never = threading.Event()
+    # Lab only: SIGUSR2 wedges the loop for good (a blocking call in a handler).
+    asyncio.get_running_loop().add_signal_handler(signal.SIGUSR2, never.wait)
+    print("serving on", health.url, flush=True)
+    await asyncio.Event().wait()
+
+asyncio.run(main())
+"""
+
+TIMED_SAMPLER = r"""
+import json, os, sys, time, urllib.error, urllib.request
+port, out, stop = sys.argv[1], sys.argv[2], sys.argv[3]
+with open(out, "a", buffering=1) as f:
+    for _ in range(2000):
+        if os.path.exists(stop):
+            break
+        row = {"t": time.monotonic()}
+        for path in ("/livez", "/readyz", "/consumingz", "/healthz"):
+            t0 = time.monotonic()
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=1.5) as r:
+                    code, body = r.status, json.loads(r.read())
+            except urllib.error.HTTPError as e:
+                code, body = e.code, json.loads(e.read() or b"{}")
+            except Exception as e:
+                code, body = 0, {"error": repr(e)}
+            row[path] = code
+            row[path + "_s"] = round(time.monotonic() - t0, 4)
+            if path == "/consumingz":
+                row["reason"] = {k: body.get(k) for k in ("live_reason", "ready_reason", "consuming_reason")}
+                row["probe"] = body.get("probe")
+        f.write(json.dumps(row) + "\n")
+        time.sleep(0.5)
+"""
+
+
+class TimedSampler(Sampler):
+    """test_guard_health's sampler, also timing every answer (``<path>_s``)."""
+
+    def __init__(self, bed: FaultBed, tmp: Path, port: int) -> None:
+        self.out, self.stop_file = tmp / "samples.jsonl", tmp / "samples.stop"
+        self.proc = processes.spawn(
+            [sys.executable, "-c", TIMED_SAMPLER, str(port), str(self.out), str(self.stop_file)],
+            netns=bed.client_netns,
+        )
+
+
+@pytest.fixture(scope="module")
+def bed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FaultBed]:
+    bed = FaultBed(tmp_path_factory.mktemp("aiohealthbed"), prefix="hpfault-a")
+    bed.up()
+    try:
+        yield bed
+    finally:
+        bed.close()
+
+
+def spawn_consumer(bed: FaultBed, tmp: Path, queue: str, port: int) -> tuple[int, Path]:
+    log = tmp / f"{queue}.log"
+    argv = [sys.executable, "-c", CONSUMER, bed.client_url, queue, str(port), str(STALL)]
+    proc = processes.spawn(argv, netns=bed.client_netns, log=log)
+    STARTED.append(
+        (
+            proc.pid,
+            processes.start_time(proc.pid),
+            processes.boot_id(),
+            processes.spawn_token(proc.pid),
+        )
+    )
+    return proc.pid, log
+
+
+def slowest(rows: list[dict]) -> float:
+    times = [r[k] for r in rows for k in r if k.endswith("_s") and r.get(k[:-2]) != 0]
+    return max(times, default=0.0)
+
+
+def test_aio_outage_and_wedged_loop(bed: FaultBed, tmp_path: Path) -> None:
+    from hangproof.lab.components.rabbitmq import free_port
+
+    queue = "aio-health-q"
+    port = free_port()
+    pid, log = spawn_consumer(bed, tmp_path, queue, port)
+    sampler = TimedSampler(bed, tmp_path, port)
+    figures: dict[str, object] = {"client": "aio-pika+serve_health"}
+    try:
+        t0 = time.monotonic()
+        up = sampler.wait_for(lambda r: r["/consumingz"] == 200 and r["/livez"] == 200, 90, t0)
+        assert up is not None, f"never consuming: {sampler.rows()[-3:]}\n{log.read_text()[-3000:]}"
+        figures["consuming_after_start_s"] = round(up, 1)
+        time.sleep(2)
+
+        # -- 1. broker outage: ready fails, live stays 200, consuming comes back
+        started = time.monotonic()
+        silent = outage(bed, sampler, pid, figures)
+        outage_rows = sampler.rows(started)
+        figures["slowest_answer_outage_s"] = slowest(outage_rows)
+        assert not silent, f"/livez did not answer: {silent[:2]}"
+        assert figures["slowest_answer_outage_s"] <= ANSWER_BOUND, figures  # type: ignore[operator]
+
+        # -- 2. the event loop wedged for good (broker reachable): live must fail
+        time.sleep(2)
+        wedged = time.monotonic()
+        os.kill(pid, signal.SIGUSR2)
+        not_ready = sampler.wait_for(lambda r: r["/readyz"] != 200, 3 * STALL + 5, wedged)
+        not_live = sampler.wait_for(
+            lambda r: r["/livez"] != 200, RECOVER + LIVE_FAIL_SLACK + 10, wedged
+        )
+        time.sleep(2)
+        rows = sampler.rows(wedged)
+        print("wedge samples", json.dumps(rows[:: max(1, len(rows) // 12)], default=str)[:4000])
+        figures["wedge_not_ready_s"] = None if not_ready is None else round(not_ready, 2)
+        figures["wedge_not_live_s"] = None if not_live is None else round(not_live, 2)
+        figures["slowest_answer_wedged_s"] = slowest(rows)
+        assert not_ready is not None, figures
+        assert not_live is not None, f"liveness never failed with a wedged loop: {figures}"
+        # Not before the loop had recover_timeout to come back; soon after it.
+        assert RECOVER <= not_live <= RECOVER + LIVE_FAIL_SLACK, figures
+        late = [r for r in rows if r["t"] >= wedged + not_ready + 1.0]
+        assert not [r for r in late if r["/consumingz"] == 200], figures
+        last = rows[-1]
+        assert last["/livez"] == 503 and "event loop stalled" in last["reason"]["live_reason"], last
+        assert all(r["/livez"] != 0 for r in rows), "a wedged loop silenced the endpoints"
+        assert figures["slowest_answer_wedged_s"] <= ANSWER_BOUND, figures  # type: ignore[operator]
+    finally:
+        print("figures", json.dumps(figures))
+        sampler.close()
+        processes.stop_pid(pid)
+        print(log.read_text(errors="replace")[-4000:])
