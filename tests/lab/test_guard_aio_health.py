@@ -33,30 +33,40 @@ from pathlib import Path
 
 import pytest
 from guard_workers import STARTED
-from test_guard_health import Sampler, outage
+from test_guard_health import Sampler, brief, outage
 
 from hangproof.lab.beds.testbed import FaultBed
 from hangproof.lab.engine import processes
 
 pytestmark = [pytest.mark.lab, pytest.mark.timeout(240)]
 
-STALL = 3.0
-RECOVER = 4 * STALL  # Policy.recover_timeout
+#: Not 3 s, the Celery test's: the broker's heartbeat sender skips a beat after
+#: any other frame it sent (the canary's delivery), so an idle link's frame gap
+#: reaches ``heartbeat`` (3 s, the floor) > silence_limit (2.4 s at 3 s).
+#: Measured at 3 s: two false link-silent detections (2.65 s, 2.42 s) and
+#: ``/readyz`` 503 in 2 of 17 steady-state samples. At 5 s silence_limit is 4 s.
+STALL = 5.0
+#: Explicit, the Celery test's 12 s: its outage() holds the blackhole 20 s,
+#: which must be longer than recover_timeout.
+RECOVER = 12.0
 #: The endpoints answer from memory: well under this, even with the broker blackholed.
 ANSWER_BOUND = 0.1
 #: /livez turns 503 this long after recover_timeout at most: one tick period
-#: (watchdog_interval 0.3 s), one sampler period (0.5 s), a loaded 2-core box.
+#: (watchdog_interval 0.5 s), one sampler period (0.5 s), a loaded 2-core box.
 LIVE_FAIL_SLACK = 2.0
+#: Seconds of steady state sampled before the outage (several probe rounds).
+STEADY = 10.0
 
 CONSUMER = r"""
 import asyncio, signal, sys, threading
 from hangproof.aio import connect_robust, consume, serve_health
 from hangproof.failure import Policy
 
-url, queue, port, stall = sys.argv[1], sys.argv[2], int(sys.argv[3]), float(sys.argv[4])
+url, queue, port = sys.argv[1], sys.argv[2], int(sys.argv[3])
+policy = Policy(stall_timeout=float(sys.argv[4]), recover_timeout=float(sys.argv[5]))
 
 async def main():
-    connection = await connect_robust(url, Policy(stall_timeout=stall), give_up_after=None)
+    connection = await connect_robust(url, policy, give_up_after=None)
     channel = await connection.channel()
     await channel.set_qos(prefetch_count=1)
     tasks = await channel.declare_queue(queue, durable=True)
@@ -125,7 +135,16 @@ def bed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FaultBed]:
 
 def spawn_consumer(bed: FaultBed, tmp: Path, queue: str, port: int) -> tuple[int, Path]:
     log = tmp / f"{queue}.log"
-    argv = [sys.executable, "-c", CONSUMER, bed.client_url, queue, str(port), str(STALL)]
+    argv = [
+        sys.executable,
+        "-c",
+        CONSUMER,
+        bed.client_url,
+        queue,
+        str(port),
+        str(STALL),
+        str(RECOVER),
+    ]
     proc = processes.spawn(argv, netns=bed.client_netns, log=log)
     STARTED.append(
         (
@@ -156,7 +175,15 @@ def test_aio_outage_and_wedged_loop(bed: FaultBed, tmp_path: Path) -> None:
         up = sampler.wait_for(lambda r: r["/consumingz"] == 200 and r["/livez"] == 200, 90, t0)
         assert up is not None, f"never consuming: {sampler.rows()[-3:]}\n{log.read_text()[-3000:]}"
         figures["consuming_after_start_s"] = round(up, 1)
-        time.sleep(2)
+        # -- 0. steady state: an idle consumer with its probe rounds is ready throughout
+        steady = time.monotonic() + 1.0
+        time.sleep(STEADY)
+        rows = sampler.rows(steady)
+        figures["ready_ok_steady"] = f"{sum(r['/readyz'] == 200 for r in rows)}/{len(rows)}"
+        figures["consuming_ok_steady"] = f"{sum(r['/consumingz'] == 200 for r in rows)}/{len(rows)}"
+        assert rows and all(r["/readyz"] == 200 and r["/livez"] == 200 for r in rows), brief(
+            [r for r in rows if r["/readyz"] != 200 or r["/livez"] != 200]
+        )
 
         # -- 1. broker outage: ready fails, live stays 200, consuming comes back
         started = time.monotonic()

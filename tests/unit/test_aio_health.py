@@ -316,3 +316,23 @@ def test_a_reconnect_between_two_watchdog_rounds_is_not_a_restart() -> None:
     body = state.contract()
     assert body["live"], body["live_reason"]
     assert body["state"] == "connected"
+
+
+def test_serve_health_as_the_docs_use_it() -> None:
+    """``async with await serve_health(...)`` (docs/guard.md): any free port, closed on exit."""
+    from aio_pika.connection import make_url
+
+    from hangproof.aio import GuardedRobustConnection, serve_health
+
+    async def main() -> int:
+        conn = GuardedRobustConnection(make_url("amqp://guest:guest@127.0.0.1:1/"))
+        policy = Policy(stall_timeout=2.0)
+        async with await serve_health(conn, ["tasks"], port=0, policy=policy) as health:
+            assert health.url == f"http://127.0.0.1:{health.port}"
+            code, body, _ = await asyncio.to_thread(_get, health.port, "/livez")
+            assert code == 200 and body["state"] == "reconnecting"
+            return health.port
+
+    port = asyncio.run(main())
+    with pytest.raises(OSError):
+        _get(port, "/livez")
