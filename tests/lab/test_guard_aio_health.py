@@ -11,7 +11,11 @@ namespace:
    ``/consumingz`` 200 within a bound (consumer count and canary proven).
    Every answer is timed: the endpoints answer from the last probe round and
    must not wait on the blackholed broker.
-2. **The event loop wedged for good** while the broker is reachable (a
+2. **The broker cancels the consumer** (``rabbitmqctl delete_queue`` while
+   it consumes): aio-pika's robust channel declares the queue again and
+   consumes it, so a restart would not help: ``/livez`` 200 throughout and
+   ``/consumingz`` back within a bound.
+3. **The event loop wedged for good** while the broker is reachable (a
    lab-only SIGUSR2 handler blocks the loop on an Event nobody sets):
    ``/readyz`` fails first, ``/livez`` turns 503 after ``recover_timeout`` and
    not before, and the consumer answers it (503, not a timeout): the server
@@ -49,8 +53,14 @@ STALL = 5.0
 #: Explicit, the Celery test's 12 s: its outage() holds the blackhole 20 s,
 #: which must be longer than recover_timeout.
 RECOVER = 12.0
-#: The endpoints answer from memory: well under this, even with the broker blackholed.
+#: The endpoints answer from memory: 95 % of the answers within this, even with
+#: the broker blackholed or the loop wedged ...
 ANSWER_BOUND = 0.1
+#: ... and every one within this. An answer that waited on the broker would
+#: take a handshake_deadline (2.5 s) or hit the sampler's 1.5 s timeout; a
+#: loaded 2-core box (a measurement runs alongside) delays a few: one answer
+#: took 0.375 s in one run, 95 % were under 0.01 s.
+ANSWER_MAX = 1.0
 #: /livez turns 503 this long after recover_timeout at most: one tick period
 #: (watchdog_interval 0.5 s), one sampler period (0.5 s), a loaded 2-core box.
 LIVE_FAIL_SLACK = 2.0
@@ -157,9 +167,17 @@ def spawn_consumer(bed: FaultBed, tmp: Path, queue: str, port: int) -> tuple[int
     return proc.pid, log
 
 
-def slowest(rows: list[dict]) -> float:
-    times = [r[k] for r in rows for k in r if k.endswith("_s") and r.get(k[:-2]) != 0]
-    return max(times, default=0.0)
+def answer_times(rows: list[dict]) -> dict[str, float]:
+    """Every answer's time (unanswered ones too: they took the sampler's 1.5 s): max, p95."""
+    times = sorted(r[k] for r in rows for k in r if k.endswith("_s"))
+    if not times:
+        return {"n": 0, "max": 0.0, "p95": 0.0}
+    return {"n": len(times), "max": times[-1], "p95": times[int(0.95 * (len(times) - 1))]}
+
+
+def assert_fast(answers: dict[str, float], figures: dict[str, object]) -> None:
+    assert answers["n"] >= 40, answers
+    assert answers["p95"] <= ANSWER_BOUND and answers["max"] <= ANSWER_MAX, figures
 
 
 def test_aio_outage_and_wedged_loop(bed: FaultBed, tmp_path: Path) -> None:
@@ -189,11 +207,30 @@ def test_aio_outage_and_wedged_loop(bed: FaultBed, tmp_path: Path) -> None:
         started = time.monotonic()
         silent = outage(bed, sampler, pid, figures)
         outage_rows = sampler.rows(started)
-        figures["slowest_answer_outage_s"] = slowest(outage_rows)
+        figures["answers_outage_s"] = answer_times(outage_rows)
         assert not silent, f"/livez did not answer: {silent[:2]}"
-        assert figures["slowest_answer_outage_s"] <= ANSWER_BOUND, figures  # type: ignore[operator]
+        assert_fast(figures["answers_outage_s"], figures)  # type: ignore[arg-type]
 
-        # -- 2. the event loop wedged for good (broker reachable): live must fail
+        # -- 2. the broker cancels the consumer (queue deleted while consumed):
+        # aio-pika's robust channel declares the queue again and consumes it
+        # (hangproof.aio.consume), so this is not a wedge: /livez stays 200
+        # and /consumingz comes back.
+        time.sleep(2)
+        deleted = time.monotonic()
+        bed.node.ctl("delete_queue", queue, timeout=30)
+        time.sleep(STALL)
+        back = sampler.wait_for(lambda r: r["/consumingz"] == 200, 30, time.monotonic())
+        rows = sampler.rows(deleted)
+        figures["consuming_after_delete_queue_s"] = (
+            None if back is None else round(time.monotonic() - deleted, 1)
+        )
+        figures["live_ok_after_delete_queue"] = (
+            f"{sum(r['/livez'] == 200 for r in rows)}/{len(rows)}"
+        )
+        assert back is not None, figures
+        assert all(r["/livez"] == 200 for r in rows), brief([r for r in rows if r["/livez"] != 200])
+
+        # -- 3. the event loop wedged for good (broker reachable): live must fail
         time.sleep(2)
         wedged = time.monotonic()
         os.kill(pid, signal.SIGUSR2)
@@ -206,7 +243,7 @@ def test_aio_outage_and_wedged_loop(bed: FaultBed, tmp_path: Path) -> None:
         print("wedge samples", json.dumps(rows[:: max(1, len(rows) // 12)], default=str)[:4000])
         figures["wedge_not_ready_s"] = None if not_ready is None else round(not_ready, 2)
         figures["wedge_not_live_s"] = None if not_live is None else round(not_live, 2)
-        figures["slowest_answer_wedged_s"] = slowest(rows)
+        figures["answers_wedged_s"] = answer_times(rows)
         assert not_ready is not None, figures
         assert not_live is not None, f"liveness never failed with a wedged loop: {figures}"
         # Not before the loop had recover_timeout to come back; soon after it.
@@ -216,7 +253,7 @@ def test_aio_outage_and_wedged_loop(bed: FaultBed, tmp_path: Path) -> None:
         last = rows[-1]
         assert last["/livez"] == 503 and "event loop stalled" in last["reason"]["live_reason"], last
         assert all(r["/livez"] != 0 for r in rows), "a wedged loop silenced the endpoints"
-        assert figures["slowest_answer_wedged_s"] <= ANSWER_BOUND, figures  # type: ignore[operator]
+        assert_fast(figures["answers_wedged_s"], figures)  # type: ignore[arg-type]
     finally:
         print("figures", json.dumps(figures))
         sampler.close()
