@@ -10,7 +10,9 @@ event loop that is then wedged, real HTTP, ``hangproof check-worker``.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
+import socket
 import subprocess
 import sys
 import threading
@@ -19,6 +21,7 @@ import types
 import urllib.error
 import urllib.request
 from collections import deque
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -30,6 +33,7 @@ from hangproof.guard.health import ProbeRound
 
 P = Policy(stall_timeout=3)  # recover_timeout 12 s, watchdog_interval 0.3 s, silence_limit 2.4 s
 CLI = [sys.executable, "-m", "hangproof.cli"]
+SLACK = 1.0  # scheduling slack on a loaded 2-core box
 
 
 class FakeClock:
@@ -216,8 +220,6 @@ class LoopThread:
 @pytest.mark.timeout(90)
 def test_serve_health_answers_from_threads_while_the_loop_is_wedged() -> None:
     """No broker (refused): live 200, ready/consuming 503; a wedged loop: 503 after recover_timeout."""
-    import socket
-
     from aio_pika.connection import make_url
 
     from hangproof.aio import GuardedRobustConnection, serve_health
@@ -336,3 +338,143 @@ def test_serve_health_as_the_docs_use_it() -> None:
     port = asyncio.run(main())
     with pytest.raises(OSError):
         _get(port, "/livez")
+
+
+# -- the consuming probe's round, against a fake broker ------------------------
+
+#: What RabbitMQ announces; aiormq reads it (connection.blocked).
+SERVER = {
+    "product": "fake",
+    "capabilities": {
+        "publisher_confirms": True,
+        "basic.nack": True,
+        "connection.blocked": True,
+        "consumer_cancel_notify": True,
+        "authentication_failure_close": True,
+        "per_consumer_qos": True,
+    },
+}
+
+
+@contextlib.contextmanager
+def fake_broker(
+    consumers: dict[str, int], canary: Canary, mode: str = "deliver"
+) -> Iterator[tuple[int, list[str]]]:
+    """Handshakes, answers passive declares from ``consumers`` (404 otherwise), takes publishes.
+
+    ``deliver``: a published canary is "seen by the consumer" at once;
+    ``lose``: it never is; ``blocked``: Connection.Blocked right after Open-Ok;
+    ``silent``: accepts the TCP connection and never says a word.
+    """
+    from fake_amqp import client_frames
+    from pamqp import commands, frame
+
+    from hangproof.guard.consuming import CANARY_HEADER
+
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(8)
+    listener.settimeout(0.2)
+    stop = threading.Event()
+    received: list[str] = []
+
+    def session(conn: socket.socket, born: float) -> None:
+        def send(channel: int, method: object) -> None:
+            conn.sendall(frame.marshal(method, channel))
+
+        conn.settimeout(5)
+        conn.recv(8)  # the protocol header
+        if mode == "silent":
+            stop.wait(10)
+            conn.close()
+            return
+        conn.settimeout(0.1)
+        send(0, commands.Connection.Start(server_properties=SERVER, mechanisms="PLAIN"))
+        answers = {
+            "Connection.StartOk": commands.Connection.Tune(0, 131072, 0),
+            "Channel.Open": commands.Channel.OpenOk(),
+            "Connection.Close": commands.Connection.CloseOk(),
+        }
+        for channel, name, value in client_frames(conn, stop, born):
+            received.append(name)
+            if name == "Connection.Open":
+                send(0, commands.Connection.OpenOk())
+                if mode == "blocked":
+                    send(0, commands.Connection.Blocked(reason="low on memory"))
+            elif name == "Queue.Declare":
+                if value.queue in consumers:
+                    ok = commands.Queue.DeclareOk(value.queue, 0, consumers[value.queue])
+                    send(channel, ok)
+                else:
+                    close = commands.Channel.Close(
+                        404, f"NOT_FOUND - no queue '{value.queue}'", 50, 10
+                    )
+                    send(channel, close)
+            elif name == "ContentHeader" and mode == "deliver":
+                canary.seen((value.properties.headers or {}).get(CANARY_HEADER))
+            elif name in answers:
+                send(channel, answers[name])
+        conn.close()
+
+    def serve() -> None:
+        born = time.monotonic()
+        while not stop.is_set() and time.monotonic() - born < 30:
+            try:
+                conn, _ = listener.accept()
+            except OSError:
+                continue
+            threading.Thread(target=session, args=(conn, born), daemon=True).start()
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    try:
+        yield listener.getsockname()[1], received
+    finally:
+        stop.set()
+        thread.join(5)
+        listener.close()
+
+
+def _round(port: int, canary: Canary, budget: float = 1.0) -> tuple[float, ProbeRound]:
+    from hangproof.guard.aio_health import probe_once_aio
+
+    started = time.monotonic()
+    url = f"amqp://guest:guest@127.0.0.1:{port}/"
+    r = probe_once_aio(url, ["tasks", "gone"], canary, budget, 1.0)
+    return time.monotonic() - started, r
+
+
+@pytest.mark.timeout(30)
+def test_probe_round_reads_consumer_counts_and_times_the_canary() -> None:
+    canary = Canary("hangproof.canary.t")
+    with fake_broker({"tasks": 2, canary.queue: 1}, canary) as (port, received):
+        _, r = _round(port, canary)
+    assert r.reachable, r
+    assert r.consumers == {"tasks": 2, "gone": None, canary.queue: 1}
+    assert r.canary_sent and r.canary_rtt is not None and r.canary_rtt < 0.5, r
+    assert not r.blocked
+    assert received.count("Queue.Declare") == 3 and "Basic.Publish" in received
+    assert received[-1] == "Connection.Close"  # the probe's connection is closed
+
+
+@pytest.mark.timeout(30)
+def test_probe_round_lost_canary_and_blocked_broker() -> None:
+    canary = Canary("hangproof.canary.t")
+    with fake_broker({"tasks": 1, canary.queue: 1}, canary, "lose") as (port, _):
+        took, r = _round(port, canary, budget=1.0)
+    assert r.reachable and r.canary_sent and r.canary_rtt is None, r
+    assert 1.0 <= took < 1.0 + SLACK, took
+    with fake_broker({"tasks": 1, canary.queue: 1}, canary, "blocked") as (port, received):
+        _, r = _round(port, canary)
+    # Blocked: no canary sent (aiormq would wait for unblocked), and the round says why.
+    assert r.reachable and r.blocked and not r.canary_sent, r
+    assert "Basic.Publish" not in received
+
+
+@pytest.mark.timeout(30)
+def test_probe_round_against_a_silent_listener_is_bounded() -> None:
+    canary = Canary("hangproof.canary.t")
+    with fake_broker({}, canary, "silent") as (port, _):
+        took, r = _round(port, canary)
+    assert not r.reachable and r.error and r.error.startswith("TimeoutError"), r
+    assert took < 1.0 + SLACK, took
