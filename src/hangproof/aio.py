@@ -578,7 +578,9 @@ async def serve_health(
     liveness`` works against it. The endpoints answer from the last probe
     round and tick and never wait on the broker. ``policy``: the
     connection's (``connect_robust``'s) by default. ``url``: where the probe
-    connects (default: the connection's own URL). ``await handle.close()``
+    connects (default: the connection's own URL). Returns once the canary
+    queue is consumed, or after ``handshake_deadline`` if it cannot be yet
+    (broker down: retried every ``stall_timeout``). ``await handle.close()``
     (or ``async with``) stops it.
 
         >>> connection = await connect_robust(url, Policy(stall_timeout=15))  # doctest: +SKIP

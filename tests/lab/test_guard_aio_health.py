@@ -75,22 +75,22 @@ from hangproof.failure import Policy
 url, queue, port = sys.argv[1], sys.argv[2], int(sys.argv[3])
 policy = Policy(stall_timeout=float(sys.argv[4]), recover_timeout=float(sys.argv[5]))
 
-async def main():
+async def handle(message):
+    pass
+
+async def main():  # as docs/guard.md's snippet, plus the lab's wedge
     connection = await connect_robust(url, policy, give_up_after=None)
-    channel = await connection.channel()
-    await channel.set_qos(prefetch_count=1)
-    tasks = await channel.declare_queue(queue, durable=True)
-
-    async def handle(message):
-        pass
-
-    await consume(tasks, handle)
-    health = await serve_health(connection, [queue], port=port)
-    never = threading.Event()
-    # Lab only: SIGUSR2 wedges the loop for good (a blocking call in a handler).
-    asyncio.get_running_loop().add_signal_handler(signal.SIGUSR2, never.wait)
-    print("serving on", health.url, flush=True)
-    await asyncio.Event().wait()
+    async with connection:
+        channel = await connection.channel()
+        await channel.set_qos(prefetch_count=1)
+        tasks = await channel.declare_queue(queue, durable=True)
+        await consume(tasks, handle)
+        async with await serve_health(connection, [queue], port=port) as health:
+            never = threading.Event()
+            # Lab only: SIGUSR2 wedges the loop for good (a blocking call in a handler).
+            asyncio.get_running_loop().add_signal_handler(signal.SIGUSR2, never.wait)
+            print("serving on", health.url, flush=True)
+            await asyncio.Future()
 
 asyncio.run(main())
 """

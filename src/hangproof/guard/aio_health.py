@@ -432,9 +432,22 @@ async def serve_health(
         await asyncio.gather(ticker, canary_setup, return_exceptions=True)
         raise
     watchdog.start()
+    # The first round should find the canary consumed (measured: a round that
+    # raced the canary's declare said "0 consumers", and /consumingz came 5 s
+    # late, at the next round). Bounded: with the broker down, the round
+    # starts anyway, after one handshake_deadline, and says so.
+    handle = HealthServer(state, server, watchdog, prober, ticker, canary_setup)
+    try:
+        await asyncio.wait({canary_setup}, timeout=step)
+    except BaseException:  # cancelled while waiting: leave nothing running
+        for task in (ticker, canary_setup):
+            task.cancel()
+        server.close()
+        watchdog.stop()
+        raise
     prober.start()
     logger.info("hangproof.guard: health on http://%s:%d/livez", host, server.port)
-    return HealthServer(state, server, watchdog, prober, ticker, canary_setup)
+    return handle
 
 
 __all__ = ["AioGuardState", "HealthServer", "probe_once_aio", "serve_health"]
