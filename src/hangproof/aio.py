@@ -58,7 +58,8 @@ import contextlib
 import logging
 import time
 from collections import deque
-from typing import Any
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
 
 from aio_pika.connection import make_url
 from aio_pika.robust_connection import RobustConnection
@@ -67,9 +68,19 @@ from hangproof.failure import Policy
 from hangproof.guard import upstream
 from hangproof.guard.errors import BrokerBlocked, PublishTimeout, PublishUnroutable
 
+if TYPE_CHECKING:
+    from hangproof.guard.aio_health import HealthServer
+
 logger = logging.getLogger("hangproof.guard")
 
-__all__ = ["GuardedRobustConnection", "connect_robust", "consume", "publish", "publish_once"]
+__all__ = [
+    "GuardedRobustConnection",
+    "connect_robust",
+    "consume",
+    "publish",
+    "publish_once",
+    "serve_health",
+]
 
 #: Events kept per connection (``hangproof_events``); bounded in memory.
 MAX_EVENTS = 200
@@ -531,3 +542,50 @@ async def consume(queue: Any, callback: Any, **kwargs: Any) -> Any:
         await settle(message, ok=True)
 
     return await queue.consume(on_message, **kwargs)
+
+
+async def serve_health(
+    connection: RobustConnection,
+    queues: Sequence[str] = (),
+    *,
+    port: int = 9808,
+    host: str = "127.0.0.1",
+    policy: Policy | None = None,
+    url: str | None = None,
+) -> HealthServer:
+    """Serve the health contract of the consumer on ``connection``: a Celery worker's endpoints.
+
+    ``connection`` is what :func:`connect_robust` returned (any aio-pika
+    RobustConnection works; the silence watchdog's detections show only with
+    the guarded one); ``queues``: the queues it consumes, by name. Answers on
+    ``host:port`` (``port=0``: any free port, see ``.port``):
+
+    - ``/livez`` 503 only when a restart helps: the event loop has not run for
+      ``recover_timeout`` (measured from a thread, so a wedged loop is
+      reported, not silenced), or the broker is reachable and yet a queue has
+      no consumer or the canary does not come back for ``recover_timeout``;
+      never while the broker is down;
+    - ``/readyz`` 503 while aio-pika reconnects, the link is silent, the loop
+      is late, or the broker is unreachable from a fresh connection;
+    - ``/consumingz`` 200 only when the last probe round (every
+      ``stall_timeout``, on its own short-lived connection) saw a consumer on
+      every queue and its canary came back through this connection;
+    - ``/metrics``: ``hangproof_live``, ``hangproof_ready``,
+      ``hangproof_consuming{queue}``, ``hangproof_canary_round_trip_seconds``
+      and the rest of the worker's gauges.
+
+    The JSON is the worker's, so ``hangproof check-worker --port 9808 --probe
+    liveness`` works against it. The endpoints answer from the last probe
+    round and tick and never wait on the broker. ``policy``: the
+    connection's (``connect_robust``'s) by default. ``url``: where the probe
+    connects (default: the connection's own URL). Returns once the canary
+    queue is consumed, or after ``handshake_deadline`` if it cannot be yet
+    (broker down: retried every ``stall_timeout``). ``await handle.close()``
+    (or ``async with``) stops it.
+
+        >>> connection = await connect_robust(url, Policy(stall_timeout=15))  # doctest: +SKIP
+        >>> health = await serve_health(connection, ["tasks"], port=9808)  # doctest: +SKIP
+    """
+    from hangproof.guard.aio_health import serve_health as _serve
+
+    return await _serve(connection, queues, port=port, host=host, policy=policy, url=url)

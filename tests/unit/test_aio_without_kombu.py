@@ -3,8 +3,9 @@
 A subprocess in which importing kombu, celery or amqp fails (``sys.modules``
 entries set to None, which is what Python does for a package that is not
 there) imports ``hangproof.aio``, runs its start-up check, gives up on a
-refusing port within its bound, and refuses a publish on a blocked link with
-``BrokerBlocked``.
+refusing port within its bound, refuses a publish on a blocked link with
+``BrokerBlocked``, and serves the health contract (``serve_health``: the
+Celery worker's GuardState and HTTP server, with no kombu behind them).
 """
 
 from __future__ import annotations
@@ -66,6 +67,15 @@ SCRIPT = textwrap.dedent(
         else:
             raise SystemExit("publish on a blocked link did not raise")
 
+        import json, urllib.error, urllib.request
+        from hangproof.aio import serve_health
+        health = await serve_health(connection, ["q"], port=0, policy=policy)
+        try:
+            urllib.request.urlopen(f"http://127.0.0.1:{health.port}/readyz", timeout=2)
+        except urllib.error.HTTPError as exc:
+            print("readyz:", exc.code, json.loads(exc.read())["state"])
+        await health.close()
+
     asyncio.run(main())
     loaded = sorted(n for n, m in sys.modules.items()
                     if m is not None and n.split(".")[0] in ("kombu", "celery", "amqp"))
@@ -85,4 +95,5 @@ def test_hangproof_aio_needs_no_kombu() -> None:
         result.stdout
     )
     assert "refused: broker blocked publishing" in result.stdout
+    assert "readyz: 503 reconnecting" in result.stdout
     assert "aio without kombu: ok" in result.stdout

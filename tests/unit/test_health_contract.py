@@ -182,6 +182,28 @@ def test_wedged_loop_after_forced_reconnect_fails_liveness_whatever_the_broker()
         assert not h.ready
 
 
+def test_loop_stalled_past_recover_timeout_fails_liveness_whatever_the_broker() -> None:
+    """asyncio (hangproof.aio.serve_health): the loop's delay, measured from outside it."""
+    now = 100.0
+    obs = Observation(
+        now=now, connected=True, state_since=0.0, last_inbound_frame_at=85.0,
+        last_loop_tick_at=87.0,
+    )  # fmt: skip
+    d = decide(obs, P)  # a late loop: "not ready", no forced reconnect (nothing acts)
+    for rounds in ((down_round(99.0),), (ok_round(99.0),), ()):
+        early = HealthInputs(now=now, decision=d, connected=True, rounds=rounds,
+                             loop_stalled_for=11.9)  # fmt: skip
+        h = assess(early, P)
+        assert h.live and not h.ready, h
+        late = HealthInputs(now=now, decision=d, connected=True, rounds=rounds,
+                            loop_stalled_for=12.1)  # fmt: skip
+        h = assess(late, P)
+        assert not h.live and h.live_reason.startswith("event loop stalled for 12.1 s"), h
+        # Celery passes None: its verdict is the forced-reconnect rule's, unchanged.
+        h = assess(HealthInputs(now=now, decision=d, connected=True, rounds=rounds), P)
+        assert h.live, h
+
+
 def test_stale_probe_proves_nothing() -> None:
     now, d = connected(100.0)
     h = assess(

@@ -4,7 +4,9 @@ Three questions, three answers, because Kubernetes acts differently on each:
 
 - **live** ("restart me"): False only when the process itself is wedged and a
   restart is what fixes it: the watchdog forced a reconnect that never
-  happened (the loop is stuck where a socket shutdown cannot reach), or the
+  happened (the loop is stuck where a socket shutdown cannot reach), the
+  event loop, watched from outside it, has not run for longer than
+  ``recover_timeout`` (asyncio, where nothing outside the loop can act), or the
   broker is reachable from a fresh connection and yet, for longer than
   ``recover_timeout``, one of the worker's queues has no consumer or the
   worker's private canary does not come back (a consumer that will not come
@@ -103,6 +105,10 @@ class HealthInputs:
     ``blocked``: a guarded connection of this process is blocked by the broker.
     ``probe_interval``: how often rounds are expected; a newest round older
     than 3 intervals plus its deadline is stale (the prober itself stopped).
+    ``loop_stalled_for``: seconds the consumer's event loop is overdue for its
+    tick, measured from outside the loop (asyncio: :mod:`hangproof.aio`'s
+    health thread); None where the watchdog acts on a stalled loop itself
+    (Celery: a forced reconnect, then the "never came back" rule).
     """
 
     now: float
@@ -113,6 +119,7 @@ class HealthInputs:
     blocked: bool = False
     probe_interval: float = 5.0
     probe_deadline: float = 10.0
+    loop_stalled_for: float | None = None
 
 
 @dataclass(frozen=True)
@@ -227,6 +234,15 @@ def assess(inputs: HealthInputs, policy: Policy) -> Health:
     )
     if forced_wedge:
         live, live_reason = False, decision.reason
+    elif inputs.loop_stalled_for is not None and inputs.loop_stalled_for > recover:
+        # Nothing outside the loop can unwedge it (a blocking call, a busy
+        # callback, a deadlock), and it answers neither the broker nor the
+        # canary: whether the broker is up or not, only a restart helps.
+        live = False
+        live_reason = (
+            f"event loop stalled for {inputs.loop_stalled_for:.1f} s "
+            f"(> recover_timeout {recover:g} s)"
+        )
     elif not_consuming_for is not None and not_consuming_for > recover:
         live = False
         live_reason = (

@@ -43,7 +43,6 @@ from hangproof.failure import Policy
 from hangproof.guard import upstream
 from hangproof.guard.consuming import Canary
 from hangproof.guard.health import Health, HealthInputs, ProbeRound, assess
-from hangproof.guard.transport import last_inbound_frame_at, note_path_fault, shutdown_socket
 from hangproof.guard.watchdog import Action, Decision, Detection, Observation, decide
 from hangproof.http_endpoint import NOT_FOUND, EndpointServer
 
@@ -74,6 +73,10 @@ class LivenessConfig:
 
 class GuardState:
     """Clocks, counters and the latest decision of one guarded consumer."""
+
+    #: The watchdog acts on a stall (shuts the consumer's socket down). A
+    #: subclass whose consumer recovers by other means only reports.
+    acts = True
 
     def __init__(
         self,
@@ -187,7 +190,14 @@ class GuardState:
         return -1.0 if at is None else max(0.0, self._clock() - at)
 
     def _frame_clock(self) -> float | None:
-        return last_inbound_frame_at(self.connection) if self.connection is not None else None
+        if self.connection is None:
+            return None
+        # Imported here, not at the top: hangproof.aio's health state
+        # (guard/aio_health.py) subclasses GuardState where kombu and py-amqp
+        # need not be installed.
+        from hangproof.guard.transport import last_inbound_frame_at
+
+        return last_inbound_frame_at(self.connection)
 
     def event(self, kind: str, **detail: Any) -> None:
         """Record an event with wall and monotonic time, and log it."""
@@ -235,6 +245,8 @@ class GuardState:
 
     def on_connection_error(self, exc: BaseException, detection: Detection) -> None:
         """Celery is about to recover from ``exc``; count how it was detected."""
+        from hangproof.guard.transport import note_path_fault
+
         forced = self.forced_reconnect_at is not None
         if detection is not Detection.RESOURCE_LOCKED:
             # The connections opened before now may share the dead path:
@@ -329,7 +341,9 @@ class GuardState:
         obs = self.observe()
         decision = decide(obs, self.policy)
         detection = decision.detection
-        if decision.action is Action.FORCE_RECONNECT and detection is not None:
+        if self.acts and decision.action is Action.FORCE_RECONNECT and detection is not None:
+            from hangproof.guard.transport import note_path_fault
+
             with self._lock:
                 # Act only on the connection that was observed: one that came
                 # up since is not the one found stalled.
@@ -403,21 +417,7 @@ class GuardState:
     def assess(self, decision: Decision | None = None) -> Health:
         """Live / ready / consuming now (pure logic in guard/health.py); updates the gauges."""
         decision = decision or self.last_decision or decide(self.observe(), self.policy)
-        with self._lock:
-            rounds = tuple(self.rounds)
-        health = assess(
-            HealthInputs(
-                now=self._clock(),
-                decision=decision,
-                connected=self.connected,
-                rounds=rounds,
-                busy_in_loop=self.connected and self._busy_in_loop(),
-                blocked=bool(self.blocked),
-                probe_interval=self.probe_interval,
-                probe_deadline=self.probe_deadline,
-            ),
-            self.policy,
-        )
+        health = assess(self.health_inputs(decision), self.policy)
         previous = self.last_health
         if previous is not None and previous.live != health.live:
             self.event("live" if health.live else "not-live", reason=health.live_reason)
@@ -430,6 +430,21 @@ class GuardState:
         for queue in self.queues:
             self.m_consuming.labels(queue=queue).set(1 if health.queues.get(queue) else 0)
         return health
+
+    def health_inputs(self, decision: Decision) -> HealthInputs:
+        """What :func:`~hangproof.guard.health.assess` decides from, now."""
+        with self._lock:
+            rounds = tuple(self.rounds)
+        return HealthInputs(
+            now=self._clock(),
+            decision=decision,
+            connected=self.connected,
+            rounds=rounds,
+            busy_in_loop=self.connected and self._busy_in_loop(),
+            blocked=bool(self.blocked),
+            probe_interval=self.probe_interval,
+            probe_deadline=self.probe_deadline,
+        )
 
     def contract(self) -> dict[str, Any]:
         """The JSON body of /livez, /readyz and /consumingz (a superset of /healthz's)."""
@@ -479,6 +494,8 @@ def force_reconnect(connection: Any) -> bool:
     >>> force_reconnect(None)
     False
     """
+    from hangproof.guard.transport import shutdown_socket
+
     sock = upstream.consumer_socket(connection)
     if sock is None:
         return False
