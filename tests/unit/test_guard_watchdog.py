@@ -301,3 +301,25 @@ def test_a_connection_coming_up_during_a_watchdog_round_is_neither_torn_nor_shut
     assert d.healthy and d.ready, d.reason  # decided again, on the new connection
     a.close()
     b.close()
+
+
+def test_livez_right_after_a_reconnect_that_ends_a_long_outage_says_live() -> None:
+    """The watchdog's last decision was made while the worker was down.
+
+    CI (test_prefork_outage_queue_delete_and_wedge): ~1 s after a 20 s broker
+    outage healed, /livez said 503: the HTTP answer combined the watchdog's
+    last decision ("no broker connection for 19.0 s", unhealthy) with
+    ``connected`` read at request time (True: the consumer had just come
+    back), which is the "connected and unhealthy" case. Found by the aio
+    health helper with this recipe; fails on the code before the fix.
+    """
+    now = [100.0]
+    state = GuardState(P, clock=lambda: now[0])
+    state.on_connected(None)
+    state.on_disconnected("blackhole")
+    now[0] += 19.0  # > recover_timeout 12
+    assert not state.check().healthy  # the watchdog's round while down
+    state.on_connected(None)  # the consumer is back before the next round
+    body = state.contract()
+    assert body["live"] is True, body["live_reason"]
+    assert body["ready"] is True, body["ready_reason"]

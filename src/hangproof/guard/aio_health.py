@@ -48,7 +48,6 @@ import json
 import logging
 import os
 import socket
-import threading
 from collections.abc import Callable, Sequence
 from time import monotonic
 from typing import Any
@@ -56,9 +55,9 @@ from typing import Any
 from hangproof.failure import Policy
 from hangproof.guard import upstream
 from hangproof.guard.consuming import CANARY_HEADER, Canary, Prober, _brief, canary_queue_name
-from hangproof.guard.health import Health, HealthInputs, ProbeRound
+from hangproof.guard.health import HealthInputs, ProbeRound
 from hangproof.guard.runtime import GuardState, LivenessServer, Watchdog
-from hangproof.guard.watchdog import Decision, Detection, Observation, decide
+from hangproof.guard.watchdog import Decision, Detection, Observation
 
 logger = logging.getLogger("hangproof.guard")
 
@@ -110,7 +109,6 @@ class AioGuardState(GuardState):
         #: aiormq's frame time (the loop's clock) into this state's clock.
         self.loop_offset: float | None = None
         self._copied_until = float("-inf")
-        self._local = threading.local()  # the observation one assess() runs on
 
     def _frame_clock(self) -> float | None:
         if not self.connected or self.loop_offset is None:
@@ -156,33 +154,9 @@ class AioGuardState(GuardState):
             return 0.0
         return max(0.0, obs.now - obs.last_loop_tick_at - self.tick_interval)
 
-    def assess(self, decision: Decision | None = None) -> Health:
-        """As GuardState's, but decided from one fresh observation, whatever ``decision`` says.
-
-        The loop's tick can mark the link up between the watchdog thread's
-        last decision ("no broker connection for 19 s") and a request; that
-        decision next to ``connected=True`` read at request time is the
-        "connected, unhealthy" case and said ``/livez`` 503 (measured: one
-        sample 3 s after a blackhole healed). One snapshot feeds both.
-        """
-        obs = self.observe()
-        self._local.obs = obs
-        try:
-            return super().assess(decide(obs, self.policy))
-        finally:
-            self._local.obs = None
-
-    def health_inputs(self, decision: Decision) -> HealthInputs:
-        inputs = super().health_inputs(decision)
-        obs: Observation | None = getattr(self._local, "obs", None)
-        if obs is None:
-            return dataclasses.replace(inputs, loop_stalled_for=self.loop_stalled_for())
-        return dataclasses.replace(
-            inputs,
-            now=obs.now,
-            connected=obs.connected,
-            loop_stalled_for=self.loop_stalled_for(obs),
-        )
+    def health_inputs(self, decision: Decision, obs: Observation) -> HealthInputs:
+        inputs = super().health_inputs(decision, obs)
+        return dataclasses.replace(inputs, loop_stalled_for=self.loop_stalled_for(obs))
 
 
 async def _probe_round(

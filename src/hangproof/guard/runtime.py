@@ -373,7 +373,7 @@ class GuardState:
                 self.event("healthy-again", reason=decision.reason)
         self.last_decision = decision
         self.m_healthy.set(1 if decision.healthy else 0)
-        self.assess(decision)
+        self.assess(decision, obs)
         return decision
 
     def _escalate_if_stuck(self) -> None:
@@ -414,10 +414,20 @@ class GuardState:
             return
         self.assess()
 
-    def assess(self, decision: Decision | None = None) -> Health:
-        """Live / ready / consuming now (pure logic in guard/health.py); updates the gauges."""
-        decision = decision or self.last_decision or decide(self.observe(), self.policy)
-        health = assess(self.health_inputs(decision), self.policy)
+    def assess(self, decision: Decision | None = None, obs: Observation | None = None) -> Health:
+        """Live / ready / consuming now (pure logic in guard/health.py); updates the gauges.
+
+        ``decision`` and ``obs`` come together (the watchdog's round) or not at
+        all: then both are taken fresh, from one snapshot. The watchdog's last
+        decision ("no broker connection for 19 s") next to ``connected`` read
+        later (the consumer had just come back) is the "connected, unhealthy"
+        case and said ``/livez`` 503 for up to one watchdog period after an
+        outage healed (CI: test_prefork_outage_queue_delete_and_wedge).
+        """
+        if decision is None or obs is None:
+            obs = self.observe()
+            decision = decide(obs, self.policy)
+        health = assess(self.health_inputs(decision, obs), self.policy)
         previous = self.last_health
         if previous is not None and previous.live != health.live:
             self.event("live" if health.live else "not-live", reason=health.live_reason)
@@ -431,16 +441,16 @@ class GuardState:
             self.m_consuming.labels(queue=queue).set(1 if health.queues.get(queue) else 0)
         return health
 
-    def health_inputs(self, decision: Decision) -> HealthInputs:
-        """What :func:`~hangproof.guard.health.assess` decides from, now."""
+    def health_inputs(self, decision: Decision, obs: Observation) -> HealthInputs:
+        """What :func:`~hangproof.guard.health.assess` decides from: ``decision`` made on ``obs``."""
         with self._lock:
             rounds = tuple(self.rounds)
         return HealthInputs(
-            now=self._clock(),
+            now=obs.now,
             decision=decision,
-            connected=self.connected,
+            connected=obs.connected,
             rounds=rounds,
-            busy_in_loop=self.connected and self._busy_in_loop(),
+            busy_in_loop=obs.busy_in_loop,
             blocked=bool(self.blocked),
             probe_interval=self.probe_interval,
             probe_deadline=self.probe_deadline,
