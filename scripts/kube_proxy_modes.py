@@ -156,17 +156,26 @@ def measure(args: argparse.Namespace) -> int:
             save()
         _run([*HP, "lab", "down", "--name", LAB], 300)
 
-    for mode in modes if args.seed_loop_cycles > 0 else []:
+    mitigated = report.setdefault("seed_loop_mitigated", {})
+    cells = [
+        (mode, mitigation)
+        for mode in (modes if args.seed_loop_cycles > 0 else [])
+        for mitigation in args.seed_loop_mitigations.split(",")
+    ]
+    for mode, mitigation in cells:
         if late():
             break
-        if mode in report["seed_loop"] and args.resume:
+        # "none": the mode's own row (seed_loop); otherwise seed_loop_mitigated[mode][m].
+        into = report["seed_loop"] if mitigation == "none" else mitigated.setdefault(mode, {})
+        key = mode if mitigation == "none" else mitigation
+        if key in into and args.resume:
             continue
         _run([*HP, "lab", "down", "--name", LAB], 300)
-        say(f"{mode}: seed-loop (cluster), {args.seed_loop_cycles} cycles")
+        say(f"{mode} x {mitigation}: seed-loop (cluster), {args.seed_loop_cycles} cycles")
         t = time.monotonic()
         up = _run([*HP, "lab", "up", "--name", LAB, "--cluster", "--kube-proxy-mode", mode], 900)
         if up.returncode != 0:
-            report["seed_loop"][mode] = {"error": up.stderr[-1500:]}
+            into[key] = {"error": up.stderr[-1500:], "mitigation": mitigation}
             save()
             continue
         done = _run(
@@ -183,6 +192,8 @@ def measure(args: argparse.Namespace) -> int:
                 str(args.seed_loop_cycles),
                 "--max-seconds",
                 str(args.seed_loop_seconds),
+                "--mitigation",
+                mitigation,
                 "--json",
             ],
             args.seed_loop_seconds + 600,
@@ -190,8 +201,9 @@ def measure(args: argparse.Namespace) -> int:
         data = _json(done)
         data["kube_proxy_mode"] = mode
         data["trigger"] = args.trigger
+        data["mitigation"] = mitigation
         data["seconds"] = round(time.monotonic() - t, 1)
-        report["seed_loop"][mode] = data
+        into[key] = data
         say(f"  -> {data.get('outcome', data.get('error'))} after {data.get('cycles')} cycles")
         save()
         _run([*HP, "lab", "down", "--name", LAB], 300)
@@ -201,9 +213,17 @@ def measure(args: argparse.Namespace) -> int:
 
 
 def merge(path: Path, other: Path) -> int:
-    """Add ``other``'s seed-loop runs to ``path``'s (each mode's runs become a list)."""
+    """Add ``other``'s seed-loop runs to ``path``'s (each mode's runs become a list).
+
+    Mitigated runs (``seed_loop_mitigated``) are taken as they are, per mode
+    and mitigation (the newer run of a cell replaces the older).
+    """
     report = json.loads(path.read_text())
     extra = json.loads(other.read_text())
+    for mode, by_mitigation in (extra.get("seed_loop_mitigated") or {}).items():
+        into = report.setdefault("seed_loop_mitigated", {}).setdefault(mode, {})
+        for mitigation, run in by_mitigation.items():
+            into[mitigation] = {**run, "from": other.name, "versions": extra.get("versions")}
     seeds = report.setdefault("seed_loop", {})
     for mode, run in (extra.get("seed_loop") or {}).items():
         have = seeds.get(mode)
@@ -227,6 +247,11 @@ def main(argv: list[str] | None = None) -> int:
     m.add_argument("--seed-loop-cycles", type=int, default=6)
     m.add_argument("--seed-loop-seconds", type=float, default=180.0)
     m.add_argument("--trigger", default="reconnect")
+    m.add_argument(
+        "--seed-loop-mitigations",
+        default="none",
+        help="comma-separated, each a seed-loop per mode: none, reject-undnat, conntrack-flush",
+    )
     m.add_argument("--skip-races", action="store_true")
     m.add_argument("--resume", action="store_true", help="keep cells already in --out")
     d = sub.add_parser("docs", help="print docs/kube-proxy-modes.md from the raw JSON")

@@ -159,6 +159,25 @@ def render_markdown(report: dict[str, Any]) -> str:
         "| --- | --- |",
     ]
     lines += [f"| `{m}` | {seed_cell(seeds.get(m))} |" for m in MODES]
+    mitigated = report.get("seed_loop_mitigated") or {}
+    if mitigated:
+        lines += [
+            "",
+            "## `lab run seed-loop` with a mitigation, clustered lab",
+            "",
+            "The same loop, literal waiter, with the node-side mitigation installed by the",
+            "lab (`--mitigation`), one bounded run per cell. `iptables-holder` is the",
+            "report's mode; its runs come from docs/data/seed-loop-mitigations-literal.json.",
+            "",
+            "| mode | reject-undnat | conntrack-flush |",
+            "| --- | --- | --- |",
+        ]
+        lines += [
+            f"| `{m}` | "
+            + " | ".join(seed_cell((mitigated.get(m) or {}).get(x)) for x in MITIGATION_ORDER[1:])
+            + " |"
+            for m in MODES
+        ]
     lines += ["", *_reading(races, seeds), ""]
     return "\n".join(lines)
 
