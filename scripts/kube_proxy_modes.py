@@ -1,6 +1,6 @@
 """kube-proxy modes x mitigations, measured in the lab; and the docs table from the raw JSON.
 
-    labrun .venv/bin/python scripts/kube_proxy_modes.py measure --races 10 \\
+    sudo scripts/labrun .venv/bin/python scripts/kube_proxy_modes.py measure --races 10 \\
         --out docs/data/kube-proxy-modes.json          # root, in a lab slot
     .venv/bin/python scripts/kube_proxy_modes.py docs docs/data/kube-proxy-modes.json \\
         > docs/kube-proxy-modes.md

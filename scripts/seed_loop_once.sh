@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # One run of the report's loop on a fresh lab, for docs/seed-loop.md (issue 11).
-# Usage (always through labrun): labrun scripts/seed_loop_once.sh OUT.json [cluster|single] [ARGS...]
+# Usage (always through scripts/labrun): sudo scripts/labrun scripts/seed_loop_once.sh OUT.json [cluster|single] [ARGS...]
 # Brings a lab up (3-node RabbitMQ cluster, or the single broker on n1), runs
 # `hangproof lab run seed-loop --json ARGS` (defaults: literal waiter, --trigger none),
 # writes its JSON to OUT.json, and takes the lab down again whatever happened.

@@ -1,9 +1,9 @@
 """VIP or node addresses, stock or guard: the seed loop, measured (issue 11 part 4).
 
-Measure (root, one clustered lab per labrun slot; the report is rewritten after
+Measure (root, one clustered lab per scripts/labrun slot; the report is rewritten after
 every run, so a run cut short keeps what it measured)::
 
-    labrun .venv/bin/python scripts/vip_alternatives.py measure \\
+    sudo scripts/labrun .venv/bin/python scripts/vip_alternatives.py measure \\
         --setups vip:seed,nodes:seed --runs 3 --cycles 12 --out docs/data/vip-alternatives-a.json
 
 Render every raw file into the published page::
@@ -340,11 +340,11 @@ def render(args: argparse.Namespace) -> int:
         "its NodePort for one cycle (its connections go dark; clients must fail over).",
         "A run stops at its first silence (a worker alive but silent past the wait bound).",
         "",
-        "- measured with `labrun .venv/bin/python scripts/vip_alternatives.py measure --setups "
+        "- measured with `sudo scripts/labrun .venv/bin/python scripts/vip_alternatives.py measure --setups "
         "URLS:PROFILE:TRIGGER,... --runs N --cycles 12 --max-seconds 300 --out docs/data/...`, "
-        "one lab per labrun slot; this page: `scripts/vip_alternatives.py render "
+        "one lab per scripts/labrun slot; this page: `scripts/vip_alternatives.py render "
         f"{' '.join(args.files)} --conclusion {args.conclusion or '-'} --out {args.out}`",
-        "- raw JSON, one file per lab (labrun slot):",
+        "- raw JSON, one file per lab (scripts/labrun slot):",
         *[
             f"  - `{p}`: {len(rep.get('runs', []))} runs from {rep.get('started', '?')} UTC, "
             f"commit `{_short((rep.get('versions') or {}).get('commit', '?'))}`, at most "

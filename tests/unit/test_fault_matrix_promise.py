@@ -199,7 +199,8 @@ def test_docs_are_generated_from_the_raw_json_alone(run: dict[str, Any], tmp_pat
                    "reasons", "extras"):  # fmt: skip
         assert f"| {column} |" in head, column
     assert (
-        "measure again: `labrun .venv/bin/python -m hangproof.lab.scenarios.fault_matrix run" in md
+        "measure again: `sudo scripts/labrun .venv/bin/python -m hangproof.lab.scenarios.fault_matrix run"
+        in md
     )
     # A stock cell is measured, not judged.
     stock = {**run["cells"][0], "profile": "celery-prefork", "promise": None}

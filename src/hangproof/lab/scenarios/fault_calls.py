@@ -16,7 +16,7 @@ each call's queue says whether an ok publish was really queued (no consumer
 runs: a queued message stays there). Guarded calls are judged
 (:func:`hangproof.lab.clients.call_probe.judge`); stock calls are measured only.
 
-Run it (root, under labrun)::
+Run it (root; scripts/labrun for several labs at once)::
 
     python -m hangproof.lab.scenarios.fault_calls run --json > docs/fault-matrix-calls.json
     python -m hangproof.lab.scenarios.fault_calls table docs/fault-matrix-calls.json

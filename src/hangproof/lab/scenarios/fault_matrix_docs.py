@@ -141,10 +141,17 @@ def rerun_command(report: dict[str, Any]) -> str:
 
     >>> rerun_command({"cells": [{"fault": "blackhole", "profile": "kombu"}],
     ...                "stall_timeout": 4.0, "hang_bound": 60.0, "mode": "serial"})  # doctest: +ELLIPSIS
-    'labrun .venv/bin/python -m ... run --faults blackhole --profiles kombu --stall-timeout 4 --hang-bound 60 --serial --json --publish-docs docs'
+    'sudo scripts/labrun .venv/bin/python -m ... run --faults blackhole --profiles kombu --stall-timeout 4 --hang-bound 60 --serial --json --publish-docs docs'
     """
     cells = report.get("cells") or []
-    argv = ["labrun", ".venv/bin/python", "-m", "hangproof.lab.scenarios.fault_matrix", "run"]
+    argv = [
+        "sudo",
+        "scripts/labrun",
+        ".venv/bin/python",
+        "-m",
+        "hangproof.lab.scenarios.fault_matrix",
+        "run",
+    ]
     argv += ["--faults", ",".join(dict.fromkeys(c["fault"] for c in cells))]
     argv += ["--profiles", ",".join(dict.fromkeys(c["profile"] for c in cells))]
     argv += ["--stall-timeout", f"{report.get('stall_timeout', 15.0):g}"]

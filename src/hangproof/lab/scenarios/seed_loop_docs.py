@@ -99,7 +99,7 @@ def render(data: dict[str, Any]) -> str:
         f"- commits `{versions.get('commit', '?')}` (each run's in its row); versions: {shown or '?'}",
         "- each run: `scripts/seed_loop_once.sh OUT.json LAB --max-seconds S --cycles 10000`"
         " (S 1000-1500; a run that did not wedge ran to it)"
-        " through `labrun` (a fresh lab, `hangproof lab run seed-loop --json` with defaults:"
+        " through `scripts/labrun` (a fresh lab, `hangproof lab run seed-loop --json` with defaults:"
         " literal waiter on n1, `--trigger none`, profile seed, no mitigation)",
         "- time to wedge: from the start of cycle 1 to the moment the stuck socket sent its"
         " 8-byte header (detection minus the socket's idle time); the box has 2 cores shared"
