@@ -35,7 +35,7 @@ from celery.worker.consumer.consumer import Consumer
 from celery.worker.state import active_requests
 
 from hangproof.failure import Policy
-from hangproof.guard import transport
+from hangproof.guard import transport, upstream
 from hangproof.guard.consuming import CANARY_HEADER, Canary, Prober, canary_queue_name, probe_once
 from hangproof.guard.runtime import GuardState, LivenessConfig, LivenessServer, Watchdog
 from hangproof.guard.watchdog import Detection, classify_error
@@ -87,6 +87,10 @@ class WatchdogStep(bootsteps.StartStopStep):
         super().__init__(c, **kwargs)
 
     def _start_services(self) -> None:
+        if upstream.cooperative_retry_sleep():
+            self.state.event(
+                "gevent-retry-sleep", reason="kombu's retry pauses now yield to the hub"
+            )
         with transport._listeners_lock:
             if self.state.on_blocked_event not in transport.blocked_listeners:
                 transport.blocked_listeners.append(self.state.on_blocked_event)

@@ -38,6 +38,7 @@ aio-pika 9.4.0 / 9.5.8 / 10.2.1. When you add a version, add it to the matrix.
 | amqp | ``Channel._confirm_selected`` | instance attr, read + set | py-amqp's own "confirm.select sent" flag, kept in step with ours | confirm.select sent twice, or never |
 | amqp | ``Channel._do_revive`` | method, overridden (calls super) | py-amqp reopens a channel the broker closed here; 5.2.0-5.4.1 keep ``_confirm_selected`` set (py-amqp#285), so the guard clears it | after a channel error (e.g. 404 on publish) every confirmed publish is a false ``PublishTimeout`` |
 | amqp | ``_AbstractTransport._connect`` | method, overridden (calls super per address) | py-amqp resolves the broker's name in it with an unbounded ``getaddrinfo``; the guard looks the name up within the handshake deadline and dials each address through it | an unreachable resolver holds every reconnect ``timeout x attempts`` (10 s by glibc's defaults) past the deadline (celery#2417) |
+| kombu | ``kombu.utils.functional.sleep`` | module attr, rebound under gevent only | ``retry_over_time`` (every ``ensure_connection`` retry) sleeps through the ``time.sleep`` it imported, and Celery's ``-P gevent`` imports it *before* monkey-patching (``maybe_patch_concurrency`` loads the pool first), so each retry pause blocks the whole hub; rebound to the patched ``time.sleep`` | under gevent every reconnect pause freezes every greenlet: the liveness endpoint, heartbeats, running tasks (measured: /livez unanswered for up to 5 s while reconnecting) |
 | kombu | ``Connection._connection`` | instance attr, read | the py-amqp connection *without* connecting (``.connection`` dials when closed) | the watchdog thread could dial the broker just by looking at the clock |
 | celery | ``Celery._connection`` | method, source checked | it builds every broker connection from ``app.amqp.Connection`` (front door: ``amqp_cls``), which carries the policy's reconnect intervals | the worker reconnects with kombu's 2 s, +2 s, max 30 s |
 | aiormq | ``Connection.__last_frame_time`` (``_Connection__last_frame_time``) | name-mangled instance attr, read (``__reader``'s source checked: it must still stamp it per frame) | aiormq stamps every inbound frame there; no public accessor | the aio watchdog never sees a silent link (aiormq's own check waits 3 × (heartbeat + 1)) |
@@ -452,9 +453,44 @@ def _amqp_channel_names() -> str | None:
     return None
 
 
+def cooperative_retry_sleep() -> bool:
+    """Under gevent's monkey-patching, make kombu's retry pauses yield to the hub.
+
+    Returns whether it rebound anything (False: no gevent, time not patched,
+    or already cooperative). See the table above: ``kombu.utils.functional``
+    holds the ``time.sleep`` it imported, and ``celery worker -P gevent``
+    imports it before patching.
+    """
+    try:
+        import gevent.monkey
+    except ImportError:
+        return False
+    if not gevent.monkey.is_module_patched("time"):
+        return False
+    import time
+
+    import kombu.utils.functional as functional
+
+    current = getattr(functional, "sleep", None)
+    if current is None:
+        raise _fail("kombu", "kombu.utils.functional.sleep (gone)")
+    if current is time.sleep:
+        return False
+    if current is not gevent.monkey.get_original("time", "sleep"):
+        return False  # someone else's sleep: not ours to replace
+    functional.sleep = time.sleep
+    return True
+
+
 def _kombu_names() -> str | None:
     import kombu
+    import kombu.utils.functional as functional
     from kombu.transport import TRANSPORT_ALIASES, pyamqp
+
+    if not callable(getattr(functional, "sleep", None)) or not callable(
+        getattr(functional, "retry_over_time", None)
+    ):
+        return "kombu.utils.functional has no sleep / retry_over_time"
 
     if not isinstance(TRANSPORT_ALIASES, dict):
         return "kombu.transport.TRANSPORT_ALIASES is not a dict"
