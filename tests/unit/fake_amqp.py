@@ -1,4 +1,4 @@
-"""What the unit tests' fake AMQP brokers share: reading the client's frames.
+"""What the unit tests' fake AMQP brokers share: the listener, and reading the client's frames.
 
 tests/unit is on ``sys.path`` (pytest's rootdir import mode), so a test
 imports this as ``from fake_amqp import client_frames``.
@@ -6,10 +6,11 @@ imports this as ``from fake_amqp import client_frames``.
 
 from __future__ import annotations
 
+import contextlib
 import socket
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from pamqp import frame
@@ -41,3 +42,36 @@ def client_frames(
                 break  # incomplete frame
             buf = buf[used:]
             yield channel, getattr(value, "name", ""), value
+
+
+@contextlib.contextmanager
+def serving(
+    session: Callable[[socket.socket, float], None], stop: threading.Event
+) -> Iterator[int]:
+    """A loopback listener running ``session(conn, born)`` per client; yields its port.
+
+    Accepts for at most 30 s; on exit sets ``stop`` (which the sessions'
+    :func:`client_frames` loops watch) and closes the listener.
+    """
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(8)
+    listener.settimeout(0.2)
+
+    def serve() -> None:
+        born = time.monotonic()
+        while not stop.is_set() and time.monotonic() - born < 30:
+            try:
+                conn, _ = listener.accept()
+            except OSError:
+                continue
+            threading.Thread(target=session, args=(conn, born), daemon=True).start()
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    try:
+        yield listener.getsockname()[1]
+    finally:
+        stop.set()
+        thread.join(5)
+        listener.close()

@@ -366,15 +366,11 @@ def fake_broker(
     ``lose``: it never is; ``blocked``: Connection.Blocked right after Open-Ok;
     ``silent``: accepts the TCP connection and never says a word.
     """
-    from fake_amqp import client_frames
+    from fake_amqp import client_frames, serving
     from pamqp import commands, frame
 
     from hangproof.guard.consuming import CANARY_HEADER
 
-    listener = socket.socket()
-    listener.bind(("127.0.0.1", 0))
-    listener.listen(8)
-    listener.settimeout(0.2)
     stop = threading.Event()
     received: list[str] = []
 
@@ -416,23 +412,8 @@ def fake_broker(
                 send(channel, answers[name])
         conn.close()
 
-    def serve() -> None:
-        born = time.monotonic()
-        while not stop.is_set() and time.monotonic() - born < 30:
-            try:
-                conn, _ = listener.accept()
-            except OSError:
-                continue
-            threading.Thread(target=session, args=(conn, born), daemon=True).start()
-
-    thread = threading.Thread(target=serve, daemon=True)
-    thread.start()
-    try:
-        yield listener.getsockname()[1], received
-    finally:
-        stop.set()
-        thread.join(5)
-        listener.close()
+    with serving(session, stop) as port:
+        yield port, received
 
 
 def _round(port: int, canary: Canary, budget: float = 1.0) -> tuple[float, ProbeRound]:

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import aio_pika
 import pytest
-from fake_amqp import client_frames
+from fake_amqp import client_frames, serving
 from pamqp import commands, frame
 
 from hangproof.aio import publish_once
@@ -66,10 +66,6 @@ def fake_broker(mode: str) -> Iterator[tuple[str, list[str]]]:
     Connection.Close), ``confirm`` acks it, ``blocked`` sends
     Connection.Blocked instead (a memory alarm).
     """
-    listener = socket.socket()
-    listener.bind(("127.0.0.1", 0))
-    listener.listen(8)
-    listener.settimeout(0.2)
     stop = threading.Event()
     received: list[str] = []
 
@@ -102,23 +98,8 @@ def fake_broker(mode: str) -> Iterator[tuple[str, list[str]]]:
                 send(channel, answers[name])
         conn.close()
 
-    def serve() -> None:
-        born = time.monotonic()
-        while not stop.is_set() and time.monotonic() - born < 30:
-            try:
-                conn, _ = listener.accept()
-            except OSError:
-                continue
-            threading.Thread(target=session, args=(conn, born), daemon=True).start()
-
-    thread = threading.Thread(target=serve, daemon=True)
-    thread.start()
-    try:
-        yield f"127.0.0.1:{listener.getsockname()[1]}", received
-    finally:
-        stop.set()
-        thread.join(5)
-        listener.close()
+    with serving(session, stop) as port:
+        yield f"127.0.0.1:{port}", received
 
 
 def _publish(url: str) -> tuple[float, object]:

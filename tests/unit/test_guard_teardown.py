@@ -17,7 +17,7 @@ from collections.abc import Iterator
 
 import amqp
 import pytest
-from fake_amqp import client_frames
+from fake_amqp import client_frames, serving
 from kombu import Connection
 from pamqp import commands, frame
 
@@ -31,10 +31,6 @@ TEARDOWN = 0.5
 @contextlib.contextmanager
 def fake_broker(*, silent: bool) -> Iterator[tuple[str, list[str]]]:
     """(host, the method names it received); answers closes only when not ``silent``."""
-    listener = socket.socket()
-    listener.bind(("127.0.0.1", 0))
-    listener.listen(8)
-    listener.settimeout(0.2)
     stop = threading.Event()
     received: list[str] = []
 
@@ -62,23 +58,8 @@ def fake_broker(*, silent: bool) -> Iterator[tuple[str, list[str]]]:
                 send(conn, channel, answers[name])
         conn.close()
 
-    def serve() -> None:
-        born = time.monotonic()
-        while not stop.is_set() and time.monotonic() - born < 30:
-            try:
-                conn, _ = listener.accept()
-            except OSError:
-                continue
-            threading.Thread(target=session, args=(conn, born), daemon=True).start()
-
-    thread = threading.Thread(target=serve, daemon=True)
-    thread.start()
-    try:
-        yield f"127.0.0.1:{listener.getsockname()[1]}", received
-    finally:
-        stop.set()
-        thread.join(5)
-        listener.close()
+    with serving(session, stop) as port:
+        yield f"127.0.0.1:{port}", received
 
 
 def _timed(call: object) -> float:
