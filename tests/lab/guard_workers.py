@@ -84,15 +84,15 @@ def start_worker(
     argv += ["-P", pool, "-c", str(concurrency), "-n", f"{queue}@%h", "-Q", queue]
     argv += ["--loglevel=INFO"]
     proc = processes.spawn(argv, env=env, log=log)
-    STARTED.append(
-        (
-            proc.pid,
-            processes.start_time(proc.pid),
-            processes.boot_id(),
-            processes.spawn_token(proc.pid),
-        )
-    )
+    track(proc.pid)
     return proc.pid, port, ledger, log
+
+
+def track(pid: int) -> None:
+    """Record ``pid`` with its identity, so :func:`stop_started` signals only that process."""
+    STARTED.append(
+        (pid, processes.start_time(pid), processes.boot_id(), processes.spawn_token(pid))
+    )
 
 
 def stop_started() -> None:

@@ -36,7 +36,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from guard_workers import STARTED
+from guard_workers import track
 from test_guard_health import Sampler, brief, outage
 
 from hangproof.lab.beds.testbed import FaultBed
@@ -95,43 +95,6 @@ async def main():  # as docs/guard.md's snippet, plus the lab's wedge
 asyncio.run(main())
 """
 
-TIMED_SAMPLER = r"""
-import json, os, sys, time, urllib.error, urllib.request
-port, out, stop = sys.argv[1], sys.argv[2], sys.argv[3]
-with open(out, "a", buffering=1) as f:
-    for _ in range(2000):
-        if os.path.exists(stop):
-            break
-        row = {"t": time.monotonic()}
-        for path in ("/livez", "/readyz", "/consumingz", "/healthz"):
-            t0 = time.monotonic()
-            try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=1.5) as r:
-                    code, body = r.status, json.loads(r.read())
-            except urllib.error.HTTPError as e:
-                code, body = e.code, json.loads(e.read() or b"{}")
-            except Exception as e:
-                code, body = 0, {"error": repr(e)}
-            row[path] = code
-            row[path + "_s"] = round(time.monotonic() - t0, 4)
-            if path == "/consumingz":
-                row["reason"] = {k: body.get(k) for k in ("live_reason", "ready_reason", "consuming_reason")}
-                row["probe"] = body.get("probe")
-        f.write(json.dumps(row) + "\n")
-        time.sleep(0.5)
-"""
-
-
-class TimedSampler(Sampler):
-    """test_guard_health's sampler, also timing every answer (``<path>_s``)."""
-
-    def __init__(self, bed: FaultBed, tmp: Path, port: int) -> None:
-        self.out, self.stop_file = tmp / "samples.jsonl", tmp / "samples.stop"
-        self.proc = processes.spawn(
-            [sys.executable, "-c", TIMED_SAMPLER, str(port), str(self.out), str(self.stop_file)],
-            netns=bed.client_netns,
-        )
-
 
 @pytest.fixture(scope="module")
 def bed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FaultBed]:
@@ -156,14 +119,7 @@ def spawn_consumer(bed: FaultBed, tmp: Path, queue: str, port: int) -> tuple[int
         str(RECOVER),
     ]
     proc = processes.spawn(argv, netns=bed.client_netns, log=log)
-    STARTED.append(
-        (
-            proc.pid,
-            processes.start_time(proc.pid),
-            processes.boot_id(),
-            processes.spawn_token(proc.pid),
-        )
-    )
+    track(proc.pid)
     return proc.pid, log
 
 
@@ -186,7 +142,7 @@ def test_aio_outage_and_wedged_loop(bed: FaultBed, tmp_path: Path) -> None:
     queue = "aio-health-q"
     port = free_port()
     pid, log = spawn_consumer(bed, tmp_path, queue, port)
-    sampler = TimedSampler(bed, tmp_path, port)
+    sampler = Sampler(bed, tmp_path, port)
     figures: dict[str, object] = {"client": "aio-pika+serve_health"}
     try:
         t0 = time.monotonic()

@@ -37,7 +37,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from guard_workers import STARTED
+from guard_workers import track
 
 from hangproof.lab.beds.testbed import FaultBed
 from hangproof.lab.engine import processes
@@ -66,6 +66,7 @@ with open(out, "a", buffering=1) as f:
             break
         row = {"t": time.monotonic()}
         for path in ("/livez", "/readyz", "/consumingz", "/healthz"):
+            t0 = time.monotonic()
             try:
                 with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=1.5) as r:
                     code, body = r.status, json.loads(r.read())
@@ -74,6 +75,7 @@ with open(out, "a", buffering=1) as f:
             except Exception as e:
                 code, body = 0, {"error": repr(e)}
             row[path] = code
+            row[path + "_s"] = round(time.monotonic() - t0, 4)  # how long the answer took
             if path == "/consumingz":
                 row["reason"] = {k: body.get(k) for k in ("live_reason", "ready_reason", "consuming_reason")}
                 row["probe"] = body.get("probe")
@@ -120,19 +122,13 @@ def spawn_worker(
     ]
     argv += ["--without-mingle", "--without-gossip"]
     proc = processes.spawn(argv, netns=bed.client_netns, env=env, log=log)
-    STARTED.append(
-        (
-            proc.pid,
-            processes.start_time(proc.pid),
-            processes.boot_id(),
-            processes.spawn_token(proc.pid),
-        )
-    )
+    track(proc.pid)
     return proc.pid, log
 
 
 class Sampler:
-    """The endpoints' status codes every 0.5 s, from inside the clients' namespace."""
+    """The endpoints' status codes (and how long each answer took, ``<path>_s``) every 0.5 s,
+    from inside the clients' namespace."""
 
     def __init__(self, bed: FaultBed, tmp: Path, port: int) -> None:
         self.out, self.stop_file = tmp / "samples.jsonl", tmp / "samples.stop"
